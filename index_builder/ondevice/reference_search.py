@@ -1,0 +1,140 @@
+"""Numpy re-implementation of the on-device ScaNN search over index.ldb.
+
+Why: we cannot run tflite-support next to TF 2.21, yet must prove that the
+file we write means what we think. This follows tflite-support's
+``embedding_searcher.cc`` / ``scann_ondevice/cc/core`` step by step, reading
+only what the runtime reads (the IndexConfig and E_/M_ keys):
+
+1. score partitions against the query (dot product: -<centroid, q>; L2:
+   ||c||^2 - 2<c, q>), keep the ``ceilf(P * search_fraction)`` smallest;
+2. build the AH lookup table per subspace (dot: -<codeword, q_chunk>;
+   L2: ||q_chunk - codeword||^2), quantized to uint8/uint16 for INT8/INT16
+   lookup types exactly as the runtime does (global min/max, truncation,
+   mid-bucket dequantization);
+3. distance of an item = sum over subspaces of LUT[subspace, code];
+4. item j of partition p is global id ``global_partition_offsets[p] + j``;
+   keep the k smallest distances and return ``M_<id>`` as metadata.
+
+Brute-force (FLOAT) indexes skip step 2 and score raw float32 embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import numpy as np
+
+from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched_by_runtime
+from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
+
+# Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
+_MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    global_index: int  # on-device item id (position in partition-grouped order)
+    distance: float  # smaller is closer; negative dot product for DOT_PRODUCT
+    metadata: bytes
+
+
+class ReferenceSearcher:
+    """Searches an on-device index file the way the Task Library searcher does."""
+
+    def __init__(self, index: OnDeviceIndexFile | str | os.PathLike[str] | bytes | BinaryIO) -> None:
+        self.index = index if isinstance(index, OnDeviceIndexFile) else OnDeviceIndexFile(index)
+        scann = self.index.config.scann_config
+        self.distance = scann.query_distance
+        if self.distance == pb.UNSPECIFIED:
+            self.distance = scann.indexer.asymmetric_hashing.query_distance
+        if self.distance not in (pb.DOT_PRODUCT, pb.SQUARED_L2_DISTANCE):
+            raise ValueError(f"unsupported query distance {self.distance}")
+        hashing = scann.indexer.asymmetric_hashing
+        self.uses_hashing = scann.HasField("indexer")
+        self.lookup_type = hashing.lookup_type
+        if self.uses_hashing and self.lookup_type not in (pb.AsymmetricHashingProto.FLOAT, *_MAX_QUANTIZED):
+            raise ValueError("lookup type INT8_LUT16 is not computed by the on-device runtime")
+        self.codebooks = [
+            np.array([list(entry.dimension) for entry in subspace.entry], dtype=np.float32)
+            for subspace in hashing.subspace
+        ]
+        self.dimension = (
+            sum(book.shape[1] for book in self.codebooks) if self.uses_hashing else self.index.values_per_item
+        )
+        leaves = scann.partitioner.leaf
+        self.centroids = (
+            np.array([list(leaf.dimension) for leaf in leaves], dtype=np.float32) if leaves else None
+        )
+        self.default_leaves_to_search = leaves_searched_by_runtime(self.index.config)
+        self.offsets = list(self.index.config.global_partition_offsets)
+        self._partition_cache: dict[int, np.ndarray] = {}
+
+    def partitions_to_search(self, query: np.ndarray, num_leaves: int) -> np.ndarray:
+        if self.centroids is None:
+            return np.zeros(1, dtype=np.int64)
+        scores = -(self.centroids @ query)
+        if self.distance == pb.SQUARED_L2_DISTANCE:
+            scores = 2 * scores + np.sum(self.centroids**2, axis=1)
+        return np.argsort(scores, kind="stable")[:num_leaves]
+
+    def lookup_table(self, query: np.ndarray) -> np.ndarray:
+        """[num_subspaces, num_centers] float32 distance contributions, as the runtime sees them."""
+        tables = []
+        start = 0
+        for book in self.codebooks:
+            chunk = query[start : start + book.shape[1]]
+            start += book.shape[1]
+            if self.distance == pb.DOT_PRODUCT:
+                tables.append(-(book @ chunk))
+            else:
+                tables.append(np.sum((book - chunk) ** 2, axis=1))
+        lut = np.stack(tables).astype(np.float32)
+        max_quantized = _MAX_QUANTIZED.get(self.lookup_type)
+        if max_quantized is None:
+            return lut
+        low, high = np.float32(lut.min()), np.float32(lut.max())
+        scale = np.float32(max_quantized) / max(high - low, np.finfo(np.float32).eps)
+        quantized = np.trunc(scale * (lut - low))
+        step = (high - low) / np.float32(max_quantized)
+        return (quantized * step + (low + step / 2)).astype(np.float32)
+
+    def _items(self, partition: int) -> np.ndarray:
+        items = self._partition_cache.get(partition)
+        if items is None:
+            items = self.index.partition_items(int(partition))
+            self._partition_cache[partition] = items
+        return items
+
+    def _distances(self, query: np.ndarray, lut: np.ndarray | None, items: np.ndarray) -> np.ndarray:
+        if lut is not None:
+            return lut[np.arange(len(self.codebooks)), items].sum(axis=1, dtype=np.float32)
+        if self.distance == pb.DOT_PRODUCT:
+            return -(items @ query)
+        return np.sum((items - query) ** 2, axis=1, dtype=np.float32)
+
+    def search(self, query: np.ndarray, k: int = 10, num_leaves_to_search: int | None = None) -> list[Neighbor]:
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dimension:
+            raise ValueError(f"query has {query.shape[0]} dimensions, index expects {self.dimension}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        leaves = num_leaves_to_search or self.default_leaves_to_search
+        lut = self.lookup_table(query) if self.uses_hashing else None
+        ids, distances = [], []
+        for partition in self.partitions_to_search(query, leaves):
+            items = self._items(int(partition))
+            if not len(items):
+                continue
+            distances.append(self._distances(query, lut, items))
+            ids.append(self.offsets[partition] + np.arange(len(items)))
+        if not ids:
+            return []
+        all_ids = np.concatenate(ids)
+        all_distances = np.concatenate(distances)
+        best = np.lexsort((all_ids, all_distances))[:k]
+        return [
+            Neighbor(int(all_ids[i]), float(all_distances[i]), self.index.metadata(int(all_ids[i])))
+            for i in best
+        ]
