@@ -14,9 +14,13 @@ UNDECODABLE = "undecodable"
 # Reading stage (transforms.reading): reserved here so the set stays closed in one place.
 NOT_FOUND = "not_found"
 READ_ERROR = "read_error"
+# Manifest stage (transforms.manifest): a row without a usable uri.
+INVALID_MANIFEST_ROW = "invalid_manifest_row"
+# Encoding stage (transforms.encoding): the model produced a non-finite or zero vector.
+ENCODE_ERROR = "encode_error"
 
 ERROR_TYPES: frozenset[str] = frozenset(
-    {EMPTY, TOO_LARGE, UNSUPPORTED_FORMAT, UNDECODABLE, NOT_FOUND, READ_ERROR}
+    {EMPTY, TOO_LARGE, UNSUPPORTED_FORMAT, UNDECODABLE, NOT_FOUND, READ_ERROR, INVALID_MANIFEST_ROW, ENCODE_ERROR}
 )
 
 

@@ -1,0 +1,157 @@
+"""List input images inside the pipeline: glob patterns -> CatalogItem records.
+
+Why inside the pipeline: catalogs hold millions of objects, and a launcher that
+listed them all would need the memory and time of the whole listing before the
+first worker starts. Here the launcher only ships the patterns; workers list,
+and a Reshuffle spreads the matched files so reads run in parallel (without it
+every file of a pattern would be read by the worker that listed it).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms import uris
+
+LOG = logging.getLogger(__name__)
+METRICS_NAMESPACE = "listing"
+
+
+@dataclass(frozen=True)
+class CatalogItem:
+    """One input object to embed.
+
+    `extra` carries manifest columns other than uri/id (e.g. caption) through to
+    the outputs unchanged.
+    """
+
+    uri: str
+    id: str
+    fingerprint: str
+    size: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def fingerprint_of(size: int, last_updated_seconds: float) -> str:
+    """Identify this version of an object from listing metadata alone.
+
+    Nightly rebuilds compare fingerprints to skip unchanged images, so the
+    fingerprint must come from the listing itself: reading millions of objects
+    just to hash them would cost as much as re-embedding them. Size plus
+    modification time changes whenever an object is rewritten. (GCS object
+    generations would be stronger but Beam's match does not expose them.)
+    The time is printed with fixed microsecond precision so the same metadata
+    always gives the same string.
+    """
+    return f"size={int(size)};mtime={float(last_updated_seconds or 0.0):.6f}"
+
+
+def item_from_metadata(
+    metadata: FileMetadata, item_id: str | None = None, extra: Mapping[str, Any] | None = None
+) -> CatalogItem:
+    return CatalogItem(
+        uri=metadata.path,
+        id=item_id if item_id else metadata.path,
+        fingerprint=fingerprint_of(metadata.size_in_bytes, metadata.last_updated_in_seconds),
+        size=int(metadata.size_in_bytes),
+        extra=dict(extra or {}),
+    )
+
+
+def rejection(uri: str, stage: str, error_type: str, error_message: str) -> dict[str, str]:
+    """A record for OUT/rejected: the shape every stage uses."""
+    return {"uri": uri, "stage": stage, "error_type": error_type, "error_message": error_message}
+
+
+class ListingFailed(RuntimeError):
+    """A pattern could not be listed at all (missing bucket, no permission, ...)."""
+
+
+def normalize_patterns(patterns: Sequence[str] | str) -> list[str]:
+    """Check patterns in the launcher and pin local ones to absolute paths."""
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    cleaned = [pattern.strip() for pattern in patterns if pattern and pattern.strip()]
+    if not cleaned:
+        raise ValueError(
+            "No input pattern given: pass at least one path or glob, e.g. 'gs://bucket/images/**/*.jpg'."
+        )
+    for pattern in cleaned:
+        scheme = uris.scheme_of(pattern)
+        if scheme not in ("", "file") + uris.REMOTE_SCHEMES:
+            raise ValueError(
+                f"Unsupported input pattern {pattern!r}: use a local path, gs://bucket/... or s3://bucket/..."
+            )
+    return [uris.absolutize_local(pattern) for pattern in cleaned]
+
+
+def match_pattern(pattern: str) -> Iterator[FileMetadata]:
+    """Files (never folders) matching one pattern, with globstar `**` semantics."""
+    if pattern.endswith("/"):
+        pattern += "*"  # Beam's convention: a folder means the files directly in it
+    try:
+        if not uris.has_glob(pattern):
+            results = FileSystems.match([pattern])
+        else:
+            results = FileSystems.match([uris.listing_pattern(pattern)])
+    except Exception as error:  # Beam wraps every cause in BeamIOError
+        raise ListingFailed(
+            f"Could not list {pattern!r}: {error}. Check that the bucket or folder exists and "
+            "that the job's credentials may list it."
+        ) from error
+    wanted = uris.glob_regex(pattern)
+    for result in results:
+        for metadata in result.metadata_list:
+            if wanted.match(metadata.path):
+                yield metadata
+
+
+class MatchPatternFn(beam.DoFn):
+    """Expand one pattern into CatalogItems; folders are skipped, empty patterns counted."""
+
+    def __init__(self) -> None:
+        self.files_matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
+        self.folders_skipped = Metrics.counter(METRICS_NAMESPACE, "folders_skipped")
+        self.patterns_matching_nothing = Metrics.counter(METRICS_NAMESPACE, "patterns_matching_nothing")
+
+    def process(self, pattern: str) -> Iterable[CatalogItem]:
+        matched = 0
+        for metadata in match_pattern(pattern):
+            if uris.is_directory_entry(metadata.path):
+                self.folders_skipped.inc()
+                continue
+            matched += 1
+            yield item_from_metadata(metadata)
+        self.files_matched.inc(matched)
+        if matched == 0:
+            self.patterns_matching_nothing.inc()
+            LOG.warning("Input pattern %r matched no files.", pattern)
+
+
+class MatchInputs(beam.PTransform):
+    """Patterns -> CatalogItem PCollection, listed by workers and redistributed.
+
+    Overlapping patterns can yield the same file twice: apply
+    `transforms.reading.DedupeByUri` before reading.
+    """
+
+    def __init__(self, patterns: Sequence[str] | str) -> None:
+        super().__init__()
+        self.patterns = normalize_patterns(patterns)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self.patterns)
+            # Spread patterns over workers so several large prefixes list in parallel.
+            | "SpreadPatterns" >> beam.Reshuffle()
+            | "Match" >> beam.ParDo(MatchPatternFn())
+            | "SpreadFiles" >> beam.Reshuffle()
+        )
