@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "flatbuffers==25.12.19",
     "python-snappy==0.7.3",
+    "google-crc32c==1.9.0",
+    "protobuf==6.33.6",
 ]
 
 EXTRAS_REQUIRE = {

@@ -1,0 +1,44 @@
+"""What every job's launcher shares: usage errors, path checks, logging."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+
+from apache_beam.io.filesystems import FileSystems
+
+
+class UsageError(ValueError):
+    """A bad flag or input found before any work; the message says what to fix."""
+
+
+@contextlib.contextmanager
+def usage_errors_exit(code: int = 2) -> Iterator[None]:
+    try:
+        yield
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(code)
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def check_writable(directory: str, flag: str) -> None:
+    """Creates and deletes a probe object so an unwritable output fails before any work."""
+    directory = absolute(directory)
+    if "://" not in directory:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise UsageError(f"{flag} {directory} cannot be created: {error.strerror}") from error
+    probe = FileSystems.join(directory, f".write-probe-{uuid.uuid4().hex}")
+    try:
+        with FileSystems.create(probe) as handle:
+            handle.write(b"probe")
+        FileSystems.delete([probe])
+    except Exception as error:  # any filesystem's failure means the same thing to the user
+        raise UsageError(f"{flag} {directory} is not writable: {error}") from error

@@ -1,0 +1,103 @@
+"""The synthetic catalog: deterministic, diverse, fully described by its captions."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from transforms.sample_catalog import attributes
+from transforms.sample_catalog.captions import caption
+from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from transforms.sample_catalog.scenes import sample_scene, scene_rng
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_job(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "beam_jobs.make_sample_catalog", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_items_are_deterministic_per_seed() -> None:
+    settings = CatalogSettings(seed=5)
+    first = [generate_item(settings, i) for i in range(20)]
+    again = [generate_item(settings, i) for i in range(20)]
+    other = [generate_item(CatalogSettings(seed=6), i) for i in range(20)]
+    assert first == again
+    assert [row["caption"] for row, _ in first] != [row["caption"] for row, _ in other]
+    assert [data for _, data in first] != [data for _, data in other]
+
+
+def test_every_attribute_value_appears() -> None:
+    scenes = [sample_scene(scene_rng(11, i)) for i in range(600)]
+    objects = [o for scene in scenes for o in scene.objects]
+    assert {o.color for o in objects} == set(attributes.COLORS)
+    assert {o.shape for o in objects} == set(attributes.SHAPES)
+    assert {o.size for o in objects} == set(attributes.SIZES)
+    assert {o.region for o in objects} == set(attributes.REGIONS)
+    assert {s.background for s in scenes} == set(attributes.BACKGROUND_KINDS)
+    assert Counter(len(s.objects) for s in scenes).keys() == {1, 2, 3}
+    assert len(attributes.COLORS) >= 8 and len(attributes.SHAPES) >= 5 and len(attributes.REGIONS) >= 5
+
+
+def test_objects_take_distinct_regions_and_contrast_with_background() -> None:
+    for i in range(300):
+        scene = sample_scene(scene_rng(3, i))
+        regions = [o.region for o in scene.objects]
+        assert len(set(regions)) == len(regions)
+        tint = np.asarray(attributes.BACKGROUND_TINTS[scene.tint])
+        for obj in scene.objects:
+            assert np.linalg.norm(np.asarray(attributes.COLORS[obj.color]) - tint) >= attributes.MIN_CONTRAST
+
+
+def test_captions_name_every_object() -> None:
+    size_words = {"small": {"small", "little", "tiny"}, "large": {"large", "big", "huge"}}
+    for i in range(300):
+        rng = scene_rng(9, i)
+        scene = sample_scene(rng)
+        text = caption(scene, rng)
+        words = set(text.replace(",", " ").replace(";", " ").replace(":", " ").split())
+        for obj in scene.objects:
+            assert obj.color in words and obj.shape in words, text
+            assert words & size_words[obj.size], text
+            assert all(part in words for part in obj.region.split()) or (
+                obj.region == "center" and "middle" in words
+            ), text
+
+
+def test_captions_mostly_identify_their_image() -> None:
+    rows = [generate_item(CatalogSettings(seed=21, image_size=32), i)[0] for i in range(1500)]
+    distinct = len({row["caption"] for row in rows})
+    assert distinct / len(rows) > 0.97
+
+
+def test_job_writes_images_and_sorted_manifest(tmp_path: Path) -> None:
+    result = run_job("--output_dir", str(tmp_path), "--num_images", "25", "--seed", "4", "--image_size", "96")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 25
+    assert [row["id"] for row in rows] == sorted(row["id"] for row in rows)
+    for row in rows:
+        with Image.open(row["uri"]) as image:
+            assert image.format == "JPEG" and image.size == (96, 96)
+        assert row["caption"] and row["objects"]
+    assert len(list((tmp_path / "images").iterdir())) == 25
+
+
+def test_bad_flags_stop_with_a_message(tmp_path: Path) -> None:
+    result = run_job("--output_dir", str(tmp_path), "--num_images", "0")
+    assert result.returncode == 2 and "--num_images must be positive" in result.stderr
+    result = run_job("--output_dir", str(tmp_path), "--num_images", "5", "--format", "gif")
+    assert result.returncode == 2 and "--format" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_job("--output_dir", str(blocker / "sub"), "--num_images", "5")
+    assert result.returncode == 2 and "--output_dir" in result.stderr
+    assert not list(tmp_path.glob("**/*.jpg"))

@@ -1,0 +1,1 @@
+"""Synthetic captioned scenes: the training and test catalog the project generates itself."""

@@ -1,0 +1,61 @@
+"""Captions that name every object (size, color, shape, position) in varied phrasings."""
+from __future__ import annotations
+
+import numpy as np
+
+from transforms.sample_catalog.scenes import Scene, SceneObject
+
+_SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big", "huge")}
+
+
+def _place(region: str, rng: np.random.Generator) -> str:
+    if region == "center":
+        return str(rng.choice(["in the center", "in the middle", "at the center"]))
+    if " " in region:  # a corner
+        return str(rng.choice([f"at the {region}", f"in the {region} corner", f"at the {region}"]))
+    return str(rng.choice([f"at the {region}", f"on the {region}"]))
+
+
+def _noun(obj: SceneObject, rng: np.random.Generator) -> str:
+    return f"{rng.choice(_SIZE_WORDS[obj.size])} {obj.color} {obj.shape}"
+
+
+def _join(parts: list[str], rng: np.random.Generator) -> str:
+    if len(parts) == 1:
+        return parts[0]
+    separator = str(rng.choice([", ", " and ", ", "]))
+    return separator.join(parts[:-1]) + (" and " if separator == ", " else separator) + parts[-1]
+
+
+def _article(noun: str) -> str:
+    return f"an {noun}" if noun[0] in "aeiou" else f"a {noun}"
+
+
+def _background(scene: Scene, rng: np.random.Generator) -> str:
+    kind = {"solid": "plain", "gradient": "gradient", "noise": "noisy"}[scene.background]
+    return str(rng.choice([f" on a {scene.tint} background", f" over a {kind} {scene.tint} background"]))
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One caption for the scene; the phrasing and object order are drawn from `rng`."""
+    objects = list(scene.objects)
+    order = rng.permutation(len(objects))
+    objects = [objects[i] for i in order]
+    style = int(rng.integers(5))
+    if style == 0:
+        text = _join([f"{_article(_noun(o, rng))} {_place(o.region, rng)}" for o in objects], rng)
+    elif style == 1:
+        text = "; ".join(f"{o.region}: {_article(_noun(o, rng))}" for o in objects)
+    elif style == 2:
+        first, *rest = objects
+        text = f"there is {_article(_noun(first, rng))} {_place(first.region, rng)}"
+        if rest:
+            text += ", with " + _join([f"{_article(_noun(o, rng))} {_place(o.region, rng)}" for o in rest], rng)
+    elif style == 3:
+        text = _join([f"{_place(o.region, rng)} {_article(_noun(o, rng))}" for o in objects], rng)
+    else:
+        count = {1: "one shape", 2: "two shapes", 3: "three shapes"}[len(objects)]
+        text = f"{count}: " + _join([f"{_article(_noun(o, rng))} {_place(o.region, rng)}" for o in objects], rng)
+    if rng.random() < 0.3:
+        text += _background(scene, rng)
+    return text

@@ -1,0 +1,39 @@
+"""One catalog entry: sample scene i, render it, caption it, encode the image file."""
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any
+
+from transforms.sample_catalog.captions import caption
+from transforms.sample_catalog.render import render
+from transforms.sample_catalog.scenes import sample_scene, scene_rng
+
+FORMATS = {"jpeg": ".jpg", "png": ".png"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogSettings:
+    seed: int
+    image_size: int = 256
+    image_format: str = "jpeg"
+    jpeg_quality: int = 90
+
+
+def item_id(seed: int, index: int) -> str:
+    return f"s{seed}-{index:07d}"
+
+
+def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any], bytes]:
+    """Returns the manifest row (without uri) and the encoded image bytes of entry `index`."""
+    rng = scene_rng(settings.seed, index)
+    scene = sample_scene(rng)
+    text = caption(scene, rng)
+    image = render(scene, settings.image_size)
+    buffer = io.BytesIO()
+    if settings.image_format == "jpeg":
+        image.save(buffer, format="JPEG", quality=settings.jpeg_quality)
+    else:
+        image.save(buffer, format="PNG")
+    row = {"id": item_id(settings.seed, index), "caption": text, **scene.attributes()}
+    return row, buffer.getvalue()
