@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 
 class UsageError(ValueError):
@@ -42,3 +43,13 @@ def check_writable(directory: str, flag: str) -> None:
         FileSystems.delete([probe])
     except Exception as error:  # any filesystem's failure means the same thing to the user
         raise UsageError(f"{flag} {directory} is not writable: {error}") from error
+
+
+def default_to_direct_runner(options: PipelineOptions) -> PipelineOptions:
+    """Without --runner, Beam 2.77's DirectRunner first tries to download the Prism
+    runner binary from the internet; its in-process FnApiRunner (which honours
+    --direct_num_workers and --direct_running_mode) needs nothing from the network."""
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "FnApiRunner"
+    return options

@@ -71,7 +71,7 @@ def write_manifest(lines: list[str], path: str) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    options = SampleCatalogOptions(argv)
+    options = launcher.default_to_direct_runner(SampleCatalogOptions(argv))
     with launcher.usage_errors_exit():
         settings = validate(options)
     output_dir = launcher.absolute(options.output_dir)

@@ -1,0 +1,177 @@
+"""Catalog to embeddings: images on local disk, gs:// or s3:// to Parquet shards.
+
+    python -m beam_jobs.embed_images --input_pattern 'gs://bucket/images/**/*.jpg' \
+        --output_dir gs://bucket/runs/2026-11-23 [--model_dir MODEL] [Beam options]
+    python -m beam_jobs.embed_images --manifest catalog/manifest.jsonl --output_dir out/
+
+Writes OUT/embeddings/part-*.parquet, OUT/rejected/part-*.parquet,
+OUT/run_summary.json and, last, OUT/_SUCCESS. Every input ends in exactly one
+of embeddings or rejected.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import launcher
+from encoders import model_config
+from transforms import embedding_schema, image_decode, run_outputs
+from transforms.decoding_fn import DecodeForModel
+from transforms.encoding import EncodeBatches, load_encoder
+from transforms.listing import MatchInputs
+from transforms.manifest import ManifestError, ReadManifest, validate_manifest_path
+from transforms.parquet_shards import WriteParquetShards
+from transforms.reading import DedupeByUri, ReadImageBytes
+
+LOG = logging.getLogger("embed_images")
+
+
+class EmbedImagesOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument(
+            "--input_pattern", action="append", default=None,
+            help="glob of images (repeatable; recursive ** allowed), e.g. 'gs://bucket/photos/**/*.jpg'",
+        )
+        parser.add_argument("--manifest", default=None, help="JSONL, CSV or Parquet with a uri column (id optional)")
+        parser.add_argument("--output_dir", required=True, help="where embeddings/, rejected/ and the summary go")
+        parser.add_argument("--model_dir", default=None, help="model directory (default: the bundled model)")
+        parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
+        parser.add_argument("--max_image_bytes", type=int, default=image_decode.DEFAULT_MAX_BYTES,
+                            help="larger objects are rejected as too_large without being read whole")
+        parser.add_argument("--max_image_pixels", type=int, default=image_decode.DEFAULT_MAX_PIXELS,
+                            help="decompression-bomb guard: images declaring more pixels are rejected")
+        parser.add_argument("--rows_per_shard", type=int, default=50_000, help="target rows per Parquet shard")
+        parser.add_argument("--read_attempts", type=int, default=4, help="tries per object on transient errors")
+
+
+def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tuple[str, ...]]:
+    """Everything that can be wrong before work starts; returns the model config and manifest columns."""
+    if bool(options.input_pattern) == bool(options.manifest):
+        raise launcher.UsageError("pass exactly one of --input_pattern (one or more) or --manifest")
+    for flag, value, low in (("--batch_size", options.batch_size, 1), ("--rows_per_shard", options.rows_per_shard, 1),
+                             ("--read_attempts", options.read_attempts, 1), ("--max_image_bytes", options.max_image_bytes, 1),
+                             ("--max_image_pixels", options.max_image_pixels, 1)):
+        if value < low:
+            raise launcher.UsageError(f"{flag} must be at least {low}, got {value}")
+    FileSystems.set_options(options)
+    columns: tuple[str, ...] = ()
+    if options.manifest:
+        try:
+            columns = validate_manifest_path(options.manifest, options).columns
+        except ManifestError as error:
+            raise launcher.UsageError(str(error)) from error
+    try:
+        encoder = load_encoder(options.model_dir)
+    except model_config.ModelDirError as error:
+        raise launcher.UsageError(f"--model_dir: {error}") from error
+    except Exception as error:  # a file that Keras cannot load is an unusable model, whatever the cause
+        raise launcher.UsageError(f"--model_dir: the image encoder cannot be loaded: {error}") from error
+    launcher.check_writable(options.output_dir, "--output_dir")
+    return encoder.config, columns
+
+
+def build_pipeline(
+    pipeline: beam.Pipeline,
+    options: EmbedImagesOptions,
+    config: model_config.ModelConfig,
+    manifest_columns: tuple[str, ...],
+    output_dir: str,
+) -> None:
+    if options.manifest:
+        manifest = pipeline | "ReadManifest" >> ReadManifest(launcher.absolute(options.manifest))
+        items, listing_rejections = manifest.items, manifest.rejected
+    else:
+        patterns = [launcher.absolute(p) for p in options.input_pattern]
+        items = pipeline | "MatchInputs" >> MatchInputs(patterns) | "DedupeByUri" >> DedupeByUri()
+        listing_rejections = pipeline | "NoListingRejections" >> beam.Create([])
+
+    read = items | "Read" >> beam.ParDo(
+        ReadImageBytes(max_bytes=options.max_image_bytes, attempts=options.read_attempts)
+    ).with_outputs(ReadImageBytes.REJECTED, main="images")
+    decoded = read.images | "Decode" >> beam.ParDo(
+        DecodeForModel(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels)
+    ).with_outputs(DecodeForModel.REJECTED, main="pixels")
+    encoded = (
+        decoded.pixels
+        | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
+        | "Encode" >> beam.ParDo(EncodeBatches(options.model_dir)).with_outputs(EncodeBatches.REJECTED, main="rows")
+    )
+    carried = embedding_schema.carried_column_names(manifest_columns)
+    schema = embedding_schema.embeddings_schema(config.embedding_dim, config.model_id, list(carried.values()))
+    _ = (
+        encoded.rows
+        | "ToRows" >> beam.Map(embedding_schema.output_row, carried)
+        | "WriteEmbeddings" >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR), schema, key="id",
+            rows_per_shard=options.rows_per_shard,
+        )
+    )
+    _ = (
+        (listing_rejections, read[ReadImageBytes.REJECTED], decoded[DecodeForModel.REJECTED],
+         encoded[EncodeBatches.REJECTED])
+        | "AllRejections" >> beam.Flatten()
+        | "WriteRejected" >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.REJECTED_DIR), embedding_schema.REJECTED_SCHEMA, key="uri",
+            rows_per_shard=options.rows_per_shard,
+        )
+    )
+
+
+def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    try:
+        query = result.metrics().query()
+    except Exception:  # some runners cannot report metrics; the summary's counts do not depend on them
+        return {}
+    return {f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0)
+            for c in query["counters"]}
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    options = launcher.default_to_direct_runner(EmbedImagesOptions(argv))
+    started = time.perf_counter()
+    with launcher.usage_errors_exit():
+        config, columns = validate(options)
+    output_dir = launcher.absolute(options.output_dir)
+    LOG.info(
+        "embed_images: inputs=%s output_dir=%s model_id=%s (D=%d, %dpx) batch_size=%d runner=%s",
+        options.manifest or options.input_pattern, output_dir, config.model_id, config.embedding_dim,
+        config.image_size, options.batch_size, options.view_as(beam.options.pipeline_options.StandardOptions).runner,
+    )
+    removed = run_outputs.clear_outputs(output_dir)
+    if removed:
+        LOG.info("removed %d files of a previous run in %s", removed, output_dir)
+    pipeline_started = time.perf_counter()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options, config, columns, output_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    pipeline_seconds = time.perf_counter() - pipeline_started
+    summary = {
+        **run_outputs.count_outputs(output_dir),
+        "model_id": config.model_id,
+        "embedding_dim": config.embedding_dim,
+        "inputs": {"manifest": options.manifest, "input_pattern": options.input_pattern},
+        "timings": {"pipeline_seconds": round(pipeline_seconds, 3),
+                    "total_seconds": round(time.perf_counter() - started, 3)},
+        "counters": counters(result),
+    }
+    run_outputs.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
+    run_outputs.write_success(output_dir)
+    LOG.info("embedded %d, rejected %d %s in %.1f s; outputs in %s", summary["embedded"], summary["rejected"],
+             summary["rejected_by_error_type"], pipeline_seconds, output_dir)
+    return summary
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = run()
+    print(json.dumps({k: summary[k] for k in ("matched", "embedded", "rejected", "rejected_by_error_type")}))
+    sys.exit(0)

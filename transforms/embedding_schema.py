@@ -1,0 +1,65 @@
+"""The stable Parquet schemas of OUT/embeddings and OUT/rejected (DESIGN.md "Data contracts")."""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1"
+CORE_COLUMNS = ("id", "uri", "embedding", "fingerprint", "model_id", "width", "height")
+# A manifest column with one of our names is carried under this prefix instead.
+CARRIED_PREFIX = "manifest_"
+
+REJECTED_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("error_type", pa.string(), nullable=False),
+        pa.field("error_message", pa.string(), nullable=False),
+    ],
+    metadata={"schema_version": SCHEMA_VERSION},
+)
+
+
+def carried_column_names(manifest_columns: Sequence[str]) -> dict[str, str]:
+    """Manifest column -> output column, for every column other than uri and id."""
+    names = {}
+    for column in manifest_columns:
+        if column in ("uri", "id"):
+            continue
+        names[column] = CARRIED_PREFIX + column if column in CORE_COLUMNS else column
+    return names
+
+
+def embeddings_schema(embedding_dim: int, model_id: str, carried: Sequence[str] = ()) -> pa.Schema:
+    """Carried manifest columns are strings: text as is, anything else as JSON, so one
+    catalog's odd row can never change the schema of a shard."""
+    fields = [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+        pa.field("fingerprint", pa.string(), nullable=False),
+        pa.field("model_id", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ]
+    fields += [pa.field(name, pa.string()) for name in carried]
+    metadata = {"embedding_dim": str(embedding_dim), "model_id": model_id, "schema_version": SCHEMA_VERSION}
+    return pa.schema(fields, metadata=metadata)
+
+
+def carried_value(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def output_row(encoded: dict[str, Any], carried: dict[str, str]) -> dict[str, Any]:
+    """Flattens an encoded record into a row of the embeddings schema."""
+    extra = encoded.get("extra", {})
+    row = {column: encoded[column] for column in CORE_COLUMNS}
+    for source, target in carried.items():
+        row[target] = carried_value(extra.get(source))
+    return row

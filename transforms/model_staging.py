@@ -1,0 +1,42 @@
+"""Makes a model directory on any Beam filesystem available as a local folder.
+
+Keras and TFLite load from local paths only; workers (and the launcher's
+validation) copy a gs:// or s3:// model directory once per process.
+"""
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from pathlib import Path
+
+from apache_beam.io.filesystems import FileSystems
+
+from encoders import model_config
+
+_LOCK = threading.Lock()
+_STAGED: dict[str, Path] = {}
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def stage_model_dir(model_dir: str | None, files: tuple[str, ...] = model_config.REQUIRED_FILES) -> Path:
+    """Returns a local directory holding the model's files (the directory itself when local)."""
+    resolved = str(model_config.resolve_model_dir(model_dir))
+    if not is_remote(resolved):
+        return Path(resolved)
+    with _LOCK:
+        if resolved in _STAGED:
+            return _STAGED[resolved]
+        local = Path(tempfile.gettempdir()) / f"staged-model-{hashlib.sha256(resolved.encode()).hexdigest()[:16]}"
+        local.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            source = FileSystems.join(resolved, name)
+            if not FileSystems.exists(source):
+                raise model_config.ModelDirError(f"model directory {resolved} is missing {name}")
+            with FileSystems.open(source) as reader:
+                (local / name).write_bytes(reader.read())
+        _STAGED[resolved] = local
+        return local

@@ -1,0 +1,67 @@
+"""The embedding job's output folder: clearing, counting, run_summary.json and _SUCCESS.
+
+Counts come from the written files themselves (Parquet footers and the small
+rejected table), not from runner metrics, so the summary is exact on any runner
+and can be recomputed by anyone who doubts it.
+"""
+from __future__ import annotations
+
+import collections
+import json
+from typing import Any
+
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+EMBEDDINGS_DIR = "embeddings"
+REJECTED_DIR = "rejected"
+SUMMARY_FILE = "run_summary.json"
+SUCCESS_FILE = "_SUCCESS"
+
+
+def shard_files(output_dir: str, kind: str) -> list[str]:
+    pattern = FileSystems.join(output_dir, kind, "part-*.parquet")
+    matches = FileSystems.match([pattern])[0].metadata_list
+    return sorted(m.path for m in matches)
+
+
+def clear_outputs(output_dir: str) -> int:
+    """Removes a previous run's files so stale shards can never mix with new ones."""
+    stale = shard_files(output_dir, EMBEDDINGS_DIR) + shard_files(output_dir, REJECTED_DIR)
+    stale += [p for p in (FileSystems.join(output_dir, SUCCESS_FILE), FileSystems.join(output_dir, SUMMARY_FILE))
+              if FileSystems.exists(p)]
+    if stale:
+        FileSystems.delete(stale)
+    return len(stale)
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    with FileSystems.open(path) as handle:
+        data = handle.read()
+    import pyarrow as pa
+
+    return pq.ParquetFile(pa.BufferReader(data))
+
+
+def count_outputs(output_dir: str) -> dict[str, Any]:
+    embedded = sum(_open_parquet(p).metadata.num_rows for p in shard_files(output_dir, EMBEDDINGS_DIR))
+    by_type: collections.Counter[str] = collections.Counter()
+    for path in shard_files(output_dir, REJECTED_DIR):
+        by_type.update(_open_parquet(path).read(columns=["error_type"]).column("error_type").to_pylist())
+    rejected = sum(by_type.values())
+    return {
+        "matched": embedded + rejected,
+        "embedded": embedded,
+        "rejected": rejected,
+        "rejected_by_error_type": dict(sorted(by_type.items())),
+    }
+
+
+def write_json(path: str, content: dict[str, Any]) -> None:
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write((json.dumps(content, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def write_success(output_dir: str) -> None:
+    with FileSystems.create(FileSystems.join(output_dir, SUCCESS_FILE)) as handle:
+        handle.write(b"")
