@@ -18,7 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from beam_jobs import launcher
 from encoders import model_config
@@ -153,6 +153,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     build_pipeline(pipeline, options, config, columns, output_dir)
     result = pipeline.run()
     result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        steps = launcher.dataflow_step_names(result)
+        LOG.info("dry run: translated to a Dataflow job of %d steps; nothing was submitted", len(steps))
+        return {"dry_run": True, "dataflow_steps": steps}
     pipeline_seconds = time.perf_counter() - pipeline_started
     summary = {
         **run_outputs.count_outputs(output_dir),
@@ -173,5 +177,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     summary = run()
+    if summary.get("dry_run"):
+        sys.exit(0)
     print(json.dumps({k: summary[k] for k in ("matched", "embedded", "rejected", "rejected_by_error_type")}))
     sys.exit(0)

@@ -53,3 +53,19 @@ def default_to_direct_runner(options: PipelineOptions) -> PipelineOptions:
     if not standard.runner:
         standard.runner = "FnApiRunner"
     return options
+
+
+def dataflow_step_names(result) -> list[str]:
+    """User names of the steps of a job translated with --dry_run (the offline Dataflow check)."""
+    job = getattr(result, "job", None)
+    if job is None:
+        return []
+    names = []
+    for step in job.proto.steps or []:
+        for prop in step.properties.additionalProperties:
+            if prop.key == "user_name":
+                names.append(prop.value.string_value)
+    if not names and getattr(job, "proto_pipeline", None) is not None:
+        # Runner v2 submits the portable pipeline instead of v1 steps.
+        names = [t.unique_name for t in job.proto_pipeline.components.transforms.values()]
+    return names

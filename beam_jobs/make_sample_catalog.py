@@ -23,22 +23,44 @@ from transforms.sample_catalog.generate import FORMATS, CatalogSettings, generat
 LOG = logging.getLogger("make_sample_catalog")
 
 
+MAX_IMAGE_SIZE = 4096
+# Indices are created in blocks so a 1M-image launch graph holds 1K numbers, not 1M.
+INDEX_BLOCK = 1000
+
+
 class SampleCatalogOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--output_dir", required=True, help="catalog folder (local, gs:// or s3://)")
-        parser.add_argument("--num_images", type=int, required=True, help="number of scenes to generate")
-        parser.add_argument("--seed", type=int, default=0, help="catalog seed: same seed, same catalog")
-        parser.add_argument("--image_size", type=int, default=256, help="side of the square images in pixels")
-        parser.add_argument("--format", dest="image_format", default="jpeg", help="jpeg or png")
-        parser.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95")
+        parser.add_argument(
+            "--output_dir", required=True,
+            help="catalog folder (local, gs:// or s3://); gets images/ and manifest.jsonl",
+        )
+        parser.add_argument("--num_images", type=int, required=True, help="number of scenes to generate (> 0)")
+        parser.add_argument(
+            "--seed", type=int, default=0,
+            help="catalog seed (>= 0): the same seed gives the same images, captions and ids",
+        )
+        parser.add_argument(
+            "--image_size", type=int, default=256,
+            help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}",
+        )
+        parser.add_argument(
+            "--format", dest="image_format", default="jpeg",
+            help=f"image file format: {' or '.join(FORMATS)}",
+        )
+        parser.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95 (ignored for png)")
 
 
 def validate(options: SampleCatalogOptions) -> CatalogSettings:
+    """Every check that can fail runs here, before the pipeline starts."""
     if options.num_images <= 0:
         raise launcher.UsageError(f"--num_images must be positive, got {options.num_images}")
-    if not 32 <= options.image_size <= 4096:
-        raise launcher.UsageError(f"--image_size must be between 32 and 4096, got {options.image_size}")
+    if options.seed < 0:
+        raise launcher.UsageError(f"--seed must be >= 0, got {options.seed}")
+    if not 32 <= options.image_size <= MAX_IMAGE_SIZE:
+        raise launcher.UsageError(
+            f"--image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {options.image_size}"
+        )
     if options.image_format not in FORMATS:
         raise launcher.UsageError(f"--format must be one of {', '.join(FORMATS)}, got {options.image_format!r}")
     if not 1 <= options.jpeg_quality <= 95:
@@ -47,12 +69,18 @@ def validate(options: SampleCatalogOptions) -> CatalogSettings:
     return CatalogSettings(options.seed, options.image_size, options.image_format, options.jpeg_quality)
 
 
+def index_block(start: int, stop: int) -> range:
+    return range(start, min(start + INDEX_BLOCK, stop))
+
+
 class RenderAndWrite(beam.DoFn):
+    """Renders scene `index`, writes its image file, and emits (id, manifest line)."""
+
     def __init__(self, settings: CatalogSettings, images_dir: str) -> None:
         self._settings = settings
         self._images_dir = images_dir
         self._written = beam.metrics.Metrics.counter("sample_catalog", "images_written")
-        self._bytes = beam.metrics.Metrics.counter("sample_catalog", "bytes_written")
+        self._bytes = beam.metrics.Metrics.counter("sample_catalog", "image_bytes_written")
 
     def process(self, index: int):
         row, data = generate_item(self._settings, index)
@@ -61,13 +89,36 @@ class RenderAndWrite(beam.DoFn):
             handle.write(data)
         self._written.inc()
         self._bytes.inc(len(data))
-        yield json.dumps({"uri": uri, **row}, sort_keys=False)
+        yield row["id"], json.dumps({"uri": uri, **row})
 
 
-def write_manifest(lines: list[str], path: str) -> None:
+def write_manifest(keyed_lines: list[tuple[str, str]], path: str) -> int:
+    """Writes the lines sorted by id, so the manifest of a seed is byte-identical on every run."""
     with FileSystems.create(path) as handle:
-        for line in sorted(lines):
+        for _, line in sorted(keyed_lines):
             handle.write(line.encode("utf-8") + b"\n")
+    return len(keyed_lines)
+
+
+def build(pipeline: beam.Pipeline, settings: CatalogSettings, num_images: int, output_dir: str) -> None:
+    images_dir = FileSystems.join(output_dir, "images")
+    manifest_path = FileSystems.join(output_dir, "manifest.jsonl")
+    _ = (
+        pipeline
+        | "IndexBlocks" >> beam.Create(range(0, num_images, INDEX_BLOCK))
+        | "Indices" >> beam.FlatMap(index_block, num_images)
+        | "Spread" >> beam.Reshuffle()
+        | "RenderAndWrite" >> beam.ParDo(RenderAndWrite(settings, images_dir))
+        # Manifest lines are ~400 bytes: 1M of them fit one worker. ToList also makes the
+        # manifest wait for every image, so a reader never sees a line whose image is missing.
+        | "Collect" >> beam.combiners.ToList()
+        | "WriteManifest" >> beam.Map(write_manifest, manifest_path)
+    )
+
+
+def _counter(result, name: str) -> int:
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace("sample_catalog").with_name(name))
+    return sum(c.committed or c.attempted or 0 for c in query["counters"])
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -75,25 +126,22 @@ def run(argv: list[str] | None = None) -> int:
     with launcher.usage_errors_exit():
         settings = validate(options)
     output_dir = launcher.absolute(options.output_dir)
-    images_dir = FileSystems.join(output_dir, "images")
     manifest_path = FileSystems.join(output_dir, "manifest.jsonl")
     started = time.perf_counter()
     LOG.info("generating %d scenes (seed %d) into %s", options.num_images, settings.seed, output_dir)
-    with beam.Pipeline(options=options) as pipeline:
-        _ = (
-            pipeline
-            | "Indices" >> beam.Create(range(options.num_images))
-            | "Spread" >> beam.Reshuffle()
-            | "RenderAndWrite" >> beam.ParDo(RenderAndWrite(settings, images_dir))
-            # Manifest lines are small (~300 bytes): even 1M fit one worker; sorting makes the file reproducible.
-            | "Collect" >> beam.combiners.ToList()
-            | "WriteManifest" >> beam.Map(write_manifest, manifest_path)
-        )
+    pipeline = beam.Pipeline(options=options)
+    build(pipeline, settings, options.num_images, output_dir)
+    result = pipeline.run()
+    result.wait_until_finish()
+    try:
+        images, size = _counter(result, "images_written"), _counter(result, "image_bytes_written")
+    except Exception:  # some runners (e.g. a Dataflow dry run) report no metrics
+        images, size = options.num_images, 0
     LOG.info(
-        "wrote %d images to %s and %s in %.1f s",
-        options.num_images, images_dir, manifest_path, time.perf_counter() - started,
+        "wrote %d images (%.1f MB) to %s and the manifest %s in %.1f s",
+        images, size / 1e6, FileSystems.join(output_dir, "images"), manifest_path,
+        time.perf_counter() - started,
     )
-    print(f"catalog: {manifest_path}")
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from encoders import model_config, tokens
 from encoders.contrastive import TrainingSettings, train_dual_encoder
 from encoders.retrieval_metrics import dual_encoder_report
+from encoders.tflite_metadata.regex_tokenizer import vocab_file_bytes
 from encoders.training_data import ManifestError, channel_statistics, load_image_array, read_captioned_manifest
 
 LOG = logging.getLogger("encoders.train")
@@ -130,9 +131,28 @@ def main(argv: list[str] | None = None) -> int:
     text_tflite = tflite_export.export_text_encoder(text_tower, transform.vocabulary, tokens.DELIM_REGEX, model_id)
     (output_dir / model_config.IMAGE_TFLITE_FILE).write_bytes(image_tflite)
     (output_dir / model_config.TEXT_TFLITE_FILE).write_bytes(text_tflite)
-    (output_dir / model_config.VOCAB_FILE).write_text("\n".join(transform.vocabulary) + "\n", encoding="utf-8")
+    (output_dir / model_config.VOCAB_FILE).write_bytes(
+        vocab_file_bytes(tflite_export.on_device_vocabulary(transform.vocabulary))
+    )
     image_tower.save(output_dir / model_config.IMAGE_KERAS_FILE)
+    text_tower.save(output_dir / "text_encoder.keras")
     timings["export_seconds"] = time.perf_counter() - started
+    # A conversion that silently dropped weights must never ship: compare on held-out data.
+    probe = slice(0, 32)
+    tflite_agreement = {
+        "image_min_cosine": tflite_export.agreement(
+            embed(image_tower, eval_pixels[probe].astype(np.float32)),
+            tflite_export.run_tflite(image_tflite, eval_pixels[probe].astype(np.float32)),
+        ),
+        "text_min_cosine": tflite_export.agreement(
+            embed(text_tower, eval_ids[probe].astype(np.int32)),
+            tflite_export.run_tflite(text_tflite, eval_ids[probe].astype(np.int32)),
+        ),
+    }
+    LOG.info("TFLite vs Keras agreement: %s", tflite_agreement)
+    if min(tflite_agreement.values()) < 0.999:
+        print(f"error: TFLite export disagrees with the Keras model: {tflite_agreement}", file=sys.stderr)
+        return 1
 
     config = model_config.ModelConfig(
         model_id=model_id,
@@ -140,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         image_size=args.image_size,
         text_max_len=args.max_len,
         delim_regex=tokens.DELIM_REGEX,
-        metrics=metrics,
+        metrics={**metrics, "tflite_agreement": tflite_agreement},
         training={
             "manifest": str(args.manifest),
             "eval_manifest": str(args.eval_manifest or f"last {args.holdout} rows of --manifest"),

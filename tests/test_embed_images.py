@@ -1,0 +1,183 @@
+"""End to end: the embedding job on local disk, a GCS emulator and an S3 server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import embed_images
+from encoders import model_config
+from tests.awkward_files import write_awkward_catalog
+from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_catalog(tmp_path_factory.mktemp("catalog"), 40)
+
+
+def embeddings_by_id(output_dir: str) -> dict[str, np.ndarray]:
+    table = read_parquet_dir(output_dir, "embeddings").to_pydict()
+    return {i: np.asarray(e, np.float32) for i, e in zip(table["id"], table["embedding"])}
+
+
+def test_manifest_run_writes_the_contract(catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    summary = embed_images.run(["--manifest", str(catalog), "--output_dir", str(out), "--batch_size", "16"])
+    config = model_config.validate_model_dir(None)
+    assert summary["matched"] == summary["embedded"] == 40 and summary["rejected"] == 0
+    assert summary["model_id"] == config.model_id
+    assert (out / "_SUCCESS").exists() and (out / "run_summary.json").exists()
+    shards = sorted((out / "embeddings").glob("part-*.parquet"))
+    assert shards
+    metadata = pq.read_schema(shards[0]).metadata
+    assert metadata[b"embedding_dim"] == str(config.embedding_dim).encode()
+    assert metadata[b"model_id"] == config.model_id.encode() and metadata[b"schema_version"] == b"1"
+    table = read_parquet_dir(str(out), "embeddings")
+    assert {"id", "uri", "embedding", "fingerprint", "model_id", "width", "height", "caption", "objects"} <= set(
+        table.column_names
+    )
+    rows = table.to_pylist()
+    manifest = {json.loads(line)["id"]: json.loads(line) for line in catalog.read_text().splitlines()}
+    assert {row["id"] for row in rows} == set(manifest)
+    for row in rows:
+        vector = np.asarray(row["embedding"], np.float32)
+        assert vector.shape == (config.embedding_dim,)
+        assert abs(np.linalg.norm(vector) - 1.0) < 1e-5
+        assert (row["width"], row["height"]) == (96, 96)
+        assert row["caption"] == manifest[row["id"]]["caption"]
+        assert json.loads(row["objects"]) == manifest[row["id"]]["objects"]
+        assert row["fingerprint"].startswith("size=")
+
+
+def test_two_runs_give_the_same_ids_and_embeddings(catalog: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    embed_images.run(["--manifest", str(catalog), "--output_dir", str(first), "--batch_size", "7"])
+    embed_images.run(["--manifest", str(catalog), "--output_dir", str(second), "--batch_size", "32"])
+    a, b = embeddings_by_id(str(first)), embeddings_by_id(str(second))
+    assert a.keys() == b.keys()
+    assert max(float(np.abs(a[k] - b[k]).max()) for k in a) < 1e-6
+
+
+def test_awkward_files_are_embedded_or_rejected_for_the_right_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "awkward"
+    folder.mkdir()
+    expectations = write_awkward_catalog(folder)
+    out = tmp_path / "out"
+    summary = embed_images.run(["--input_pattern", str(folder / "**"), "--output_dir", str(out)])
+    embedded = read_parquet_dir(str(out), "embeddings").to_pylist()
+    rejected = read_parquet_dir(str(out), "rejected").to_pylist()
+    by_name_embedded = {Path(row["uri"]).name: row for row in embedded}
+    by_name_rejected = {Path(row["uri"]).name: row for row in rejected}
+    assert not by_name_embedded.keys() & by_name_rejected.keys()
+    assert by_name_embedded.keys() | by_name_rejected.keys() == expectations.keys()
+    for name, expected in expectations.items():
+        if expected.embed:
+            assert name in by_name_embedded, f"{name} ({expected.note}) was rejected: {by_name_rejected.get(name)}"
+            row = by_name_embedded[name]
+            assert (row["width"], row["height"]) == (expected.width, expected.height), name
+        else:
+            assert name in by_name_rejected, f"{name} ({expected.note}) was embedded"
+            assert by_name_rejected[name]["error_type"] == expected.error_type, name
+            assert by_name_rejected[name]["error_message"]
+    assert summary["matched"] == len(expectations) == summary["embedded"] + summary["rejected"]
+
+
+def test_manifest_with_missing_file_and_duplicate(catalog: Path, tmp_path: Path) -> None:
+    lines = catalog.read_text().splitlines()[:5]
+    first = json.loads(lines[0])
+    lines.append(json.dumps({**first, "id": "zz-duplicate"}))  # the same uri listed twice
+    lines.append(json.dumps({"uri": str(tmp_path / "gone.jpg"), "id": "gone"}))
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    summary = embed_images.run(["--manifest", str(manifest), "--output_dir", str(out)])
+    ids = sorted(read_parquet_dir(str(out), "embeddings").column("id").to_pylist())
+    assert ids == sorted(json.loads(line)["id"] for line in lines[:5])
+    rejected = read_parquet_dir(str(out), "rejected").to_pylist()
+    assert [(Path(r["uri"]).name, r["error_type"]) for r in rejected] == [("gone.jpg", "not_found")]
+    assert summary["matched"] == 6 and summary["rejected_by_error_type"] == {"not_found": 1}
+
+
+def test_multiprocessing_runner(catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "beam_jobs.embed_images", "--manifest", str(catalog), "--output_dir", str(out),
+         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["embedded"] == 40
+    assert len(embeddings_by_id(str(out))) == 40
+
+
+def test_gcs_input_and_output(catalog: Path, gcs_emulator, tmp_path: Path) -> None:
+    gcs_emulator.bucket("catalog-bucket")
+    gcs_emulator.upload_directory(catalog.parent / "images", "catalog-bucket", "photos/2026")
+    out = "gs://catalog-bucket/runs/one"
+    summary = embed_images.run(
+        ["--input_pattern", "gs://catalog-bucket/photos/**/*.jpg", "--output_dir", out, *gcs_emulator.beam_options()]
+    )
+    assert summary["embedded"] == 40 and summary["rejected"] == 0
+    assert read_json(out + "/run_summary.json")["embedded"] == 40
+    ids = set(read_parquet_dir(out, "embeddings").column("id").to_pylist())
+    assert all(i.startswith("gs://catalog-bucket/photos/2026/") for i in ids) and len(ids) == 40
+    names = [blob.name for blob in gcs_emulator.client().list_blobs("catalog-bucket", prefix="runs/one/")]
+    assert "runs/one/_SUCCESS" in names
+
+
+def test_s3_input_and_output(catalog: Path, s3_server, tmp_path: Path) -> None:
+    s3_server.create_bucket("catalog-s3")
+    s3_server.upload_directory(catalog.parent / "images", "catalog-s3", "photos")
+    out = "s3://catalog-s3/runs/one"
+    summary = embed_images.run(
+        ["--input_pattern", "s3://catalog-s3/photos/*.jpg", "--output_dir", out, *s3_server.beam_options()]
+    )
+    assert summary["embedded"] == 40
+    assert len(set(read_parquet_dir(out, "embeddings").column("id").to_pylist())) == 40
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "beam_jobs.embed_images", *args], cwd=ROOT, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def test_bad_flags_and_models_stop_before_any_work(catalog: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("--output_dir", str(out))
+    assert result.returncode == 2 and "exactly one of --input_pattern" in result.stderr
+    broken_model = tmp_path / "model"
+    broken_model.mkdir()
+    (broken_model / "model_config.json").write_text("{}")
+    result = run_cli("--manifest", str(catalog), "--output_dir", str(out), "--model_dir", str(broken_model))
+    assert result.returncode == 2 and "missing" in result.stderr and "image_encoder.keras" in result.stderr
+    result = run_cli("--manifest", str(tmp_path / "nope.jsonl"), "--output_dir", str(out))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    result = run_cli("--manifest", str(catalog), "--output_dir", str(blocker / "out"))
+    assert result.returncode == 2 and "--output_dir" in result.stderr
+    assert not out.exists() or not any(out.rglob("*.parquet"))
+
+
+def test_dataflow_dry_run_translates_the_job(catalog: Path, gcs_emulator) -> None:
+    gcs_emulator.bucket("dataflow-bucket")
+    summary = embed_images.run([
+        "--input_pattern", "gs://dataflow-bucket/images/*.jpg", "--output_dir", "gs://dataflow-bucket/out",
+        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=p", "--region=r",
+        "--temp_location=gs://dataflow-bucket/tmp", "--sdk_location=container",
+        "--setup_file", str(ROOT / "setup.py"),
+    ])
+    assert summary["dry_run"] is True
+    steps = summary["dataflow_steps"]
+    assert any("Encode" in name for name in steps) and any("WriteEmbeddings" in name for name in steps)
