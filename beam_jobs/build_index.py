@@ -1,0 +1,235 @@
+"""Embeddings to indexes: a tuned server-side ScaNN index and on-device TFLite searchers.
+
+    python -m beam_jobs.build_index --embeddings 'OUT/embeddings/*.parquet' --output_dir INDEX \
+        [--model_dir MODEL] [--target_recall 0.95]
+
+Writes INDEX/scann/ (scann_ops_pybind.load_searcher), ids.parquet, index.ldb,
+text_searcher.tflite, image_searcher.tflite, index_config.json, eval.json,
+MANIFEST.json and, last, _SUCCESS.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from beam_jobs import launcher
+from encoders import model_config
+from index_builder import index_outputs
+from index_builder.searcher_models import SearcherModelError, build_searcher_model, embedding_dim_of
+
+LOG = logging.getLogger("build_index")
+
+
+class BuildIndexOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        parser.add_argument("--embeddings", required=True, help="Parquet glob written by embed_images")
+        parser.add_argument("--output_dir", required=True, help="index directory to write (local, gs://, s3://)")
+        parser.add_argument("--model_dir", default=None, help="model that produced the embeddings (default: bundled)")
+        parser.add_argument("--target_recall", type=float, default=0.95,
+                            help="server index: recall@10 vs exact search that tuning must reach")
+        parser.add_argument("--num_leaves", type=int, default=None, help="server index: fix the tree size")
+        parser.add_argument("--num_leaves_to_search", type=int, default=None, help="server index: fix leaves searched")
+        parser.add_argument("--reorder", type=int, default=None, help="server index: exact re-scoring depth (0 = off)")
+        parser.add_argument("--dims_per_block", type=int, default=2, help="server index: AH dimensions per code")
+        parser.add_argument("--training_sample_size", type=int, default=250_000, help="rows sampled to train")
+        parser.add_argument("--eval_queries", type=int, default=1000, help="held-out queries for eval.json")
+        parser.add_argument("--ondevice_target_recall", type=float, default=0.9,
+                            help="on-device index: recall@10 target (no reordering on device)")
+        parser.add_argument("--ondevice_num_leaves", type=int, default=None)
+        parser.add_argument("--ondevice_num_leaves_to_search", type=int, default=None)
+        parser.add_argument("--ondevice_dims_per_block", type=int, default=2,
+                            help="on-device AH code: D/this bytes per item")
+        parser.add_argument("--ondevice_lookup", default="FLOAT", choices=["INT8", "INT16", "FLOAT"],
+                            help="on-device lookup-table precision (INT8 is faster, FLOAT more accurate)")
+        parser.add_argument("--metadata_columns", default="uri",
+                            help="per-item searcher metadata: one column (stored as is) or a comma list (JSON)")
+        parser.add_argument("--seed", type=int, default=0)
+
+
+def validate(options: BuildIndexOptions):
+    """Loads and checks everything before any training; returns (embeddings, model dir, config)."""
+    from index_builder.embeddings_io import EmbeddingsError, load_embeddings
+    from transforms.model_staging import stage_model_dir
+
+    if not 0 < options.target_recall <= 1 or not 0 < options.ondevice_target_recall <= 1:
+        raise launcher.UsageError("--target_recall and --ondevice_target_recall must be in (0, 1]")
+    columns = [c.strip() for c in options.metadata_columns.split(",") if c.strip()]
+    if not columns:
+        raise launcher.UsageError("--metadata_columns needs at least one column name")
+    try:
+        local_model = stage_model_dir(options.model_dir)
+        config = model_config.validate_model_dir(local_model)
+    except model_config.ModelDirError as error:
+        raise launcher.UsageError(f"--model_dir: {error}") from error
+    FileSystems.set_options(options)
+    try:
+        embeddings = load_embeddings(options.embeddings, extra_columns=[c for c in columns if c not in ("id", "uri")])
+    except EmbeddingsError as error:
+        raise launcher.UsageError(f"--embeddings: {error}") from error
+    if embeddings.num_rows < 256:
+        raise launcher.UsageError(f"--embeddings: {embeddings.num_rows} rows; an AH index needs at least 256")
+    for name in (model_config.TEXT_TFLITE_FILE, model_config.IMAGE_TFLITE_FILE):
+        try:
+            dim = embedding_dim_of((local_model / name).read_bytes(), str(local_model / name))
+        except SearcherModelError as error:
+            raise launcher.UsageError(str(error)) from error
+        if dim != embeddings.dim:
+            raise launcher.UsageError(
+                f"{local_model / name} outputs {dim}-d embeddings but {embeddings.files[0]} holds "
+                f"{embeddings.dim}-d vectors: pass the --model_dir that produced the embeddings"
+            )
+    if embeddings.model_id != config.model_id:
+        raise launcher.UsageError(
+            f"{embeddings.files[0]} was embedded with model_id {embeddings.model_id!r} but --model_dir is "
+            f"{config.model_id!r}: text queries would land in a different embedding space"
+        )
+    launcher.check_writable(options.output_dir, "--output_dir")
+    return embeddings, local_model, config, columns
+
+
+def item_metadata(embeddings, columns: list[str]) -> list[bytes]:
+    def value(column: str, row: int) -> Any:
+        if column == "id":
+            return embeddings.ids[row]
+        if column == "uri":
+            return embeddings.uris[row]
+        return embeddings.columns[column][row]
+
+    if len(columns) == 1:
+        return [str(value(columns[0], r) or "").encode("utf-8") for r in range(embeddings.num_rows)]
+    return [json.dumps({c: value(c, r) for c in columns}, sort_keys=True).encode("utf-8")
+            for r in range(embeddings.num_rows)]
+
+
+def build(options: BuildIndexOptions, embeddings, local_model: Path, config, columns: list[str], work: Path) -> dict:
+    import numpy as np
+
+    from index_builder import evaluation, server_index, tuning
+    from index_builder.ondevice.convert import convert_searcher
+    from index_builder.ondevice.reference_search import ReferenceSearcher
+
+    vectors = embeddings.vectors
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    server_params = server_index.IndexParams(
+        num_leaves=options.num_leaves, num_leaves_to_search=options.num_leaves_to_search, reorder=options.reorder,
+        dims_per_block=options.dims_per_block, training_sample_size=options.training_sample_size, seed=options.seed,
+    )
+    server = tuning.tune_server_index(
+        vectors, server_params, tuning.TuningOptions(target_recall=options.target_recall, seed=options.seed)
+    )
+    server_index.save_server_index(server.index, str(work / "scann"))
+    timings["server_seconds"] = time.perf_counter() - started
+    LOG.info("server index: %s", server.chosen)
+
+    started = time.perf_counter()
+    device_params = server_index.IndexParams(
+        num_leaves=options.ondevice_num_leaves, num_leaves_to_search=options.ondevice_num_leaves_to_search,
+        dims_per_block=options.ondevice_dims_per_block, training_sample_size=options.training_sample_size,
+        seed=options.seed, for_ondevice=True,
+    )
+    device = tuning.tune_server_index(
+        vectors, device_params,
+        tuning.TuningOptions(target_recall=options.ondevice_target_recall, seed=options.seed),
+    )
+    user_info = json.dumps({"model_id": config.model_id, "num_items": embeddings.num_rows,
+                            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
+    summary = convert_searcher(
+        device.index.searcher, str(work / "index.ldb"), metadata=item_metadata(embeddings, columns),
+        user_info=user_info.encode(), num_leaves_to_search=device.chosen.num_leaves_to_search,
+        lookup_type=options.ondevice_lookup,
+    )
+    index_bytes = (work / "index.ldb").read_bytes()
+    (work / "text_searcher.tflite").write_bytes(
+        build_searcher_model(local_model / model_config.TEXT_TFLITE_FILE, index_bytes, embeddings.dim))
+    (work / "image_searcher.tflite").write_bytes(
+        build_searcher_model(local_model / model_config.IMAGE_TFLITE_FILE, index_bytes, embeddings.dim))
+    timings["ondevice_seconds"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    queries_idx = tuning.sample_query_rows(
+        embeddings.num_rows, options.eval_queries, options.seed + 1, exclude=server.queries_idx
+    )
+    true_ids, _ = evaluation.exact_top_k(vectors[queries_idx], vectors, min(100, embeddings.num_rows))
+    server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
+    reference = ReferenceSearcher(index_bytes)
+    device_found = np.asarray([
+        [summary.item_order[n.global_index] for n in reference.search(vectors[q], 10)] for q in queries_idx
+    ])
+    device_eval = {
+        "recall@10": evaluation.recall_at_k(device_found, true_ids, 10),
+        "bytes_per_item_codes": summary.bytes_per_item_codes,
+        "index_file_bytes": summary.file_bytes,
+        "bytes_per_item_total": summary.file_bytes / embeddings.num_rows,
+        "method": "numpy twin of the on-device search over index.ldb",
+    }
+    timings["eval_seconds"] = time.perf_counter() - started
+
+    index_outputs.write_ids(work / "ids.parquet", embeddings.ids, embeddings.uris)
+    index_config = {
+        "num_items": embeddings.num_rows, "embedding_dim": embeddings.dim, "model_id": config.model_id,
+        "embeddings": options.embeddings, "embedding_files": embeddings.files,
+        "duplicates_dropped": embeddings.duplicates_dropped, "metadata_columns": columns,
+        "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
+        "ondevice": {**device.index.describe(), "lookup_type": options.ondevice_lookup,
+                     "num_partitions": summary.num_partitions, "tuning": device.describe()},
+        "timings": timings,
+    }
+    index_outputs.write_json(work / "index_config.json", index_config)
+    index_outputs.write_json(work / "eval.json", {"server": server_eval, "ondevice": device_eval,
+                                                  "query_rows": queries_idx.tolist()})
+    return {"server": server_eval, "ondevice": device_eval, "timings": timings}
+
+
+def publish(work: Path, output_dir: str) -> None:
+    """Copies a locally built index to any filesystem; _SUCCESS goes last."""
+    for path in sorted(p for p in work.rglob("*") if p.is_file()):
+        with path.open("rb") as source, FileSystems.create(FileSystems.join(output_dir, path.relative_to(work).as_posix())) as target:
+            while chunk := source.read(16 << 20):
+                target.write(chunk)
+    with FileSystems.create(FileSystems.join(output_dir, index_outputs.SUCCESS_FILE)) as target:
+        target.write(b"")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    options = launcher.default_to_direct_runner(BuildIndexOptions(argv))
+    started = time.perf_counter()
+    with launcher.usage_errors_exit():
+        embeddings, local_model, config, columns = validate(options)
+    output_dir = launcher.absolute(options.output_dir)
+    LOG.info("build_index: %d x %d embeddings (model %s) -> %s; target recall@10 %.3f",
+             embeddings.num_rows, embeddings.dim, config.model_id, output_dir, options.target_recall)
+    remote = "://" in output_dir
+    with tempfile.TemporaryDirectory(prefix="build_index_") as staging:
+        work = Path(staging) if remote else Path(output_dir)
+        stale = work / index_outputs.SUCCESS_FILE
+        if stale.exists():
+            stale.unlink()
+        result = build(options, embeddings, local_model, config, columns, work)
+        index_outputs.write_manifest(work)
+        if remote:
+            publish(work, output_dir)
+        else:
+            index_outputs.write_success(work)
+    result["timings"]["total_seconds"] = time.perf_counter() - started
+    LOG.info("index written to %s: server recall@10 %.4f (%.3f ms/query), on-device recall@10 %.4f, %.1f bytes/item",
+             output_dir, result["server"]["recall@10"], result["server"]["query_latency_ms"]["mean_ms"],
+             result["ondevice"]["recall@10"], result["ondevice"]["bytes_per_item_total"])
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    outcome = run()
+    print(json.dumps({"server_recall@10": outcome["server"]["recall@10"],
+                      "ondevice_recall@10": outcome["ondevice"]["recall@10"]}))

@@ -1,0 +1,71 @@
+"""Query embeddings exactly as the device computes them, from the searcher .tflite files.
+
+The search CLI reads the tokenizer settings, vocabulary and normalization out of
+the model's own TFLite metadata and runs the same flatbuffer, so a query
+answered here is the query a phone would answer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from encoders.tflite_metadata import read_associated_files, read_metadata
+from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file, tokenize_like_task_library
+from encoders.tflite_metadata.schema import NormalizationOptions, RegexTokenizerOptions
+from transforms.image_decode import decode_image, resize_for_model
+
+
+def _interpreter(model: bytes):
+    import tensorflow as tf
+
+    interpreter = tf.lite.Interpreter(model_content=model)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def _run(interpreter, inputs: np.ndarray) -> np.ndarray:
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(source["index"], inputs[None].astype(source["dtype"]))
+    interpreter.invoke()
+    return interpreter.get_tensor(target["index"])[0].astype(np.float32)
+
+
+def _l2_normalize(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+class TextQueryEncoder:
+    def __init__(self, model_path: Path) -> None:
+        model = Path(model_path).read_bytes()
+        tensor = read_metadata(model).subgraph_metadata[0].input_tensor_metadata[0]
+        options = next(u.options for u in tensor.process_units if isinstance(u.options, RegexTokenizerOptions))
+        self._delim = options.delim_regex_pattern
+        self._vocab = parse_vocab_file(read_associated_files(model)[options.vocab_file[0].name])
+        self._interpreter = _interpreter(model)
+        self._max_len = int(self._interpreter.get_input_details()[0]["shape"][1])
+
+    def token_ids(self, text: str) -> list[int]:
+        return tokenize_like_task_library(text, self._vocab, self._delim, self._max_len)
+
+    def embed(self, text: str) -> np.ndarray:
+        return _l2_normalize(_run(self._interpreter, np.asarray(self.token_ids(text), np.int32)))
+
+
+class ImageQueryEncoder:
+    def __init__(self, model_path: Path) -> None:
+        model = Path(model_path).read_bytes()
+        tensor = read_metadata(model).subgraph_metadata[0].input_tensor_metadata[0]
+        normalization = next(
+            (u.options for u in tensor.process_units if isinstance(u.options, NormalizationOptions)), None
+        )
+        self._mean = np.asarray(normalization.mean if normalization else [0.0], np.float32)
+        self._std = np.asarray(normalization.std if normalization else [1.0], np.float32)
+        self._interpreter = _interpreter(model)
+        self._size = int(self._interpreter.get_input_details()[0]["shape"][1])
+
+    def embed_bytes(self, data: bytes, uri: str = "") -> np.ndarray:
+        # Squash-resize the whole image, as the Task Library's image preprocessor does.
+        rgb = resize_for_model(decode_image(data, uri=uri, target_size=self._size).rgb, self._size)
+        pixels = (rgb.astype(np.float32) - self._mean) / self._std
+        return _l2_normalize(_run(self._interpreter, pixels))
