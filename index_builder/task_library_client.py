@@ -1,0 +1,43 @@
+"""Runs INSIDE the Task Library venv (tflite-support 0.4.4): stdin JSON request -> stdout JSON.
+
+Standalone on purpose: that venv has tflite-support and its protobuf<4, and
+none of this project's dependencies.
+
+    {"kind": "text_searcher", "model": PATH, "queries": [...], "k": 10}
+    {"kind": "image_searcher", "model": PATH, "images": [...], "k": 10}
+"""
+import json
+import sys
+
+
+def _neighbors(result):
+    return [{"metadata": n.metadata.decode("utf-8", "replace") if isinstance(n.metadata, bytes) else n.metadata,
+             "distance": float(n.distance)} for n in result.nearest_neighbors]
+
+
+def main() -> None:
+    request = json.load(sys.stdin)
+    from tflite_support.task import core, processor
+
+    base = core.BaseOptions(file_name=request["model"])
+    search = processor.SearchOptions(max_results=int(request.get("k", 10)))
+    if request["kind"] == "text_searcher":
+        from tflite_support.task import text
+
+        searcher = text.TextSearcher.create_from_options(
+            text.TextSearcherOptions(base_options=base, search_options=search))
+        results = [_neighbors(searcher.search(query)) for query in request["queries"]]
+    elif request["kind"] == "image_searcher":
+        from tflite_support.task import vision
+
+        searcher = vision.ImageSearcher.create_from_options(
+            vision.ImageSearcherOptions(base_options=base, search_options=search))
+        results = [_neighbors(searcher.search(vision.TensorImage.create_from_file(path)))
+                   for path in request["images"]]
+    else:
+        raise SystemExit(f"unknown kind {request['kind']!r}")
+    json.dump({"results": results}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

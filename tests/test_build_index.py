@@ -1,0 +1,131 @@
+"""End to end: embeddings -> build_index -> server ScaNN, index.ldb, Task Library searchers, search CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import build_index, embed_images
+from index_builder.evaluation import exact_top_k, recall_at_k
+from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
+from index_builder.scann_import import scann_ops_pybind
+from tests.embed_helpers import read_parquet_dir, write_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("index")
+    manifest = write_catalog(base / "catalog", 400, seed=77, image_size=128)
+    embed_images.run(["--manifest", str(manifest), "--output_dir", str(base / "run")])
+    result = build_index.run(["--embeddings", str(base / "run" / "embeddings" / "*.parquet"),
+                              "--output_dir", str(base / "index"), "--eval_queries", "200"])
+    table = read_parquet_dir(str(base / "run"), "embeddings").to_pydict()
+    return {"base": base, "index": base / "index", "result": result, "manifest": manifest,
+            "uris": table["uri"], "captions": table["caption"],
+            "vectors": np.asarray(table["embedding"], np.float32)}
+
+
+def test_index_directory_contract(built: dict) -> None:
+    index = built["index"]
+    for name in ("scann", "ids.parquet", "text_searcher.tflite", "image_searcher.tflite", "index.ldb",
+                 "index_config.json", "eval.json", "MANIFEST.json", "_SUCCESS"):
+        assert (index / name).exists(), name
+    manifest = json.loads((index / "MANIFEST.json").read_text())["files"]
+    assert manifest["index.ldb"]["bytes"] == (index / "index.ldb").stat().st_size
+    config = json.loads((index / "index_config.json").read_text())
+    assert config["num_items"] == 400 and config["embedding_dim"] == 128
+    assert config["server"]["params"]["num_leaves"] >= 1
+
+
+def test_server_artifacts_load_and_eval_recall_is_reproducible(built: dict) -> None:
+    index = built["index"]
+    searcher = scann_ops_pybind.load_searcher(str(index / "scann"))
+    ids = pq.read_table(index / "ids.parquet").to_pydict()
+    uri_row = {uri: row for row, uri in enumerate(ids["uri"])}
+    vectors = np.zeros_like(built["vectors"])
+    for uri, vector in zip(built["uris"], built["vectors"]):
+        vectors[uri_row[uri]] = vector
+    evaluation = json.loads((index / "eval.json").read_text())
+    queries = np.asarray(evaluation["query_rows"])
+    true_ids, _ = exact_top_k(vectors[queries], vectors, 10)
+    found, _ = searcher.search_batched(vectors[queries], final_num_neighbors=10)
+    recomputed = recall_at_k(np.asarray(found), true_ids, 10)
+    assert abs(recomputed - evaluation["server"]["recall@10"]) < 1e-9
+    assert evaluation["server"]["recall@10"] >= 0.95
+
+
+def exact_uris(built: dict, query: np.ndarray, k: int = 10) -> list[str]:
+    order = np.argsort(-(built["vectors"] @ query))[:k]
+    return [built["uris"][i] for i in order]
+
+
+@pytest.mark.task_library
+def test_task_library_text_searcher_agrees_with_exact_search(built: dict) -> None:
+    from index_builder import task_library_searcher
+
+    model = built["index"] / "text_searcher.tflite"
+    queries = built["captions"][:20]
+    encoder = TextQueryEncoder(model)
+    results = task_library_searcher.text_search(model, queries, 10)
+    found = [[r["metadata"] for r in hits] for hits in results]
+    expected = [exact_uris(built, encoder.embed(q)) for q in queries]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, expected)])
+    assert recall >= 0.9, recall
+    # The paired image is found for most captions, from a phone-identical model.
+    assert np.mean([built["uris"][i] in found[i] for i in range(len(queries))]) >= 0.8
+
+
+@pytest.mark.task_library
+def test_task_library_image_searcher_agrees_with_exact_search(built: dict) -> None:
+    from index_builder import task_library_searcher
+
+    model = built["index"] / "image_searcher.tflite"
+    images = built["uris"][:15]
+    encoder = ImageQueryEncoder(model)
+    results = task_library_searcher.image_search(model, images, 10)
+    found = [[r["metadata"] for r in hits] for hits in results]
+    expected = [exact_uris(built, encoder.embed_bytes(Path(p).read_bytes())) for p in images]
+    recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, expected)])
+    assert recall >= 0.9, recall
+    assert np.mean([images[i] == found[i][0] for i in range(len(images))]) >= 0.8
+
+
+def test_search_cli_finds_the_captioned_image(built: dict) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "beam_jobs.search", "--index", str(built["index"]), "--text", built["captions"][3],
+         "--k", "10", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hits = json.loads(result.stdout)["results"]
+    assert len(hits) == 10 and built["uris"][3] in [h["uri"] for h in hits]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_mismatched_model_or_bad_embeddings_stop_before_training(built: dict, tmp_path: Path) -> None:
+    embeddings = str(built["base"] / "run" / "embeddings" / "*.parquet")
+    model = tmp_path / "other_model"
+    model.mkdir()
+    from encoders import model_config
+
+    for name in model_config.REQUIRED_FILES:
+        (model / name).write_bytes((model_config.DEFAULT_MODEL_DIR / name).read_bytes())
+    config = json.loads((model / "model_config.json").read_text())
+    config["model_id"] = "someone-elses-model"
+    (model / "model_config.json").write_text(json.dumps(config))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "beam_jobs.build_index", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+
+    result = run("--embeddings", embeddings, "--output_dir", str(tmp_path / "out"), "--model_dir", str(model))
+    assert result.returncode == 2 and "someone-elses-model" in result.stderr
+    result = run("--embeddings", str(tmp_path / "none" / "*.parquet"), "--output_dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "--embeddings" in result.stderr
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
