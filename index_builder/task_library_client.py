@@ -5,6 +5,8 @@ none of this project's dependencies.
 
     {"kind": "text_searcher", "model": PATH, "queries": [...], "k": 10}
     {"kind": "image_searcher", "model": PATH, "images": [...], "k": 10}
+    {"kind": "text_embedder", "model": PATH, "inputs": [...]}
+    {"kind": "image_embedder", "model": PATH, "images": [...]}
 """
 import json
 import sys
@@ -13,6 +15,10 @@ import sys
 def _neighbors(result):
     return [{"metadata": n.metadata.decode("utf-8", "replace") if isinstance(n.metadata, bytes) else n.metadata,
              "distance": float(n.distance)} for n in result.nearest_neighbors]
+
+
+def _vector(result):
+    return [float(v) for v in result.embeddings[0].feature_vector.value]
 
 
 def main() -> None:
@@ -34,6 +40,16 @@ def main() -> None:
             vision.ImageSearcherOptions(base_options=base, search_options=search))
         results = [_neighbors(searcher.search(vision.TensorImage.create_from_file(path)))
                    for path in request["images"]]
+    elif request["kind"] == "text_embedder":
+        from tflite_support.task import text
+
+        embedder = text.TextEmbedder.create_from_options(text.TextEmbedderOptions(base_options=base))
+        results = [_vector(embedder.embed(item)) for item in request["inputs"]]
+    elif request["kind"] == "image_embedder":
+        from tflite_support.task import vision
+
+        embedder = vision.ImageEmbedder.create_from_options(vision.ImageEmbedderOptions(base_options=base))
+        results = [_vector(embedder.embed(vision.TensorImage.create_from_file(path))) for path in request["images"]]
     else:
         raise SystemExit(f"unknown kind {request['kind']!r}")
     json.dump({"results": results}, sys.stdout)

@@ -39,3 +39,11 @@ def text_search(model: Path, queries: list[str], k: int = 10) -> list[list[dict]
 
 def image_search(model: Path, images: list[str], k: int = 10) -> list[list[dict]]:
     return _call({"kind": "image_searcher", "model": str(model), "images": images, "k": k})
+
+
+def text_embed(model: Path, inputs: list[str]) -> list[list[float]]:
+    return _call({"kind": "text_embedder", "model": str(model), "inputs": inputs})
+
+
+def image_embed(model: Path, images: list[str]) -> list[list[float]]:
+    return _call({"kind": "image_embedder", "model": str(model), "images": images})

@@ -121,16 +121,16 @@ def test_tflite_files_carry_task_library_metadata() -> None:
 
 @pytest.mark.task_library
 def test_task_library_embedders_match_our_embeddings(config: model_config.ModelConfig, images: list[Path]) -> None:
-    from tests.task_library import run_client
+    from index_builder import task_library_searcher
 
-    text = run_client({"kind": "text_embedder", "model": str(MODEL / model_config.TEXT_TFLITE_FILE), "inputs": CAPTIONS})
+    text = {"embeddings": task_library_searcher.text_embed(MODEL / model_config.TEXT_TFLITE_FILE, CAPTIONS)}
     ours = tflite_run(MODEL / model_config.TEXT_TFLITE_FILE, np.stack([device_ids(c, config) for c in CAPTIONS]))
     theirs = np.asarray(text["embeddings"], np.float32)
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosine.min() >= 0.99, cosine
 
-    image = run_client({"kind": "image_embedder", "model": str(MODEL / model_config.IMAGE_TFLITE_FILE),
-                        "images": [str(p) for p in images]})
+    image = {"embeddings": task_library_searcher.image_embed(MODEL / model_config.IMAGE_TFLITE_FILE,
+                                                             [str(p) for p in images])}
     theirs = np.asarray(image["embeddings"], np.float32)
     ours = load_encoder(str(MODEL)).embed(pixels_of(images, config.image_size))
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)

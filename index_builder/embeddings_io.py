@@ -1,0 +1,304 @@
+"""Reads the embeddings Parquet shards into one validated float32 matrix.
+
+Why one loader: every index (server ScaNN, on-device) is trained from the same
+[N, D] matrix, and a bad shard (wrong model, NaN, unnormalized vectors) must be
+refused before minutes of training, with an error naming the file to fix.
+
+Memory: row counts come from the Parquet footers first, so the matrix is
+allocated once and each file is decoded straight into its slice; 1M x 128
+float32 costs 512 MB, not twice that.
+
+Duplicate ids: files are read in sorted path order and rows in file order; the
+first occurrence of an id is kept and later ones are dropped and counted. This
+is deterministic for a given set of files, and cheap to stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import IO, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+REQUIRED_COLUMNS = ("id", "uri", "embedding", "model_id")
+NORM_TOLERANCE = 1e-3
+_COMPACTION_CHUNK_ROWS = 65_536
+
+
+class EmbeddingsError(ValueError):
+    """The embeddings input cannot be indexed; the message names the file and the fix."""
+
+
+@dataclass
+class EmbeddingSet:
+    """Validated embeddings: row i of ``vectors`` belongs to ``ids[i]`` / ``uris[i]``."""
+
+    ids: list[str]
+    uris: list[str]
+    vectors: np.ndarray  # [N, D] float32, C-contiguous, L2-normalized
+    model_id: str
+    files: list[str]
+    duplicates_dropped: int = 0
+    columns: dict[str, list] = field(default_factory=dict)  # extra columns asked for
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+
+def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> EmbeddingSet:
+    """Loads every Parquet file matching ``pattern`` (local, gs://, s3://, ...).
+
+    ``extra_columns`` names carried-through columns (e.g. ``caption``,
+    ``fingerprint``) to return in ``EmbeddingSet.columns``.
+    Raises EmbeddingsError naming the offending file for any contract violation.
+    """
+    files = match_files(pattern)
+    row_counts = [_footer_row_count(path) for path in files]
+    total_rows = sum(row_counts)
+    if total_rows == 0:
+        raise EmbeddingsError(f"{pattern!r} matched {len(files)} file(s) with zero rows in total: nothing to index")
+
+    vectors: np.ndarray | None = None
+    first: tuple[str, str, int] | None = None  # (path, model_id, dim) every later shard must match
+    ids: list[str] = []
+    uris: list[str] = []
+    extras: dict[str, list] = {name: [] for name in extra_columns}
+    seen: set[str] = set()
+    keep = np.ones(total_rows, dtype=bool)
+    offset = 0
+    for path, expected_rows in zip(files, row_counts):
+        if expected_rows == 0:
+            continue
+        shard = _read_shard(path, expected_rows, extra_columns)
+        if first is None:
+            first = (path, shard.model_id, shard.vectors.shape[1])
+            vectors = np.empty((total_rows, shard.vectors.shape[1]), dtype=np.float32)
+        _check_same_model(shard, *first)
+        assert vectors is not None
+        vectors[offset:offset + expected_rows] = shard.vectors
+
+        for row, row_id in enumerate(shard.ids):
+            if row_id in seen:
+                keep[offset + row] = False
+                continue
+            seen.add(row_id)
+            ids.append(row_id)
+            uris.append(shard.uris[row])
+        shard_keep = keep[offset:offset + expected_rows]
+        for name, values in shard.extras.items():
+            extras[name].extend(value for value, kept in zip(values, shard_keep) if kept)
+        offset += expected_rows
+
+    assert vectors is not None and first is not None
+    kept_rows = _compact_in_place(vectors, keep)
+    return EmbeddingSet(
+        ids=ids,
+        uris=uris,
+        vectors=vectors[:kept_rows],
+        model_id=first[1],
+        files=files,
+        duplicates_dropped=total_rows - kept_rows,
+        columns=extras,
+    )
+
+
+@dataclass
+class _Shard:
+    """One validated file."""
+
+    path: str
+    ids: list[str]
+    uris: list[str]
+    vectors: np.ndarray
+    model_id: str
+    extras: dict[str, list]
+
+
+def _read_shard(path: str, expected_rows: int, extra_columns: Sequence[str]) -> _Shard:
+    """Reads and validates one file on its own (cross-file checks are _check_same_model)."""
+    table = _read_table(path, list(REQUIRED_COLUMNS) + [c for c in extra_columns if c not in REQUIRED_COLUMNS])
+    if table.num_rows != expected_rows:
+        raise EmbeddingsError(f"{path}: footer says {expected_rows} rows but {table.num_rows} were read")
+    model_id = _single_model_id(path, table)
+    ids = _non_null_strings(path, table, "id")
+    vectors = _embedding_matrix(path, table)
+    _check_metadata(path, table.schema.metadata, vectors.shape[1], model_id)
+    _check_vectors(path, ids, vectors)
+    return _Shard(
+        path=path,
+        ids=ids,
+        uris=_non_null_strings(path, table, "uri"),
+        vectors=vectors,
+        model_id=model_id,
+        extras={name: table.column(name).to_pylist() for name in extra_columns},
+    )
+
+
+def _check_same_model(shard: _Shard, first_path: str, model_id: str, dim: int) -> None:
+    if shard.model_id != model_id:
+        raise EmbeddingsError(
+            f"{shard.path}: model_id {shard.model_id!r} differs from {model_id!r} in {first_path}; "
+            "embeddings from different models are not comparable: re-embed with one model"
+        )
+    if shard.vectors.shape[1] != dim:
+        raise EmbeddingsError(
+            f"{shard.path}: embedding dimension {shard.vectors.shape[1]} differs from {dim} in {first_path}; "
+            "all shards must come from the same encoder"
+        )
+
+
+def match_files(pattern: str) -> list[str]:
+    """Sorted paths matching ``pattern`` through Beam's filesystems (so gs:// and s3:// work)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        results = FileSystems.match([pattern])
+    except Exception as error:  # Beam raises BeamIOError for a pattern without matches on some filesystems
+        raise EmbeddingsError(f"cannot list {pattern!r}: {error}") from error
+    files = sorted(m.path for result in results for m in result.metadata_list)
+    if not files:
+        raise EmbeddingsError(
+            f"{pattern!r} matches no files: point --embeddings at OUT/embeddings/*.parquet of an embed_images run"
+        )
+    return files
+
+
+@contextlib.contextmanager
+def _open(path: str) -> Iterator[IO[bytes] | str]:
+    """A local path as is (pyarrow memory-maps it), anything else as a Beam file object."""
+    if "://" not in path or path.startswith("file://"):
+        yield path.removeprefix("file://")
+        return
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        yield handle
+
+
+def _footer_row_count(path: str) -> int:
+    try:
+        with _open(path) as source:
+            return pq.ParquetFile(source).metadata.num_rows
+    except (pa.ArrowInvalid, OSError) as error:
+        raise EmbeddingsError(f"{path}: not a readable Parquet file ({error})") from error
+
+
+def _read_table(path: str, columns: list[str]) -> pa.Table:
+    with _open(path) as source:
+        parquet_file = pq.ParquetFile(source)
+        present = set(parquet_file.schema_arrow.names)
+        missing = [c for c in columns if c not in present]
+        if missing:
+            raise EmbeddingsError(
+                f"{path}: missing column(s) {missing}; embeddings shards need {list(REQUIRED_COLUMNS)} "
+                f"(has {sorted(present)})"
+            )
+        return parquet_file.read(columns=columns)
+
+
+def _non_null_strings(path: str, table: pa.Table, name: str) -> list[str]:
+    column = table.column(name)
+    if column.null_count:
+        raise EmbeddingsError(f"{path}: column {name!r} has {column.null_count} null value(s)")
+    return column.to_pylist()
+
+
+def _single_model_id(path: str, table: pa.Table) -> str:
+    values = pc.unique(table.column("model_id")).to_pylist()
+    if len(values) != 1 or values[0] is None:
+        raise EmbeddingsError(
+            f"{path}: rows carry several model_ids {values}; one shard must come from one model: re-embed"
+        )
+    return values[0]
+
+
+def _embedding_matrix(path: str, table: pa.Table) -> np.ndarray:
+    """[rows, D] float32 view of the ``embedding`` list column; refuses ragged or null rows."""
+    column = table.column("embedding").combine_chunks()
+    if column.null_count:
+        raise EmbeddingsError(f"{path}: {column.null_count} row(s) have a null embedding")
+    if pa.types.is_fixed_size_list(column.type):
+        dim = column.type.list_size
+    elif pa.types.is_list(column.type) or pa.types.is_large_list(column.type):
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if len(lengths) else 0
+        if len(lengths) and not np.all(lengths == dim):
+            bad = int(np.flatnonzero(lengths != dim)[0])
+            raise EmbeddingsError(
+                f"{path}: mixed embedding dimensions in one file (row 0 has {dim}, row {bad} has {lengths[bad]})"
+            )
+    else:
+        raise EmbeddingsError(f"{path}: column 'embedding' is {column.type}, expected list<float32>")
+    if dim == 0:
+        raise EmbeddingsError(f"{path}: embeddings are empty lists")
+    values = column.flatten()
+    if not (pa.types.is_floating(values.type)):
+        raise EmbeddingsError(f"{path}: embedding values are {values.type}, expected float32")
+    flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(len(column), dim)
+
+
+def _check_metadata(path: str, metadata: dict[bytes, bytes] | None, dim: int, model_id: str) -> None:
+    """The file's key-value metadata, when present, must agree with its rows."""
+    metadata = metadata or {}
+    recorded_dim = metadata.get(b"embedding_dim")
+    if recorded_dim is not None and int(recorded_dim) != dim:
+        raise EmbeddingsError(f"{path}: metadata embedding_dim={recorded_dim.decode()} but rows have dimension {dim}")
+    recorded_model = metadata.get(b"model_id")
+    if recorded_model is not None and recorded_model.decode() != model_id:
+        raise EmbeddingsError(
+            f"{path}: metadata model_id={recorded_model.decode()!r} but rows say {model_id!r}"
+        )
+
+
+def _check_vectors(path: str, ids: list[str], vectors: np.ndarray) -> None:
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise EmbeddingsError(
+            f"{path}: id {ids[row]!r} (row {row}) has NaN/inf in its embedding; "
+            f"{int((~finite).sum())} such row(s) in this file"
+        )
+    norms = np.linalg.norm(vectors, axis=1)
+    zero = norms == 0
+    if zero.any():
+        row = int(np.flatnonzero(zero)[0])
+        raise EmbeddingsError(
+            f"{path}: id {ids[row]!r} (row {row}) has an all-zero embedding; "
+            f"{int(zero.sum())} such row(s) in this file"
+        )
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        row = int(np.flatnonzero(off)[0])
+        raise EmbeddingsError(
+            f"{path}: id {ids[row]!r} (row {row}) has L2 norm {norms[row]:.6f}, expected 1 +- {NORM_TOLERANCE}; "
+            f"{int(off.sum())} such row(s): the embeddings contract requires L2-normalized vectors"
+        )
+
+
+def _compact_in_place(vectors: np.ndarray, keep: np.ndarray) -> int:
+    """Moves kept rows to the front without a second full-size copy; returns their count.
+
+    Safe in chunks because kept row j always comes from source row >= j, and
+    each chunk's source rows are copied (fancy indexing) before being written.
+    """
+    if keep.all():
+        return len(keep)
+    kept = np.flatnonzero(keep)
+    for start in range(0, len(kept), _COMPACTION_CHUNK_ROWS):
+        stop = min(start + _COMPACTION_CHUNK_ROWS, len(kept))
+        vectors[start:stop] = vectors[kept[start:stop]]
+    return len(kept)
+
+
+__all__ = ["EmbeddingSet", "EmbeddingsError", "load_embeddings", "match_files", "REQUIRED_COLUMNS"]
