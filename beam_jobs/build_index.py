@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
+from beam_jobs.common_options import CommonJobOptions, common
 from encoders import model_config
 from index_builder import index_outputs
 from index_builder.searcher_models import SearcherModelError, build_searcher_model, embedding_dim_of
@@ -31,9 +32,7 @@ LOG = logging.getLogger("build_index")
 class BuildIndexOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--embeddings", required=True, help="Parquet glob written by embed_images")
-        parser.add_argument("--output_dir", required=True, help="index directory to write (local, gs://, s3://)")
-        parser.add_argument("--model_dir", default=None, help="model that produced the embeddings (default: bundled)")
+        parser.add_argument("--embeddings", default=None, help="Parquet glob written by embed_images; required")
         parser.add_argument("--target_recall", type=float, default=0.95,
                             help="server index: recall@10 vs exact search that tuning must reach")
         parser.add_argument("--num_leaves", type=int, default=None, help="server index: fix the tree size")
@@ -52,7 +51,6 @@ class BuildIndexOptions(PipelineOptions):
                             help="on-device lookup-table precision (INT8 is faster, FLOAT more accurate)")
         parser.add_argument("--metadata_columns", default="uri",
                             help="per-item searcher metadata: one column (stored as is) or a comma list (JSON)")
-        parser.add_argument("--seed", type=int, default=0)
 
 
 def validate(options: BuildIndexOptions):
@@ -60,13 +58,16 @@ def validate(options: BuildIndexOptions):
     from index_builder.embeddings_io import EmbeddingsError, load_embeddings
     from transforms.model_staging import stage_model_dir
 
+    shared = common(options)
+    if not options.embeddings:
+        raise launcher.UsageError("--embeddings is required (e.g. 'OUT/embeddings/*.parquet')")
     if not 0 < options.target_recall <= 1 or not 0 < options.ondevice_target_recall <= 1:
         raise launcher.UsageError("--target_recall and --ondevice_target_recall must be in (0, 1]")
     columns = [c.strip() for c in options.metadata_columns.split(",") if c.strip()]
     if not columns:
         raise launcher.UsageError("--metadata_columns needs at least one column name")
     try:
-        local_model = stage_model_dir(options.model_dir)
+        local_model = stage_model_dir(shared.model_dir)
         config = model_config.validate_model_dir(local_model)
     except model_config.ModelDirError as error:
         raise launcher.UsageError(f"--model_dir: {error}") from error
@@ -92,7 +93,7 @@ def validate(options: BuildIndexOptions):
             f"{embeddings.files[0]} was embedded with model_id {embeddings.model_id!r} but --model_dir is "
             f"{config.model_id!r}: text queries would land in a different embedding space"
         )
-    launcher.check_writable(options.output_dir, "--output_dir")
+    launcher.check_writable(shared.output_dir, "--output_dir")
     return embeddings, local_model, config, columns
 
 
@@ -123,10 +124,10 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     started = time.perf_counter()
     server_params = server_index.IndexParams(
         num_leaves=options.num_leaves, num_leaves_to_search=options.num_leaves_to_search, reorder=options.reorder,
-        dims_per_block=options.dims_per_block, training_sample_size=options.training_sample_size, seed=options.seed,
+        dims_per_block=options.dims_per_block, training_sample_size=options.training_sample_size, seed=options.view_as(CommonJobOptions).seed,
     )
     server = tuning.tune_server_index(
-        vectors, server_params, tuning.TuningOptions(target_recall=options.target_recall, seed=options.seed)
+        vectors, server_params, tuning.TuningOptions(target_recall=options.target_recall, seed=options.view_as(CommonJobOptions).seed)
     )
     server_index.save_server_index(server.index, str(work / "scann"))
     timings["server_seconds"] = time.perf_counter() - started
@@ -136,11 +137,11 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     device_params = server_index.IndexParams(
         num_leaves=options.ondevice_num_leaves, num_leaves_to_search=options.ondevice_num_leaves_to_search,
         dims_per_block=options.ondevice_dims_per_block, training_sample_size=options.training_sample_size,
-        seed=options.seed, for_ondevice=True,
+        seed=options.view_as(CommonJobOptions).seed, for_ondevice=True,
     )
     device = tuning.tune_server_index(
         vectors, device_params,
-        tuning.TuningOptions(target_recall=options.ondevice_target_recall, seed=options.seed),
+        tuning.TuningOptions(target_recall=options.ondevice_target_recall, seed=options.view_as(CommonJobOptions).seed),
     )
     user_info = json.dumps({"model_id": config.model_id, "num_items": embeddings.num_rows,
                             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
@@ -158,7 +159,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
 
     started = time.perf_counter()
     queries_idx = tuning.sample_query_rows(
-        embeddings.num_rows, options.eval_queries, options.seed + 1, exclude=server.queries_idx
+        embeddings.num_rows, options.eval_queries, options.view_as(CommonJobOptions).seed + 1, exclude=server.queries_idx
     )
     true_ids, _ = evaluation.exact_top_k(vectors[queries_idx], vectors, min(100, embeddings.num_rows))
     server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
@@ -198,7 +199,7 @@ def publish(work: Path, output_dir: str) -> None:
             while chunk := source.read(16 << 20):
                 target.write(chunk)
     with FileSystems.create(FileSystems.join(output_dir, index_outputs.SUCCESS_FILE)) as target:
-        target.write(b"")
+        target.write(index_outputs.success_marker())
 
 
 def run(argv: list[str] | None = None) -> dict:
@@ -206,7 +207,7 @@ def run(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     with launcher.usage_errors_exit():
         embeddings, local_model, config, columns = validate(options)
-    output_dir = launcher.absolute(options.output_dir)
+    output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
     LOG.info("build_index: %d x %d embeddings (model %s) -> %s; target recall@10 %.3f",
              embeddings.num_rows, embeddings.dim, config.model_id, output_dir, options.target_recall)
     remote = "://" in output_dir

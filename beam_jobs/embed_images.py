@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from beam_jobs import launcher
+from beam_jobs.common_options import CommonJobOptions, common
 from encoders import model_config
 from transforms import embedding_schema, image_decode, run_outputs
 from transforms.decoding_fn import DecodeForModel
@@ -41,8 +42,6 @@ class EmbedImagesOptions(PipelineOptions):
             help="glob of images (repeatable; recursive ** allowed), e.g. 'gs://bucket/photos/**/*.jpg'",
         )
         parser.add_argument("--manifest", default=None, help="JSONL, CSV or Parquet with a uri column (id optional)")
-        parser.add_argument("--output_dir", required=True, help="where embeddings/, rejected/ and the summary go")
-        parser.add_argument("--model_dir", default=None, help="model directory (default: the bundled model)")
         parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
         parser.add_argument("--max_image_bytes", type=int, default=image_decode.DEFAULT_MAX_BYTES,
                             help="larger objects are rejected as too_large without being read whole")
@@ -54,6 +53,7 @@ class EmbedImagesOptions(PipelineOptions):
 
 def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tuple[str, ...]]:
     """Everything that can be wrong before work starts; returns the model config and manifest columns."""
+    shared = common(options)
     if bool(options.input_pattern) == bool(options.manifest):
         raise launcher.UsageError("pass exactly one of --input_pattern (one or more) or --manifest")
     for flag, value, low in (("--batch_size", options.batch_size, 1), ("--rows_per_shard", options.rows_per_shard, 1),
@@ -69,12 +69,12 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
         except ManifestError as error:
             raise launcher.UsageError(str(error)) from error
     try:
-        encoder = load_encoder(options.model_dir)
+        encoder = load_encoder(shared.model_dir)
     except model_config.ModelDirError as error:
         raise launcher.UsageError(f"--model_dir: {error}") from error
     except Exception as error:  # a file that Keras cannot load is an unusable model, whatever the cause
         raise launcher.UsageError(f"--model_dir: the image encoder cannot be loaded: {error}") from error
-    launcher.check_writable(options.output_dir, "--output_dir")
+    launcher.check_writable(shared.output_dir, "--output_dir")
     return encoder.config, columns
 
 
@@ -102,7 +102,7 @@ def build_pipeline(
     encoded = (
         decoded.pixels
         | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
-        | "Encode" >> beam.ParDo(EncodeBatches(options.model_dir)).with_outputs(EncodeBatches.REJECTED, main="rows")
+        | "Encode" >> beam.ParDo(EncodeBatches(options.view_as(CommonJobOptions).model_dir)).with_outputs(EncodeBatches.REJECTED, main="rows")
     )
     carried = embedding_schema.carried_column_names(manifest_columns)
     schema = embedding_schema.embeddings_schema(config.embedding_dim, config.model_id, list(carried.values()))
@@ -139,7 +139,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     with launcher.usage_errors_exit():
         config, columns = validate(options)
-    output_dir = launcher.absolute(options.output_dir)
+    output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
     LOG.info(
         "embed_images: inputs=%s output_dir=%s model_id=%s (D=%d, %dpx) batch_size=%d runner=%s",
         options.manifest or options.input_pattern, output_dir, config.model_id, config.embedding_dim,

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
+from beam_jobs.common_options import CommonJobOptions, common
 from transforms.sample_catalog.generate import FORMATS, CatalogSettings, generate_item
 
 LOG = logging.getLogger("make_sample_catalog")
@@ -31,15 +32,7 @@ INDEX_BLOCK = 1000
 class SampleCatalogOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--output_dir", required=True,
-            help="catalog folder (local, gs:// or s3://); gets images/ and manifest.jsonl",
-        )
-        parser.add_argument("--num_images", type=int, required=True, help="number of scenes to generate (> 0)")
-        parser.add_argument(
-            "--seed", type=int, default=0,
-            help="catalog seed (>= 0): the same seed gives the same images, captions and ids",
-        )
+        parser.add_argument("--num_images", type=int, default=None, help="number of scenes to generate (> 0); required")
         parser.add_argument(
             "--image_size", type=int, default=256,
             help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}",
@@ -53,10 +46,13 @@ class SampleCatalogOptions(PipelineOptions):
 
 def validate(options: SampleCatalogOptions) -> CatalogSettings:
     """Every check that can fail runs here, before the pipeline starts."""
+    shared = common(options)
+    if options.num_images is None:
+        raise launcher.UsageError("--num_images is required")
     if options.num_images <= 0:
         raise launcher.UsageError(f"--num_images must be positive, got {options.num_images}")
-    if options.seed < 0:
-        raise launcher.UsageError(f"--seed must be >= 0, got {options.seed}")
+    if shared.seed < 0:
+        raise launcher.UsageError(f"--seed must be >= 0, got {shared.seed}")
     if not 32 <= options.image_size <= MAX_IMAGE_SIZE:
         raise launcher.UsageError(
             f"--image_size must be between 32 and {MAX_IMAGE_SIZE} pixels, got {options.image_size}"
@@ -65,8 +61,8 @@ def validate(options: SampleCatalogOptions) -> CatalogSettings:
         raise launcher.UsageError(f"--format must be one of {', '.join(FORMATS)}, got {options.image_format!r}")
     if not 1 <= options.jpeg_quality <= 95:
         raise launcher.UsageError(f"--jpeg_quality must be between 1 and 95, got {options.jpeg_quality}")
-    launcher.check_writable(options.output_dir, "--output_dir")
-    return CatalogSettings(options.seed, options.image_size, options.image_format, options.jpeg_quality)
+    launcher.check_writable(shared.output_dir, "--output_dir")
+    return CatalogSettings(shared.seed, options.image_size, options.image_format, options.jpeg_quality)
 
 
 def index_block(start: int, stop: int) -> range:
@@ -125,7 +121,7 @@ def run(argv: list[str] | None = None) -> int:
     options = launcher.default_to_direct_runner(SampleCatalogOptions(argv))
     with launcher.usage_errors_exit():
         settings = validate(options)
-    output_dir = launcher.absolute(options.output_dir)
+    output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
     manifest_path = FileSystems.join(output_dir, "manifest.jsonl")
     started = time.perf_counter()
     LOG.info("generating %d scenes (seed %d) into %s", options.num_images, settings.seed, output_dir)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import os
 from pathlib import Path
 from typing import Any
@@ -45,5 +46,10 @@ def write_manifest(index_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def success_marker() -> bytes:
+    """Never empty: an empty object is a zero-part multipart upload on S3, which S3 rejects."""
+    return (json.dumps({"completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n").encode()
+
+
 def write_success(index_dir: Path) -> None:
-    (index_dir / SUCCESS_FILE).write_bytes(b"")
+    (index_dir / SUCCESS_FILE).write_bytes(success_marker())

@@ -174,7 +174,7 @@ def test_dataflow_dry_run_translates_the_job(catalog: Path, gcs_emulator) -> Non
     gcs_emulator.bucket("dataflow-bucket")
     summary = embed_images.run([
         "--input_pattern", "gs://dataflow-bucket/images/*.jpg", "--output_dir", "gs://dataflow-bucket/out",
-        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=p", "--region=r",
+        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=test-project", "--region=us-central1",
         "--temp_location=gs://dataflow-bucket/tmp", "--sdk_location=container",
         "--setup_file", str(ROOT / "setup.py"),
     ])

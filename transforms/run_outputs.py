@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import time
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -62,6 +63,11 @@ def write_json(path: str, content: dict[str, Any]) -> None:
         handle.write((json.dumps(content, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
+def success_marker() -> bytes:
+    """Never empty: an empty object is a zero-part multipart upload on S3, which S3 rejects."""
+    return (json.dumps({"completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n").encode()
+
+
 def write_success(output_dir: str) -> None:
     with FileSystems.create(FileSystems.join(output_dir, SUCCESS_FILE)) as handle:
-        handle.write(b"")
+        handle.write(success_marker())

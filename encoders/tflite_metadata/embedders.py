@@ -1,0 +1,217 @@
+"""One-call metadata for our encoders: TextEmbedder / ImageEmbedder models and searchers.
+
+These produce exactly what tflite-support 0.4.4's Task Library needs to load the models
+unchanged: a RegexTokenizer on the text model's single int32 input, RGB image properties
+plus normalization on the image model's float32 input, and (for searchers) the ScaNN
+index as a SCANN_INDEX_FILE associated file on the output tensor.
+"""
+from __future__ import annotations
+
+import copy
+import struct
+from collections.abc import Mapping, Sequence
+
+from encoders.tflite_metadata.associated_files import read_associated_files
+from encoders.tflite_metadata.model_buffer import TensorInfo, model_io, read_metadata_buffer
+from encoders.tflite_metadata.populate import populate, recorded_associated_files
+from encoders.tflite_metadata.reader import parse_metadata
+from encoders.tflite_metadata.regex_tokenizer import (
+    DEFAULT_DELIM_REGEX,
+    PAD,
+    UNKNOWN,
+    compile_delimiter,
+    vocab_file_bytes,
+    vocab_from_tokens,
+)
+from encoders.tflite_metadata.schema import (
+    AssociatedFile,
+    AssociatedFileType,
+    ColorSpaceType,
+    Content,
+    FeatureProperties,
+    ImageProperties,
+    ImageSize,
+    ModelMetadata,
+    NormalizationOptions,
+    ProcessUnit,
+    RegexTokenizerOptions,
+    Stats,
+    SubGraphMetadata,
+    TensorMetadata,
+)
+
+VOCAB_FILE_NAME = "vocab.txt"
+INDEX_FILE_NAME = "index.ldb"
+# Last 8 bytes of every LevelDB table (table/format.h kTableMagicNumber, little-endian).
+_LEVELDB_TABLE_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)
+
+
+def _single_embedding_output(outputs: list[TensorInfo]) -> TensorInfo:
+    """The searchers need exactly one float32 output of shape [1, D] (or [1, 1, 1, D])."""
+    if len(outputs) != 1:
+        raise ValueError(f"expected exactly one output tensor (the embedding), got {len(outputs)}")
+    output = outputs[0]
+    shape_ok = (len(output.shape) == 2 and output.shape[0] == 1) or output.shape[:3] == (1, 1, 1)
+    if output.dtype != "FLOAT32" or not shape_ok:
+        raise ValueError(f"the embedding output must be FLOAT32 [1, D], got {output.dtype} {list(output.shape)}")
+    return output
+
+
+def _embedding_tensor_metadata(output: TensorInfo) -> TensorMetadata:
+    return TensorMetadata(
+        name="embedding",
+        description=f"L2-normalized embedding of dimension {output.shape[-1]}.",
+        content=Content(content_properties=FeatureProperties()),
+    )
+
+
+def add_text_embedder_metadata(
+    model: bytes,
+    vocab: Sequence[str] | Mapping[str, int],
+    delim_regex: str = DEFAULT_DELIM_REGEX,
+    model_name: str = "text_encoder",
+    description: str = "",
+    *,
+    version: str | None = None,
+    author: str | None = None,
+    license: str | None = None,  # noqa: A002 (the schema's field name)
+) -> bytes:
+    """Returns the text model with RegexTokenizer metadata and vocab.txt (replacing any metadata).
+
+    `vocab` is the token list (id = position) or a token -> id mapping (several tokens may
+    share an id, see regex_tokenizer.with_case_variants). It must contain <PAD> and
+    <UNKNOWN>; <START> is optional and, when present, is put first by the Task Library.
+    """
+    inputs, outputs = model_io(model)
+    if len(inputs) != 1 or inputs[0].dtype != "INT32" or len(inputs[0].shape) != 2 or inputs[0].shape[0] != 1:
+        found = [(i.dtype, list(i.shape)) for i in inputs]
+        raise ValueError(f"the text model needs a single INT32 input of shape [1, max_len]; it has {found}")
+    output = _single_embedding_output(outputs)
+    token_ids = dict(vocab) if isinstance(vocab, Mapping) else vocab_from_tokens(vocab)
+    missing = [token for token in (PAD, UNKNOWN) if token not in token_ids]
+    if missing:
+        raise ValueError(f"vocab lacks {missing}: the Task Library's RegexTokenizer refuses a vocab without them")
+    compile_delimiter(delim_regex)
+    vocab_file = AssociatedFile(
+        name=VOCAB_FILE_NAME,
+        description="Vocabulary of the RegexTokenizer: one 'token id' per line.",
+        type=AssociatedFileType.VOCABULARY,
+    )
+    input_metadata = TensorMetadata(
+        name="input_ids",
+        description=f"Token ids, padded to {inputs[0].shape[1]}: <START> first if in the vocab, then <PAD>.",
+        content=Content(content_properties=FeatureProperties()),
+        process_units=[ProcessUnit(RegexTokenizerOptions(delim_regex_pattern=delim_regex, vocab_file=[vocab_file]))],
+    )
+    metadata = ModelMetadata(
+        name=model_name,
+        description=description,
+        version=version,
+        author=author,
+        license=license,
+        subgraph_metadata=[
+            SubGraphMetadata(
+                input_tensor_metadata=[input_metadata], output_tensor_metadata=[_embedding_tensor_metadata(output)]
+            )
+        ],
+    )
+    return populate(model, metadata, {VOCAB_FILE_NAME: vocab_file_bytes(token_ids)})
+
+
+def add_image_embedder_metadata(
+    model: bytes,
+    mean: Sequence[float],
+    std: Sequence[float],
+    model_name: str = "image_encoder",
+    description: str = "",
+    *,
+    version: str | None = None,
+    author: str | None = None,
+    license: str | None = None,  # noqa: A002 (the schema's field name)
+) -> bytes:
+    """Returns the image model with RGB image properties and normalization (replacing any metadata).
+
+    The Task Library resizes the RGB image to the input's H x W and feeds
+    (pixel - mean) / std with pixels in 0..255, so `mean`/`std` are in that scale
+    (1 value for all channels, or 3 per channel). A float32 input requires them.
+    """
+    inputs, outputs = model_io(model)
+    if len(inputs) != 1 or inputs[0].dtype != "FLOAT32" or len(inputs[0].shape) != 4:
+        found = [(i.dtype, list(i.shape)) for i in inputs]
+        raise ValueError(f"the image model needs a single FLOAT32 input of shape [1, H, W, 3]; it has {found}")
+    batch, height, width, channels = inputs[0].shape
+    if batch != 1 or channels != 3 or height < 1 or width < 1:
+        raise ValueError(f"the image input must be [1, H, W, 3] (RGB), got {list(inputs[0].shape)}")
+    output = _single_embedding_output(outputs)
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ValueError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {list(std)}")
+    input_metadata = TensorMetadata(
+        name="image",
+        description=f"RGB image {width}x{height}, normalized as (pixel - mean) / std.",
+        content=Content(
+            content_properties=ImageProperties(
+                color_space=ColorSpaceType.RGB, default_size=ImageSize(width=width, height=height)
+            )
+        ),
+        process_units=[ProcessUnit(NormalizationOptions(mean=[float(m) for m in mean], std=[float(s) for s in std]))],
+        stats=Stats(
+            max=[(255.0 - m) / s for m, s in zip(mean, std)],
+            min=[(0.0 - m) / s for m, s in zip(mean, std)],
+        ),
+    )
+    metadata = ModelMetadata(
+        name=model_name,
+        description=description,
+        version=version,
+        author=author,
+        license=license,
+        subgraph_metadata=[
+            SubGraphMetadata(
+                input_tensor_metadata=[input_metadata], output_tensor_metadata=[_embedding_tensor_metadata(output)]
+            )
+        ],
+    )
+    return populate(model, metadata, {})
+
+
+def read_metadata(model: bytes) -> ModelMetadata:
+    """Parses the model's TFLITE_METADATA; raises ValueError when there is none."""
+    buffer = read_metadata_buffer(model)
+    if buffer is None:
+        raise ValueError("the model has no TFLITE_METADATA; add it with add_text/image_embedder_metadata first")
+    return parse_metadata(buffer)
+
+
+def attach_scann_index(
+    model: bytes,
+    index_file_bytes: bytes,
+    file_name: str = INDEX_FILE_NAME,
+    description: str = "On-device ScaNN index (LevelDB table).",
+) -> bytes:
+    """Turns an embedder model into a searcher model by attaching the ScaNN index.
+
+    The index becomes a SCANN_INDEX_FILE associated file on the first output tensor and an
+    entry of the appended zip; every existing metadata field and file is kept, except an
+    index attached before, which is replaced.
+    """
+    if not index_file_bytes.endswith(_LEVELDB_TABLE_MAGIC):
+        raise ValueError("index_file_bytes is not a LevelDB table (the on-device ScaNN index format)")
+    _single_embedding_output(model_io(model)[1])
+    metadata = copy.deepcopy(read_metadata(model))
+    files = read_associated_files(model)
+    output = metadata.subgraph_metadata[0].output_tensor_metadata[0]
+    old_indexes = [f for f in output.associated_files if f.type == AssociatedFileType.SCANN_INDEX_FILE]
+    output.associated_files = [f for f in output.associated_files if f.type != AssociatedFileType.SCANN_INDEX_FILE]
+    still_named = {f.name for f in recorded_associated_files(metadata)}
+    if file_name in still_named:
+        raise ValueError(f"the model already has an associated file named {file_name!r}; pick another file_name")
+    for old in old_indexes:
+        if old.name not in still_named:
+            files.pop(old.name, None)
+    output.associated_files.append(
+        AssociatedFile(name=file_name, description=description, type=AssociatedFileType.SCANN_INDEX_FILE)
+    )
+    files[file_name] = index_file_bytes
+    return populate(model, metadata, files)

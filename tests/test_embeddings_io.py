@@ -1,0 +1,186 @@
+"""load_embeddings against real Parquet shards written here with pyarrow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from index_builder.embeddings_io import EmbeddingsError, load_embeddings
+from tests.storage_servers import gcs_emulator  # noqa: F401  (pytest fixture)
+
+DIM = 8
+MODEL = "dual-encoder-test-v1"
+
+
+def unit_rows(num_rows: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((num_rows, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def write_shard(
+    path: Path,
+    ids: list[str],
+    vectors: np.ndarray | list,
+    model_ids: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+    drop: tuple[str, ...] = (),
+) -> Path:
+    """A shard in the embeddings contract (ids double as uris with a prefix)."""
+    vectors_list = [list(map(float, v)) for v in vectors]
+    columns = {
+        "id": pa.array(ids, pa.string()),
+        "uri": pa.array([f"gs://catalog/{i}.jpg" for i in ids], pa.string()),
+        "embedding": pa.array(vectors_list, pa.list_(pa.float32())),
+        "fingerprint": pa.array([f"etag-{i}" for i in ids], pa.string()),
+        "model_id": pa.array(model_ids or [MODEL] * len(ids), pa.string()),
+        "width": pa.array([640] * len(ids), pa.int32()),
+        "height": pa.array([480] * len(ids), pa.int32()),
+        "caption": pa.array([f"caption of {i}" for i in ids], pa.string()),
+    }
+    table = pa.table({k: v for k, v in columns.items() if k not in drop})
+    dim = len(vectors_list[0]) if vectors_list else DIM
+    meta = {"embedding_dim": str(dim), "model_id": MODEL, "schema_version": "1"}
+    meta.update(metadata or {})
+    table = table.replace_schema_metadata(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_two_files_round_trip_in_file_order(tmp_path: Path) -> None:
+    first, second = unit_rows(5, seed=1), unit_rows(3, seed=2)
+    write_shard(tmp_path / "part-00001.parquet", ["f", "g", "h"], second)
+    write_shard(tmp_path / "part-00000.parquet", ["a", "b", "c", "d", "e"], first)
+
+    loaded = load_embeddings(str(tmp_path / "part-*.parquet"), extra_columns=["caption", "width"])
+
+    assert loaded.ids == ["a", "b", "c", "d", "e", "f", "g", "h"]
+    assert loaded.uris == [f"gs://catalog/{i}.jpg" for i in loaded.ids]
+    np.testing.assert_array_equal(loaded.vectors, np.concatenate([first, second]))
+    assert loaded.vectors.dtype == np.float32 and loaded.vectors.flags.c_contiguous
+    assert (loaded.num_rows, loaded.dim, loaded.model_id) == (8, DIM, MODEL)
+    assert loaded.columns["caption"][5] == "caption of f"
+    assert loaded.columns["width"] == [640] * 8
+    assert loaded.duplicates_dropped == 0
+    assert [Path(f).name for f in loaded.files] == ["part-00000.parquet", "part-00001.parquet"]
+
+
+def test_duplicate_ids_keep_first_by_file_then_row_order(tmp_path: Path) -> None:
+    first, second = unit_rows(3, seed=3), unit_rows(3, seed=4)
+    # "b" appears twice in part-0 and once more in part-1; "x" only in part-1.
+    write_shard(tmp_path / "part-0.parquet", ["a", "b", "b"], first)
+    write_shard(tmp_path / "part-1.parquet", ["b", "x", "a"], second)
+
+    loaded = load_embeddings(str(tmp_path / "*.parquet"), extra_columns=["caption"])
+
+    assert loaded.ids == ["a", "b", "x"]
+    assert loaded.duplicates_dropped == 3
+    np.testing.assert_array_equal(loaded.vectors, np.stack([first[0], first[1], second[1]]))
+    assert loaded.columns["caption"] == ["caption of a", "caption of b", "caption of x"]
+    again = load_embeddings(str(tmp_path / "*.parquet"))
+    np.testing.assert_array_equal(again.vectors, loaded.vectors)
+
+
+def test_reads_through_beam_gcs_filesystem(gcs_emulator, tmp_path: Path) -> None:  # noqa: F811
+    vectors = unit_rows(4, seed=5)
+    local = write_shard(tmp_path / "part-00000.parquet", ["p", "q", "r", "s"], vectors)
+    gcs_emulator.upload_bytes("emb-bucket", "run1/embeddings/part-00000.parquet", local.read_bytes())
+
+    loaded = load_embeddings("gs://emb-bucket/run1/embeddings/*.parquet")
+
+    assert loaded.ids == ["p", "q", "r", "s"]
+    np.testing.assert_array_equal(loaded.vectors, vectors)
+    assert loaded.files == ["gs://emb-bucket/run1/embeddings/part-00000.parquet"]
+
+
+def _error(pattern: str) -> str:
+    with pytest.raises(EmbeddingsError) as info:
+        load_embeddings(pattern)
+    return str(info.value)
+
+
+def test_no_matching_files_is_an_error(tmp_path: Path) -> None:
+    assert "matches no files" in _error(str(tmp_path / "nothing-*.parquet"))
+
+
+def test_zero_rows_is_an_error(tmp_path: Path) -> None:
+    empty = pa.table(
+        {"id": pa.array([], pa.string()), "uri": pa.array([], pa.string()),
+         "embedding": pa.array([], pa.list_(pa.float32())), "model_id": pa.array([], pa.string())}
+    )
+    pq.write_table(empty, tmp_path / "part-0.parquet")
+    assert "zero rows" in _error(str(tmp_path / "*.parquet"))
+
+
+def test_mixed_dimensions_across_files_names_the_file(tmp_path: Path) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
+    write_shard(tmp_path / "part-1.parquet", ["b"], unit_rows(1, dim=DIM + 4))
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-1.parquet" in message and f"dimension {DIM + 4}" in message
+
+
+def test_mixed_dimensions_inside_a_file_names_the_file(tmp_path: Path) -> None:
+    rows = [unit_rows(1)[0], unit_rows(1, dim=DIM + 1)[0]]
+    write_shard(tmp_path / "part-0.parquet", ["a", "b"], rows, metadata={"embedding_dim": str(DIM)})
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-0.parquet" in message and "mixed embedding dimensions" in message
+
+
+def test_mixed_model_ids_across_files(tmp_path: Path) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
+    write_shard(tmp_path / "part-1.parquet", ["b"], unit_rows(1), model_ids=["other-model"],
+                metadata={"model_id": "other-model"})
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-1.parquet" in message and "other-model" in message
+
+
+def test_mixed_model_ids_inside_a_file(tmp_path: Path) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a", "b"], unit_rows(2), model_ids=[MODEL, "other-model"])
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-0.parquet" in message and "several model_ids" in message
+
+
+def test_metadata_disagreeing_with_rows(tmp_path: Path) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1), metadata={"embedding_dim": "512"})
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-0.parquet" in message and "embedding_dim=512" in message
+
+
+@pytest.mark.parametrize(
+    "bad_value, expected",
+    [(np.nan, "NaN/inf"), (np.inf, "NaN/inf"), (0.0, "all-zero"), (2.0, "L2 norm")],
+)
+def test_bad_vectors_name_file_and_id(tmp_path: Path, bad_value: float, expected: str) -> None:
+    rows = unit_rows(3)
+    rows[1] = 0.0 if bad_value == 0.0 else rows[1]
+    if bad_value == 2.0:
+        rows[1] *= 2.0
+    elif bad_value != 0.0:
+        rows[1, 3] = bad_value
+    write_shard(tmp_path / "part-0.parquet", ["ok-1", "broken", "ok-2"], unit_rows(3, seed=9))
+    write_shard(tmp_path / "part-1.parquet", ["a", "broken-id", "c"], rows)
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-1.parquet" in message and "'broken-id'" in message and expected in message
+
+
+def test_slightly_off_norm_within_tolerance_is_accepted(tmp_path: Path) -> None:
+    rows = unit_rows(2) * np.float32(1.0005)
+    write_shard(tmp_path / "part-0.parquet", ["a", "b"], rows)
+    assert load_embeddings(str(tmp_path / "*.parquet")).num_rows == 2
+
+
+@pytest.mark.parametrize("column", ["id", "uri", "embedding", "model_id"])
+def test_missing_column_names_file_and_column(tmp_path: Path, column: str) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1), drop=(column,))
+    message = _error(str(tmp_path / "*.parquet"))
+    assert "part-0.parquet" in message and f"'{column}'" in message
+
+
+def test_requested_extra_column_missing(tmp_path: Path) -> None:
+    write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
+    with pytest.raises(EmbeddingsError, match="part-0.parquet.*'license'"):
+        load_embeddings(str(tmp_path / "*.parquet"), extra_columns=["license"])
