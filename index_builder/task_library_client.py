@@ -12,9 +12,14 @@ import json
 import sys
 
 
+def _text(metadata) -> str:
+    if isinstance(metadata, str):
+        return metadata
+    return bytes(metadata).decode("utf-8", "replace")
+
+
 def _neighbors(result):
-    return [{"metadata": n.metadata.decode("utf-8", "replace") if isinstance(n.metadata, bytes) else n.metadata,
-             "distance": float(n.distance)} for n in result.nearest_neighbors]
+    return [{"metadata": _text(n.metadata), "distance": float(n.distance)} for n in result.nearest_neighbors]
 
 
 def _vector(result):
