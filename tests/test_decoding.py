@@ -240,18 +240,26 @@ def test_pillows_bomb_warning_turned_into_an_error_is_classified_too_large() -> 
 
 PEAK_MEMORY_PROBE = textwrap.dedent(
     """
-    import resource, sys
+    import sys
     from transforms.image_decode import decode_image
     from transforms.reject_reasons import ImageRejected
+
+    def peak_kib():
+        # VmHWM belongs to this process image; ru_maxrss survives execve and would start
+        # at the (much larger) peak of the pytest process that spawned us.
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
     data = open(sys.argv[1], "rb").read()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_kib()
     try:
         decode_image(data, max_bytes=1 << 30, max_pixels=int(sys.argv[2]))
         outcome = "decoded"
     except ImageRejected as rejection:
         outcome = rejection.error_type
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(outcome, (after - before) / 1024)  # ru_maxrss is in KiB on Linux
+    after = peak_kib()
+    print(outcome, (after - before) / 1024)
     """
 )
 

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from index_builder.embeddings_io import EmbeddingsError, load_embeddings
-from tests.storage_servers import gcs_emulator  # noqa: F401  (pytest fixture)
 
 DIM = 8
 MODEL = "dual-encoder-test-v1"
@@ -85,7 +84,7 @@ def test_duplicate_ids_keep_first_by_file_then_row_order(tmp_path: Path) -> None
     np.testing.assert_array_equal(again.vectors, loaded.vectors)
 
 
-def test_reads_through_beam_gcs_filesystem(gcs_emulator, tmp_path: Path) -> None:  # noqa: F811
+def test_reads_through_beam_gcs_filesystem(gcs_emulator, tmp_path: Path) -> None:
     vectors = unit_rows(4, seed=5)
     local = write_shard(tmp_path / "part-00000.parquet", ["p", "q", "r", "s"], vectors)
     gcs_emulator.upload_bytes("emb-bucket", "run1/embeddings/part-00000.parquet", local.read_bytes())

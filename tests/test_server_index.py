@@ -25,7 +25,6 @@ from index_builder.server_index import (
     with_search_defaults,
 )
 from index_builder.tuning import TuningOptions, sample_query_rows, tune_server_index
-from tests.storage_servers import gcs_emulator  # noqa: F401  (pytest fixture)
 
 NUM_ROWS, DIM = 10_000, 32
 
@@ -181,7 +180,7 @@ def test_with_search_defaults_changes_query_knobs_without_retraining(built, vect
         with_search_defaults(built, num_leaves_to_search=101, reorder=20)
 
 
-def test_save_and_load_through_gcs(built, vectors, gcs_emulator) -> None:  # noqa: F811
+def test_save_and_load_through_gcs(built, vectors, gcs_emulator) -> None:
     gcs_emulator.bucket("index-bucket")
     names = save_server_index(built, "gs://index-bucket/run1/index/scann")
     assert "scann_assets.pbtxt" in names
