@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from encoders import model_config, tokens
+from encoders.tflite_export import run_tflite
 from encoders.tflite_metadata import read_associated_files, read_metadata
 from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file, tokenize_like_task_library
 from tests.embed_helpers import write_catalog
@@ -39,15 +39,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def tflite_run(model_path: Path, inputs: np.ndarray) -> np.ndarray:
-    interpreter = tf.lite.Interpreter(model_path=str(model_path))
-    interpreter.allocate_tensors()
-    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    results = []
-    for row in inputs:
-        interpreter.set_tensor(inp["index"], row[None].astype(inp["dtype"]))
-        interpreter.invoke()
-        results.append(interpreter.get_tensor(out["index"])[0].copy())
-    return np.stack(results)
+    return run_tflite(model_path.read_bytes(), inputs)
 
 
 def device_ids(caption: str, config: model_config.ModelConfig) -> np.ndarray:
