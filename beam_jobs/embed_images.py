@@ -23,13 +23,9 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
 from encoders import model_config
-from transforms import embedding_schema, image_decode, run_outputs
-from transforms.decoding_fn import DecodeForModel
-from transforms.encoding import EncodeBatches, load_encoder
-from transforms.listing import MatchInputs
-from transforms.manifest import ManifestError, ReadManifest, validate_manifest_path
-from transforms.parquet_shards import WriteParquetShards
-from transforms.reading import DedupeByUri, ReadImageBytes
+from transforms import embedding_pipeline, embedding_schema, image_decode, run_outputs
+from transforms.encoding import load_encoder
+from transforms.manifest import ManifestError, validate_manifest_path
 
 LOG = logging.getLogger("embed_images")
 
@@ -85,44 +81,12 @@ def build_pipeline(
     manifest_columns: tuple[str, ...],
     output_dir: str,
 ) -> None:
-    if options.manifest:
-        manifest = pipeline | "ReadManifest" >> ReadManifest(launcher.absolute(options.manifest))
-        items, listing_rejections = manifest.items, manifest.rejected
-    else:
-        patterns = [launcher.absolute(p) for p in options.input_pattern]
-        items = pipeline | "MatchInputs" >> MatchInputs(patterns) | "DedupeByUri" >> DedupeByUri()
-        listing_rejections = pipeline | "NoListingRejections" >> beam.Create([])
-
-    read = items | "Read" >> beam.ParDo(
-        ReadImageBytes(max_bytes=options.max_image_bytes, attempts=options.read_attempts)
-    ).with_outputs(ReadImageBytes.REJECTED, main="images")
-    decoded = read.images | "Decode" >> beam.ParDo(
-        DecodeForModel(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels)
-    ).with_outputs(DecodeForModel.REJECTED, main="pixels")
-    encoded = (
-        decoded.pixels
-        | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
-        | "Encode" >> beam.ParDo(EncodeBatches(options.view_as(CommonJobOptions).model_dir)).with_outputs(EncodeBatches.REJECTED, main="rows")
-    )
+    items, listing_rejections = embedding_pipeline.list_items(pipeline, options)
     carried = embedding_schema.carried_column_names(manifest_columns)
-    schema = embedding_schema.embeddings_schema(config.embedding_dim, config.model_id, list(carried.values()))
-    _ = (
-        encoded.rows
-        | "ToRows" >> beam.Map(embedding_schema.output_row, carried)
-        | "WriteEmbeddings" >> WriteParquetShards(
-            FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR), schema, key="id",
-            rows_per_shard=options.rows_per_shard,
-        )
+    rows, rejections = embedding_pipeline.embed_items(
+        items, options, config, carried, options.view_as(CommonJobOptions).model_dir
     )
-    _ = (
-        (listing_rejections, read[ReadImageBytes.REJECTED], decoded[DecodeForModel.REJECTED],
-         encoded[EncodeBatches.REJECTED])
-        | "AllRejections" >> beam.Flatten()
-        | "WriteRejected" >> WriteParquetShards(
-            FileSystems.join(output_dir, run_outputs.REJECTED_DIR), embedding_schema.REJECTED_SCHEMA, key="uri",
-            rows_per_shard=options.rows_per_shard,
-        )
-    )
+    embedding_pipeline.write_outputs([rows], [listing_rejections, *rejections], options, config, carried, output_dir)
 
 
 def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:

@@ -89,7 +89,16 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     evaluation = evaluate(loaded, vectors, eval_queries)
     timings["evaluate_s"] = time.perf_counter() - started
+    baselines = []
+    if args.baselines:
+        from benchmarks.ann_baselines import faiss_baseline, hnswlib_baseline
+
+        queries = vectors[eval_queries]
+        true_ids = evaluation_true_ids(vectors, eval_queries)
+        for baseline in (hnswlib_baseline, faiss_baseline):
+            baselines.append(baseline(vectors, queries, true_ids, args.target_recall))
     return {
+        "baselines": baselines,
         "num_rows": args.num_rows,
         "dim": args.dim,
         "data": {"rows_per_cluster": args.rows_per_cluster, "noise": args.noise, "seed": args.seed},
@@ -102,6 +111,12 @@ def run(args: argparse.Namespace) -> dict:
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "trials": tuned.table(),
     }
+
+
+def evaluation_true_ids(vectors: np.ndarray, queries_idx: np.ndarray) -> np.ndarray:
+    from index_builder.evaluation import exact_top_k
+
+    return exact_top_k(vectors[queries_idx], vectors, 10)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,6 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num_leaves", type=int, default=None, help="fix instead of tuning")
     parser.add_argument("--num_leaves_to_search", type=int, default=None, help="fix instead of tuning")
     parser.add_argument("--reorder", type=int, default=None, help="fix instead of tuning (0 = none)")
+    parser.add_argument("--baselines", action="store_true", help="also run faiss and hnswlib (make bench extras)")
     parser.add_argument("--output", default=None, help="also write the JSON summary here")
     args = parser.parse_args(argv)
     summary = run(args)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import os
 from pathlib import Path
 from typing import Any
 

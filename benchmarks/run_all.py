@@ -1,0 +1,35 @@
+"""`make bench`: every benchmark behind docs/BENCHMARKS.md, one after another.
+
+Each benchmark is its own module (runnable alone, see its docstring); running
+them in one process keeps the machine's state comparable between them.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+BENCHMARKS = (
+    ["benchmarks.server_index_bench", "--num_rows", "1000000", "--baselines"],
+    ["benchmarks.embed_throughput"],
+    ["benchmarks.ondevice_searcher"],
+)
+
+
+def main() -> int:
+    failures = 0
+    for module, *args in BENCHMARKS:
+        try:
+            importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            continue
+        if importlib.util.find_spec(module) is None:
+            print(f"skipping {module}: not present", flush=True)
+            continue
+        print(f"== {module} {' '.join(args)}", flush=True)
+        failures += subprocess.run([sys.executable, "-m", module, *args]).returncode != 0
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

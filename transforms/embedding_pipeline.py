@@ -1,0 +1,85 @@
+"""The embedding stages as PTransform wiring shared by embed_images and the nightly job.
+
+`options` is any object with the embed_images flags (EmbedImagesOptions or a view of it).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from encoders import model_config
+from transforms import embedding_schema, run_outputs
+from transforms.decoding_fn import DecodeForModel
+from transforms.encoding import EncodeBatches
+from transforms.listing import MatchInputs
+from transforms.manifest import ReadManifest
+from transforms.parquet_shards import WriteParquetShards
+from transforms.reading import DedupeByUri, ReadImageBytes
+
+
+def absolute(path: str) -> str:
+    return path if "://" in path else os.path.abspath(path)
+
+
+def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection, beam.PCollection]:
+    """The catalog as CatalogItems (one per uri) plus listing-stage rejections."""
+    if options.manifest:
+        manifest = pipeline | "ReadManifest" >> ReadManifest(absolute(options.manifest))
+        return manifest.items, manifest.rejected
+    patterns = [absolute(p) for p in options.input_pattern]
+    items = pipeline | "MatchInputs" >> MatchInputs(patterns) | "DedupeByUri" >> DedupeByUri()
+    return items, pipeline | "NoListingRejections" >> beam.Create([])
+
+
+def embed_items(
+    items: beam.PCollection,
+    options: Any,
+    config: model_config.ModelConfig,
+    carried: dict[str, str],
+    model_dir: str | None,
+) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """Read -> decode -> batched encode: embeddings-schema rows plus the rejections of each stage."""
+    read = items | "Read" >> beam.ParDo(
+        ReadImageBytes(max_bytes=options.max_image_bytes, attempts=options.read_attempts)
+    ).with_outputs(ReadImageBytes.REJECTED, main="images")
+    decoded = read.images | "Decode" >> beam.ParDo(
+        DecodeForModel(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels)
+    ).with_outputs(DecodeForModel.REJECTED, main="pixels")
+    encoded = (
+        decoded.pixels
+        | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
+        | "Encode" >> beam.ParDo(EncodeBatches(model_dir)).with_outputs(
+            EncodeBatches.REJECTED, main="rows")
+    )
+    rows = encoded.rows | "ToRows" >> beam.Map(embedding_schema.output_row, carried)
+    return rows, [read[ReadImageBytes.REJECTED], decoded[DecodeForModel.REJECTED], encoded[EncodeBatches.REJECTED]]
+
+
+def write_outputs(
+    rows: list[beam.PCollection],
+    rejections: list[beam.PCollection],
+    options: Any,
+    config: model_config.ModelConfig,
+    carried: dict[str, str],
+    output_dir: str,
+) -> None:
+    schema = embedding_schema.embeddings_schema(config.embedding_dim, config.model_id, list(carried.values()))
+    _ = (
+        tuple(rows)
+        | "MergeRows" >> beam.Flatten()
+        | "WriteEmbeddings" >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR), schema, key="id",
+            rows_per_shard=options.rows_per_shard,
+        )
+    )
+    _ = (
+        tuple(rejections)
+        | "AllRejections" >> beam.Flatten()
+        | "WriteRejected" >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.REJECTED_DIR), embedding_schema.REJECTED_SCHEMA, key="uri",
+            rows_per_shard=options.rows_per_shard,
+        )
+    )

@@ -1,0 +1,126 @@
+"""Incremental embedding: diff the catalog listing against the previous run's embeddings.
+
+The listing (MatchInputs + DedupeByUri, or ReadManifest) and the read / decode /
+encode / write stages are embed_images' own; between listing and reading, items
+are CoGroupByKey'd by uri with the previous run's embedding rows:
+
+    current only                          -> new:       read, decode, encode
+    both, same fingerprint and model_id   -> unchanged: previous row carried forward, image not read
+    both, otherwise                       -> changed:   read, decode, encode
+    previous only                         -> deleted:   dropped
+
+Carried rows take id and manifest columns from the current listing (so a caption
+edit is picked up without re-encoding) and embedding, fingerprint, width,
+height, model_id from the previous run. Ids follow embed_images' rule (the
+listing decides them), so they stay stable across nights.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from transforms import embedding_pipeline, embedding_schema, run_outputs
+from transforms.listing import CatalogItem
+
+NEW, CHANGED, UNCHANGED, DELETED = "new", "changed", "unchanged", "deleted"
+KINDS = (NEW, CHANGED, UNCHANGED, DELETED)
+DIFF_FILE = "diff_counts.json"
+PREVIOUS_COLUMNS = list(embedding_schema.CORE_COLUMNS)
+
+
+def classify(current: list[CatalogItem], previous: list[dict[str, Any]], model_id: str) -> tuple[str, Any]:
+    """(kind, payload): payload is the CatalogItem to encode, the previous row to carry, or None."""
+    if not current:
+        return DELETED, None
+    item = current[0]  # the listing already deduplicated by uri
+    if not previous:
+        return NEW, item
+    row = min(previous, key=lambda r: r["id"])
+    if row["fingerprint"] == item.fingerprint and row["model_id"] == model_id:
+        return UNCHANGED, row
+    return CHANGED, item
+
+
+class DiffAgainstPrevious(beam.DoFn):
+    """(uri, {"current": [...], "previous": [...]}) -> items to encode (main), carried rows, kinds."""
+
+    CARRIED = "carried"
+    KIND = "kind"
+
+    def __init__(self, model_id: str, carried_columns: dict[str, str]) -> None:
+        self._model_id = model_id
+        self._carried_columns = carried_columns
+        self._counters = {kind: beam.metrics.Metrics.counter("nightly", f"items_{kind}") for kind in KINDS}
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        _, groups = element
+        current, previous = list(groups["current"]), list(groups["previous"])
+        kind, payload = classify(current, previous, self._model_id)
+        self._counters[kind].inc()
+        yield beam.pvalue.TaggedOutput(self.KIND, kind)
+        if kind == UNCHANGED:
+            item = current[0]
+            record = {**payload, "id": item.id, "uri": item.uri, "extra": dict(item.extra)}
+            yield beam.pvalue.TaggedOutput(self.CARRIED, embedding_schema.output_row(record, self._carried_columns))
+        elif kind in (NEW, CHANGED):
+            yield payload
+
+
+def _write_counts(counts: list[tuple[str, int]], path: str) -> None:
+    content = {kind: 0 for kind in KINDS}
+    content.update(dict(counts))
+    run_outputs.write_json(path, content)
+
+
+def read_diff_counts(output_dir: str) -> dict[str, int]:
+    with FileSystems.open(FileSystems.join(output_dir, DIFF_FILE)) as handle:
+        return json.loads(handle.read())
+
+
+def build_incremental_pipeline(
+    pipeline: beam.Pipeline,
+    options,  # EmbedImagesOptions view (the nightly shares embed_images' flags)
+    config,
+    manifest_columns: tuple[str, ...],
+    output_dir: str,
+    previous_embeddings: str | None,
+    model_dir: str | None,
+) -> None:
+    """Same stages and step names as embed_images.build_pipeline, plus the diff.
+
+    previous_embeddings: a Parquet glob of the published run's embeddings, or None (full build).
+    Writes OUT/embeddings, OUT/rejected and OUT/diff_counts.json.
+    """
+    items, listing_rejections = embedding_pipeline.list_items(pipeline, options)
+    if previous_embeddings:
+        previous = pipeline | "ReadPrevious" >> beam.io.ReadFromParquet(previous_embeddings, columns=PREVIOUS_COLUMNS)
+    else:
+        previous = pipeline | "NoPrevious" >> beam.Create([])
+    carried_columns = embedding_schema.carried_column_names(manifest_columns)
+    diff = (
+        {
+            "current": items | "KeyCurrent" >> beam.Map(lambda item: (item.uri, item)),
+            "previous": previous | "KeyPrevious" >> beam.Map(lambda row: (row["uri"], row)),
+        }
+        | "JoinByUri" >> beam.CoGroupByKey()
+        | "Diff" >> beam.ParDo(DiffAgainstPrevious(config.model_id, carried_columns)).with_outputs(
+            DiffAgainstPrevious.CARRIED, DiffAgainstPrevious.KIND, main="to_encode")
+    )
+    _ = (
+        diff[DiffAgainstPrevious.KIND]
+        | "CountKinds" >> beam.combiners.Count.PerElement()
+        | "AllKinds" >> beam.combiners.ToList()
+        | "WriteDiffCounts" >> beam.Map(_write_counts, FileSystems.join(output_dir, DIFF_FILE))
+    )
+
+    new_rows, rejections = embedding_pipeline.embed_items(
+        diff.to_encode, options, config, carried_columns, model_dir
+    )
+    embedding_pipeline.write_outputs(
+        [new_rows, diff[DiffAgainstPrevious.CARRIED]], [listing_rejections, *rejections],
+        options, config, carried_columns, output_dir,
+    )
