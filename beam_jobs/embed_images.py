@@ -94,8 +94,14 @@ def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
         query = result.metrics().query()
     except Exception:  # some runners cannot report metrics; the summary's counts do not depend on them
         return {}
-    return {f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0)
-            for c in query["counters"]}
+    values = {f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0)
+              for c in query["counters"]}
+    for distribution in query["distributions"]:
+        result_value = distribution.committed or distribution.attempted
+        if result_value is not None:
+            # e.g. embed.batch_encode_ms_sum: the encoder's own time, what incremental runs save.
+            values[f"{distribution.key.metric.namespace}.{distribution.key.metric.name}_sum"] = int(result_value.sum)
+    return values
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
