@@ -1,0 +1,81 @@
+"""On-device TextSearcher over a COCO-sized catalog (123K items): latency, recall, bytes per item.
+
+    python -m benchmarks.ondevice_searcher_bench --num_items 123000
+
+Items are deterministic clustered unit vectors (D=128) with 30-byte uri metadata; queries are real
+captions encoded by the bundled text encoder. Latency is the real Task Library TextSearcher
+(tflite-support in .venv-tasklib, one thread): text tokenization + encoding + ScaNN search.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.server_index_bench import clustered_unit_vectors
+from encoders import model_config
+from index_builder import server_index, tuning
+from index_builder.ondevice.convert import convert_searcher
+from index_builder.query_encoders import TextQueryEncoder
+from index_builder.searcher_models import build_searcher_model
+from index_builder.task_library_searcher import venv_python
+from transforms.sample_catalog.generate import CatalogSettings, generate_item
+
+CLIENT = Path(__file__).with_name("ondevice_timing_client.py")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_items", type=int, default=123_000)
+    parser.add_argument("--num_queries", type=int, default=200)
+    parser.add_argument("--lookup_type", default="INT8", choices=["INT8", "INT16", "FLOAT"])
+    parser.add_argument("--dims_per_block", type=int, default=2)
+    parser.add_argument("--target_recall", type=float, default=0.9)
+    args = parser.parse_args(argv)
+
+    text_model = model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE
+    captions = [generate_item(CatalogSettings(seed=99, image_size=32), i)[0]["caption"] for i in range(args.num_queries)]
+    encoder = TextQueryEncoder(text_model)
+    queries = np.stack([encoder.embed(c) for c in captions])
+    # Database: clustered vectors plus the query embeddings' neighbourhoods, so queries have real neighbours.
+    vectors = clustered_unit_vectors(args.num_items, 128, seed=1)
+    vectors[: len(queries)] = queries + 0.05 * np.random.default_rng(2).standard_normal(queries.shape, np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    uris = [f"gs://catalog/images/{i:09d}.jpg" for i in range(args.num_items)]
+
+    tuned = tuning.tune_server_index(
+        vectors, server_index.IndexParams(for_ondevice=True, dims_per_block=args.dims_per_block),
+        tuning.TuningOptions(target_recall=args.target_recall))
+    with tempfile.TemporaryDirectory() as tmp:
+        index_path = Path(tmp) / "index.ldb"
+        summary = convert_searcher(tuned.index.searcher, str(index_path), metadata=[u.encode() for u in uris],
+                                   num_leaves_to_search=tuned.chosen.num_leaves_to_search,
+                                   lookup_type=args.lookup_type)
+        model_path = Path(tmp) / "text_searcher.tflite"
+        model_path.write_bytes(build_searcher_model(text_model, index_path.read_bytes(), 128))
+        completed = subprocess.run([str(venv_python()), str(CLIENT)], capture_output=True, text=True, check=True,
+                                   input=json.dumps({"model": str(model_path), "queries": captions, "k": 10}))
+    timing = json.loads(completed.stdout)
+    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = [[int(m.rsplit("/", 1)[1].split(".")[0]) for m in hits] for hits in timing["results"]]
+    recall = float(np.mean([len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, exact)]))
+    metadata_bytes = sum(len(u) for u in uris)
+    result = {
+        "num_items": args.num_items, "lookup_type": args.lookup_type, "dims_per_block": args.dims_per_block,
+        "chosen": tuned.describe()["chosen"],
+        "textsearcher_p50_ms": float(np.percentile(timing["ms"], 50)),
+        "textsearcher_p95_ms": float(np.percentile(timing["ms"], 95)),
+        "recall@10_vs_exact": recall,
+        "index_bytes": summary.file_bytes,
+        "bytes_per_item_without_metadata": (summary.file_bytes - metadata_bytes) / args.num_items,
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
