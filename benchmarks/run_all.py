@@ -11,18 +11,15 @@ import sys
 
 BENCHMARKS = (
     ["benchmarks.server_index_bench", "--num_rows", "1000000", "--baselines"],
-    ["benchmarks.embed_throughput"],
-    ["benchmarks.ondevice_searcher"],
+    ["benchmarks.embedding_job_bench", "--num_images", "10000", "--memory_sizes", "2000,8000"],
+    ["benchmarks.ondevice_searcher_bench", "--num_items", "123000"],
+    ["benchmarks.nightly_incremental", "--num_images", "100000"],
 )
 
 
 def main() -> int:
     failures = 0
     for module, *args in BENCHMARKS:
-        try:
-            importlib.util.find_spec(module)
-        except ModuleNotFoundError:
-            continue
         if importlib.util.find_spec(module) is None:
             print(f"skipping {module}: not present", flush=True)
             continue
