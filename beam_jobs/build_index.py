@@ -40,6 +40,9 @@ class BuildIndexOptions(PipelineOptions):
         parser.add_argument("--dims_per_block", type=int, default=2, help="server index: AH dimensions per code")
         parser.add_argument("--training_sample_size", type=int, default=250_000, help="rows sampled to train")
         parser.add_argument("--eval_queries", type=int, default=1000, help="held-out queries for eval.json")
+        parser.add_argument("--tuning_queries", default=None,
+                            help="text file of typical text searches, one per line (any filesystem): both indexes "
+                                 "are tuned on their text-encoder embeddings instead of held-out database rows")
         parser.add_argument("--ondevice_target_recall", type=float, default=0.9,
                             help="on-device index: recall@10 target (no reordering on device)")
         parser.add_argument("--ondevice_num_leaves", type=int, default=None)
@@ -92,6 +95,12 @@ def validate(options: BuildIndexOptions):
             f"{embeddings.files[0]} was embedded with model_id {embeddings.model_id!r} but --model_dir is "
             f"{config.model_id!r}: text queries would land in a different embedding space"
         )
+    if options.tuning_queries:
+        from index_builder.tuning_queries import TuningQueriesError, read_query_texts
+        try:
+            read_query_texts(launcher.absolute(options.tuning_queries))
+        except TuningQueriesError as error:
+            raise launcher.UsageError(f"--tuning_queries: {error}") from error
     launcher.check_writable(shared.output_dir, "--output_dir")
     return embeddings, local_model, config, columns
 
@@ -119,6 +128,12 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
 
     vectors = embeddings.vectors
     timings: dict[str, float] = {}
+    tuning_queries = None
+    if options.tuning_queries:
+        from index_builder.tuning_queries import embed_query_texts, read_query_texts
+        texts = read_query_texts(launcher.absolute(options.tuning_queries))
+        tuning_queries = embed_query_texts(local_model / model_config.TEXT_TFLITE_FILE, texts)
+        LOG.info("tuning both indexes on %d text queries from %s", len(texts), options.tuning_queries)
 
     started = time.perf_counter()
     server_params = server_index.IndexParams(
@@ -126,7 +141,8 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
         dims_per_block=options.dims_per_block, training_sample_size=options.training_sample_size, seed=options.view_as(CommonJobOptions).seed,
     )
     server = tuning.tune_server_index(
-        vectors, server_params, tuning.TuningOptions(target_recall=options.target_recall, seed=options.view_as(CommonJobOptions).seed)
+        vectors, server_params, tuning.TuningOptions(target_recall=options.target_recall, seed=options.view_as(CommonJobOptions).seed),
+        queries=tuning_queries,
     )
     server_index.save_server_index(server.index, str(work / "scann"))
     timings["server_seconds"] = time.perf_counter() - started
@@ -141,6 +157,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     device = tuning.tune_server_index(
         vectors, device_params,
         tuning.TuningOptions(target_recall=options.ondevice_target_recall, seed=options.view_as(CommonJobOptions).seed),
+        queries=tuning_queries,
     )
     user_info = json.dumps({"model_id": config.model_id, "num_items": embeddings.num_rows,
                             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
@@ -180,6 +197,8 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
         "num_items": embeddings.num_rows, "embedding_dim": embeddings.dim, "model_id": config.model_id,
         "embeddings": options.embeddings, "embedding_files": embeddings.files,
         "duplicates_dropped": embeddings.duplicates_dropped, "metadata_columns": columns,
+        "tuning_queries": {"source": options.tuning_queries or "held-out database rows",
+                           "count": int(len(tuning_queries)) if tuning_queries is not None else None},
         "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
         "ondevice": {**device.index.describe(), "lookup_type": options.ondevice_lookup,
                      "num_partitions": summary.num_partitions, "tuning": device.describe()},

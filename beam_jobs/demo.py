@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from beam_jobs import build_index, embed_images, make_sample_catalog
     from index_builder.gallery import write_gallery
+    from transforms.sample_catalog.generate import sample_captions
 
     out = Path(args.output_dir).resolve()
     catalog, run_dir, index_dir = out / "catalog", out / "run", out / "index"
@@ -68,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
         make_sample_catalog.run(["--output_dir", str(catalog), "--num_images", str(args.num_images),
                                  "--seed", str(args.seed)])
     summary = embed_images.run(["--manifest", str(catalog / "manifest.jsonl"), "--output_dir", str(run_dir)])
+    # Typical searches, made like the catalog's captions but from another seed (not the indexed items').
+    tuning_queries = out / "tuning_queries.txt"
+    tuning_queries.write_text("\n".join(sample_captions(args.seed + 1000, 300)) + "\n")
     result = build_index.run(["--embeddings", str(run_dir / "embeddings" / "*.parquet"), "--output_dir",
-                              str(index_dir)])
+                              str(index_dir), "--tuning_queries", str(tuning_queries)])
     captions = {}
     for shard in sorted((run_dir / "embeddings").glob("part-*.parquet")):
         table = pq.read_table(shard, columns=["uri", "caption"]).to_pydict()

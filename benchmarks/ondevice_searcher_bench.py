@@ -1,10 +1,14 @@
 """On-device TextSearcher over a COCO-sized catalog (123K items): latency, recall, bytes per item.
 
-    python -m benchmarks.ondevice_searcher_bench --num_items 123000
+    python -m benchmarks.ondevice_searcher_bench --num_items 123000 [--tune_on texts]
 
-Items are deterministic clustered unit vectors (D=128) with 30-byte uri metadata; queries are real
-captions encoded by the bundled text encoder. Latency is the real Task Library TextSearcher
-(tflite-support in .venv-tasklib, one thread): text tokenization + encoding + ScaNN search.
+Items are the bundled image tower's embeddings of a generated sample catalog (cached under
+/tmp/searcher_bench_cache); queries are held-out captions, i.e. real text-to-image searches.
+The index is tuned as build_index tunes it: on database rows by default (image-to-image), or with
+``--tune_on texts`` on other captions encoded by the text encoder (build_index
+--ondevice_tuning_queries). Latency is the real Task Library TextSearcher (tflite-support in
+.venv-tasklib, one thread): tokenization + text encoding + ScaNN search; text encoding alone is
+timed with TextEmbedder on the same queries.
 """
 from __future__ import annotations
 
@@ -16,14 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.server_index_bench import clustered_unit_vectors
+from benchmarks.catalog_embeddings import catalog_image_embeddings, held_out_captions
 from encoders import model_config
 from index_builder import server_index, tuning
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.query_encoders import TextQueryEncoder
 from index_builder.searcher_models import build_searcher_model
 from index_builder.task_library_searcher import venv_python
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
 
 CLIENT = Path(__file__).with_name("ondevice_timing_client.py")
 
@@ -35,21 +38,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lookup_type", default="INT8", choices=["INT8", "INT16", "FLOAT"])
     parser.add_argument("--dims_per_block", type=int, default=2)
     parser.add_argument("--target_recall", type=float, default=0.9)
+    parser.add_argument("--num_leaves_to_search", type=int, default=None, help="fix instead of tuning")
+    parser.add_argument("--tune_on", choices=["rows", "texts"], default="rows",
+                        help="tuning queries: database rows (build_index default) or 1,000 other captions")
     args = parser.parse_args(argv)
 
     text_model = model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE
-    captions = [generate_item(CatalogSettings(seed=99, image_size=32), i)[0]["caption"] for i in range(args.num_queries)]
     encoder = TextQueryEncoder(text_model)
+    captions = held_out_captions(args.num_queries, seed=99)
     queries = np.stack([encoder.embed(c) for c in captions])
-    # Database: clustered vectors plus the query embeddings' neighbourhoods, so queries have real neighbours.
-    vectors = clustered_unit_vectors(args.num_items, 128, seed=1)
-    vectors[: len(queries)] = queries + 0.05 * np.random.default_rng(2).standard_normal(queries.shape, np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = catalog_image_embeddings(args.num_items, seed=1)
     uris = [f"gs://catalog/images/{i:09d}.jpg" for i in range(args.num_items)]
+    tuning_queries = None
+    if args.tune_on == "texts":
+        tuning_queries = np.stack([encoder.embed(c) for c in held_out_captions(1000, seed=98)])
 
     tuned = tuning.tune_server_index(
-        vectors, server_index.IndexParams(for_ondevice=True, dims_per_block=args.dims_per_block),
-        tuning.TuningOptions(target_recall=args.target_recall))
+        vectors, server_index.IndexParams(for_ondevice=True, dims_per_block=args.dims_per_block,
+                                 num_leaves_to_search=args.num_leaves_to_search),
+        tuning.TuningOptions(target_recall=args.target_recall), queries=tuning_queries)
     with tempfile.TemporaryDirectory() as tmp:
         index_path = Path(tmp) / "index.ldb"
         summary = convert_searcher(tuned.index.searcher, str(index_path), metadata=[u.encode() for u in uris],
@@ -58,17 +65,18 @@ def main(argv: list[str] | None = None) -> dict:
         model_path = Path(tmp) / "text_searcher.tflite"
         model_path.write_bytes(build_searcher_model(text_model, index_path.read_bytes(), 128))
         completed = subprocess.run([str(venv_python()), str(CLIENT)], capture_output=True, text=True, check=True,
-                                   input=json.dumps({"model": str(model_path), "queries": captions, "k": 10}))
+                                   input=json.dumps({"model": str(model_path), "encoder_model": str(text_model), "queries": captions, "k": 10}))
     timing = json.loads(completed.stdout)
     exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
     found = [[int(m.rsplit("/", 1)[1].split(".")[0]) for m in hits] for hits in timing["results"]]
     recall = float(np.mean([len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, exact)]))
     metadata_bytes = sum(len(u) for u in uris)
     result = {
-        "num_items": args.num_items, "lookup_type": args.lookup_type, "dims_per_block": args.dims_per_block,
+        "num_items": args.num_items, "tune_on": args.tune_on, "lookup_type": args.lookup_type, "dims_per_block": args.dims_per_block,
         "chosen": tuned.describe()["chosen"],
         "textsearcher_p50_ms": float(np.percentile(timing["ms"], 50)),
         "textsearcher_p95_ms": float(np.percentile(timing["ms"], 95)),
+        "text_encoding_p50_ms": float(np.percentile(timing["encode_ms"], 50)),
         "recall@10_vs_exact": recall,
         "index_bytes": summary.file_bytes,
         "bytes_per_item_without_metadata": (summary.file_bytes - metadata_bytes) / args.num_items,

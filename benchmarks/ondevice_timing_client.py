@@ -1,6 +1,6 @@
 """Runs inside .venv-tasklib: times the Task Library TextSearcher (text encoding + search) per query.
 
-stdin: {"model": PATH, "queries": [...], "k": 10}; stdout: {"ms": [...], "results": [[metadata...]...]}
+stdin: {"model": PATH, "encoder_model": PATH, "queries": [...], "k": 10}; stdout: {"ms": [...], "encode_ms": [...] (text encoding alone), "results": [[metadata...]...]}
 """
 import json
 import sys
@@ -23,7 +23,16 @@ def main() -> None:
         times.append((time.perf_counter() - started) * 1000)
         results.append([bytes(n.metadata).decode() if not isinstance(n.metadata, str) else n.metadata
                         for n in result.nearest_neighbors])
-    json.dump({"ms": times, "results": results}, sys.stdout)
+    embedder = text.TextEmbedder.create_from_options(text.TextEmbedderOptions(
+        base_options=core.BaseOptions(file_name=request["encoder_model"], num_threads=1)))
+    for query in request["queries"][:5]:
+        embedder.embed(query)
+    encode_times = []
+    for query in request["queries"]:
+        started = time.perf_counter()
+        embedder.embed(query)
+        encode_times.append((time.perf_counter() - started) * 1000)
+    json.dump({"ms": times, "encode_ms": encode_times, "results": results}, sys.stdout)
 
 
 if __name__ == "__main__":

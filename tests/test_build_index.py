@@ -129,4 +129,29 @@ def test_mismatched_model_or_bad_embeddings_stop_before_training(built: dict, tm
     assert result.returncode == 2 and "someone-elses-model" in result.stderr
     result = run("--embeddings", str(tmp_path / "none" / "*.parquet"), "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 2 and "--embeddings" in result.stderr
+    (tmp_path / "few.txt").write_text("a red circle\n\n  \na blue star\n")
+    result = run("--embeddings", embeddings, "--output_dir", str(tmp_path / "out"), "--tuning_queries",
+                 str(tmp_path / "few.txt"))
+    assert result.returncode == 2 and "--tuning_queries" in result.stderr and "2 non-blank lines" in result.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp_path: Path) -> None:
+    from encoders import model_config
+    from transforms.sample_catalog.generate import sample_captions
+
+    texts = sample_captions(seed=4242, count=40)
+    (tmp_path / "queries.txt").write_text("\n".join(texts) + "\n")
+    build_index.run(["--embeddings", str(built["base"] / "run" / "embeddings" / "*.parquet"), "--output_dir",
+                     str(tmp_path / "index"), "--eval_queries", "100", "--tuning_queries", str(tmp_path / "queries.txt")])
+    config = json.loads((tmp_path / "index" / "index_config.json").read_text())
+    assert config["tuning_queries"]["count"] == 40
+    assert config["ondevice"]["tuning"]["num_queries"] == 0  # no database rows were used as queries
+    encoder = TextQueryEncoder(model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE)
+    queries = np.stack([encoder.embed(t) for t in texts])
+    chosen = config["server"]["tuning"]["chosen"]
+    searcher = scann_ops_pybind.load_searcher(str(tmp_path / "index" / "scann"))
+    found, _ = searcher.search_batched(queries, final_num_neighbors=10, leaves_to_search=chosen["num_leaves_to_search"],
+                                       pre_reorder_num_neighbors=max(chosen["reorder"], 10) if chosen["reorder"] else -1)
+    true_ids, _ = exact_top_k(queries, built["vectors"], 10)
+    assert recall_at_k(np.asarray(found), true_ids, 10) == pytest.approx(chosen["recall"], abs=1e-6)

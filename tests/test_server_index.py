@@ -221,3 +221,29 @@ def test_bad_params_are_refused(vectors) -> None:
         IndexParams(distance="cosine")
     with pytest.raises(ValueError, match="num_leaves_to_search"):
         IndexParams(num_leaves_to_search=0)
+
+
+def test_tuning_on_given_queries_measures_recall_on_those_queries(vectors) -> None:
+    rng = np.random.default_rng(3)
+    queries = vectors[rng.choice(NUM_ROWS, 150, replace=False)] + 0.1 * rng.standard_normal((150, DIM))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    result = tune_server_index(vectors, IndexParams(num_leaves=80, reorder=0, seed=1),
+                               TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20), queries=queries)
+    assert len(result.queries_idx) == 0 and result.true_ids.shape[0] == 150
+    found = result.index.search_batched(queries, 10)
+    assert recall_at_k(found, exact_top_k(queries, vectors, 10)[0], 10) == pytest.approx(result.chosen.recall)
+    with pytest.raises(ValueError, match="tuning queries"):
+        tune_server_index(vectors, IndexParams(num_leaves=80), TuningOptions(), queries=queries[:, :8])
+
+
+def test_unreachable_target_takes_the_cheapest_trial_near_the_best_recall(vectors) -> None:
+    params = IndexParams(num_leaves=100, for_ondevice=True, dims_per_block=8, seed=1)
+    options = TuningOptions(target_recall=1.0, num_queries=200, latency_queries=20, ceiling_tolerance=0.02)
+    result = tune_server_index(vectors, params, options)
+    best = max(t.recall for t in result.trials)
+    assert not result.target_met and best < 1.0
+    assert result.chosen.recall >= best - 0.02
+    cheaper = [t for t in result.trials if t.num_leaves_to_search < result.chosen.num_leaves_to_search]
+    assert all(t.recall < best - 0.02 for t in cheaper)
+    assert result.index.params.num_leaves_to_search == result.chosen.num_leaves_to_search
+    assert "cheapest within 0.02" in result.notes[0]

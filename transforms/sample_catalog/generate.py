@@ -37,3 +37,12 @@ def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any]
         image.save(buffer, format="PNG")
     row = {"id": item_id(settings.seed, index), "caption": text, **scene.attributes()}
     return row, buffer.getvalue()
+
+
+def sample_captions(seed: int, count: int) -> list[str]:
+    """Captions of entries 0..count-1 for `seed` (no image rendered): typical text queries."""
+    captions = []
+    for index in range(count):
+        rng = scene_rng(seed, index)
+        captions.append(caption(sample_scene(rng), rng))
+    return captions
