@@ -51,6 +51,10 @@ class BuildIndexOptions(PipelineOptions):
                             help="on-device AH code: D/this bytes per item")
         parser.add_argument("--ondevice_lookup", default="FLOAT", choices=["INT8", "INT16", "FLOAT"],
                             help="on-device lookup-table precision (INT8 is faster, FLOAT more accurate)")
+        parser.add_argument("--ondevice_encoding", default="auto", choices=["auto", "in_process", "beam"],
+                            help="on-device index: encode every item in ScaNN in-process, or train on "
+                                 "--training_sample_size rows and assign + AH-encode all rows in parallel Beam "
+                                 "workers (auto: beam when there are more rows than the sample)")
         parser.add_argument("--metadata_columns", default="uri",
                             help="per-item searcher metadata: one column (stored as is) or a comma list (JSON)")
 
@@ -106,17 +110,13 @@ def validate(options: BuildIndexOptions):
 
 
 def item_metadata(embeddings, columns: list[str]) -> list[bytes]:
-    def value(column: str, row: int) -> Any:
-        if column == "id":
-            return embeddings.ids[row]
-        if column == "uri":
-            return embeddings.uris[row]
-        return embeddings.columns[column][row]
+    from index_builder.item_metadata import metadata_payload
 
-    if len(columns) == 1:
-        return [str(value(columns[0], r) or "").encode("utf-8") for r in range(embeddings.num_rows)]
-    return [json.dumps({c: value(c, r) for c in columns}, sort_keys=True).encode("utf-8")
-            for r in range(embeddings.num_rows)]
+    def values(row: int) -> dict[str, Any]:
+        known = {"id": embeddings.ids[row], "uri": embeddings.uris[row]}
+        return {c: known[c] if c in known else embeddings.columns[c][row] for c in columns}
+
+    return [metadata_payload(columns, values(r)) for r in range(embeddings.num_rows)]
 
 
 def build(options: BuildIndexOptions, embeddings, local_model: Path, config, columns: list[str], work: Path) -> dict:
@@ -154,18 +154,23 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
         dims_per_block=options.ondevice_dims_per_block, training_sample_size=options.training_sample_size,
         seed=options.view_as(CommonJobOptions).seed, for_ondevice=True,
     )
-    device = tuning.tune_server_index(
-        vectors, device_params,
-        tuning.TuningOptions(target_recall=options.ondevice_target_recall, seed=options.view_as(CommonJobOptions).seed),
-        queries=tuning_queries,
-    )
     user_info = json.dumps({"model_id": config.model_id, "num_items": embeddings.num_rows,
                             "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, sort_keys=True)
-    summary = convert_searcher(
-        device.index.searcher, str(work / "index.ldb"), metadata=item_metadata(embeddings, columns),
-        user_info=user_info.encode(), num_leaves_to_search=device.chosen.num_leaves_to_search,
-        lookup_type=options.ondevice_lookup,
-    )
+    parallel = options.ondevice_encoding == "beam" or (
+        options.ondevice_encoding == "auto" and embeddings.num_rows > options.training_sample_size)
+    device_options = tuning.TuningOptions(target_recall=options.ondevice_target_recall,
+                                          seed=options.view_as(CommonJobOptions).seed)
+    if parallel:
+        device, device_rows, num_partitions = build_ondevice_in_beam(
+            options, embeddings, columns, device_params, device_options, tuning_queries, user_info.encode(), work)
+    else:
+        device = tuning.tune_server_index(vectors, device_params, device_options, queries=tuning_queries)
+        summary = convert_searcher(
+            device.index.searcher, str(work / "index.ldb"), metadata=item_metadata(embeddings, columns),
+            user_info=user_info.encode(), num_leaves_to_search=device.chosen.num_leaves_to_search,
+            lookup_type=options.ondevice_lookup,
+        )
+        device_rows, num_partitions = summary.item_order, summary.num_partitions
     index_bytes = (work / "index.ldb").read_bytes()
     (work / "text_searcher.tflite").write_bytes(
         build_searcher_model(local_model / model_config.TEXT_TFLITE_FILE, index_bytes, embeddings.dim))
@@ -181,13 +186,13 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
     reference = ReferenceSearcher(index_bytes)
     device_found = np.asarray([
-        [summary.item_order[n.global_index] for n in reference.search(vectors[q], 10)] for q in queries_idx
+        [device_rows[n.global_index] for n in reference.search(vectors[q], 10)] for q in queries_idx
     ])
     device_eval = {
         "recall@10": evaluation.recall_at_k(device_found, true_ids, 10),
-        "bytes_per_item_codes": summary.bytes_per_item_codes,
-        "index_file_bytes": summary.file_bytes,
-        "bytes_per_item_total": summary.file_bytes / embeddings.num_rows,
+        "bytes_per_item_codes": reference.index.bytes_per_item,
+        "index_file_bytes": len(index_bytes),
+        "bytes_per_item_total": len(index_bytes) / embeddings.num_rows,
         "method": "numpy twin of the on-device search over index.ldb",
     }
     timings["eval_seconds"] = time.perf_counter() - started
@@ -201,13 +206,48 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
                            "count": int(len(tuning_queries)) if tuning_queries is not None else None},
         "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
         "ondevice": {**device.index.describe(), "lookup_type": options.ondevice_lookup,
-                     "num_partitions": summary.num_partitions, "tuning": device.describe()},
+                     "num_partitions": num_partitions, "encoding": "beam" if parallel else "in_process",
+                     "tuning": device.describe()},
         "timings": timings,
     }
     index_outputs.write_json(work / "index_config.json", index_config)
     index_outputs.write_json(work / "eval.json", {"server": server_eval, "ondevice": device_eval,
                                                   "query_rows": queries_idx.tolist()})
     return {"server": server_eval, "ondevice": device_eval, "timings": timings}
+
+
+def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options, tuning_queries, user_info: bytes,
+                           work: Path):
+    """Tunes and trains on a row sample, then encodes every row in Beam workers (parallel_encode)."""
+    import apache_beam as beam
+    import numpy as np
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from index_builder import tuning
+    from index_builder.ondevice import parallel_encode
+    from index_builder.ondevice.quantizer import OnDeviceQuantizer
+    from index_builder.ondevice.scann_artifacts import read_searcher
+
+    sample_size = min(options.training_sample_size, embeddings.num_rows)
+    sample = np.sort(np.random.default_rng(params.seed).choice(embeddings.num_rows, sample_size, replace=False))
+    device = tuning.tune_server_index(embeddings.vectors[sample], params, tuning_options, queries=tuning_queries)
+    quantizer = OnDeviceQuantizer.from_artifacts(read_searcher(device.index.searcher),
+                                                 params.anisotropic_quantization_threshold)
+    LOG.info("on-device: trained on %d sampled rows (%d leaves); encoding all %d rows in Beam",
+             sample_size, len(quantizer.partition_centroids), embeddings.num_rows)
+    temp_root = options.view_as(GoogleCloudOptions).temp_location
+    with tempfile.TemporaryDirectory(prefix="ondevice_partitions_") as local_temp:
+        directory = FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}") if temp_root else local_temp
+        with beam.Pipeline(options=options) as pipeline:
+            parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory)
+        assembled = parallel_encode.assemble(
+            directory, quantizer, work / "index.ldb", num_leaves_to_search=device.chosen.num_leaves_to_search,
+            lookup_type=options.ondevice_lookup, user_info=user_info)
+        if temp_root:
+            FileSystems.delete([directory])
+    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    device_rows = np.asarray([row_of[item_id] for item_id in assembled.ids], dtype=np.int64)
+    return device, device_rows, assembled.summary.num_partitions
 
 
 def publish(work: Path, output_dir: str) -> None:

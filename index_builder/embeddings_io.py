@@ -130,7 +130,7 @@ def _read_shard(path: str, expected_rows: int, extra_columns: Sequence[str]) -> 
         raise EmbeddingsError(f"{path}: footer says {expected_rows} rows but {table.num_rows} were read")
     model_id = _single_model_id(path, table)
     ids = _non_null_strings(path, table, "id")
-    vectors = _embedding_matrix(path, table)
+    vectors = embedding_matrix(path, table)
     _check_metadata(path, table.schema.metadata, vectors.shape[1], model_id)
     _check_vectors(path, ids, vectors)
     return _Shard(
@@ -185,6 +185,13 @@ def _open(path: str) -> Iterator[IO[bytes] | str]:
         yield handle
 
 
+@contextlib.contextmanager
+def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """A ParquetFile on any Beam filesystem (local files memory-mapped)."""
+    with _open(path) as source:
+        yield pq.ParquetFile(source)
+
+
 def _footer_row_count(path: str) -> int:
     try:
         with _open(path) as source:
@@ -222,7 +229,7 @@ def _single_model_id(path: str, table: pa.Table) -> str:
     return values[0]
 
 
-def _embedding_matrix(path: str, table: pa.Table) -> np.ndarray:
+def embedding_matrix(path: str, table: pa.Table) -> np.ndarray:
     """[rows, D] float32 view of the ``embedding`` list column; refuses ragged or null rows."""
     column = table.column("embedding").combine_chunks()
     if column.null_count:

@@ -155,3 +155,33 @@ def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp
                                        pre_reorder_num_neighbors=max(chosen["reorder"], 10) if chosen["reorder"] else -1)
     true_ids, _ = exact_top_k(queries, built["vectors"], 10)
     assert recall_at_k(np.asarray(found), true_ids, 10) == pytest.approx(chosen["recall"], abs=1e-6)
+
+
+@pytest.mark.task_library
+def test_beam_encoded_ondevice_index_matches_in_process_build(built: dict, tmp_path: Path) -> None:
+    """Train on a 300-row sample, encode all rows in Beam workers; duplicates across shards dropped once."""
+    import shutil
+
+    from index_builder import task_library_searcher
+    from index_builder.ondevice.index_file import OnDeviceIndexFile
+
+    shards = sorted((built["base"] / "run" / "embeddings").glob("*.parquet"))
+    for shard in shards:
+        shutil.copy(shard, tmp_path / shard.name)
+    shutil.copy(shards[0], tmp_path / "zz-repeated.parquet")  # every id of shard 0 again, later in sorted order
+    build_index.run(["--embeddings", str(tmp_path / "*.parquet"), "--output_dir", str(tmp_path / "index"),
+                     "--eval_queries", "100", "--ondevice_encoding", "beam", "--training_sample_size", "300"])
+    config = json.loads((tmp_path / "index" / "index_config.json").read_text())
+    assert config["ondevice"]["encoding"] == "beam" and config["duplicates_dropped"] > 0
+    index = OnDeviceIndexFile(tmp_path / "index" / "index.ldb")
+    num_items = sum(len(index.partition_items(p)) for p in range(index.num_partitions))
+    stored = sorted(index.metadata(g).decode() for g in range(num_items))
+    assert stored == sorted(built["uris"])  # each item exactly once
+    assert json.loads((tmp_path / "index" / "eval.json").read_text())["ondevice"]["recall@10"] >= 0.85
+
+    model = tmp_path / "index" / "text_searcher.tflite"
+    queries = built["captions"][:20]
+    encoder = TextQueryEncoder(model)
+    found = [[r["metadata"] for r in hits] for hits in task_library_searcher.text_search(model, queries, 10)]
+    expected = [exact_uris(built, encoder.embed(q)) for q in queries]
+    assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, expected)]) >= 0.85

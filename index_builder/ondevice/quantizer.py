@@ -1,0 +1,101 @@
+"""Partition assignment and AH encoding of database rows with trained (frozen) ScaNN parameters.
+
+Why: ScaNN trains the k-means tree and the AH codebooks on a bounded sample, but encoding every
+item is embarrassingly parallel. This module reproduces ScaNN's database-side math in numpy so
+Beam workers can encode millions of rows with the trained parameters as a side input:
+
+* partition: nearest leaf centroid by squared L2 (ScaNN's ``partitioning_distance`` for the tree);
+* AH codes: per block of dimensions the nearest codebook center, then coordinate descent on
+  ScaNN's anisotropic (noise-shaping) loss ``||r||^2 + (eta - 1) * (r . x)^2 / ||x||^2`` with
+  ``eta = (D - 1) * (T^2 / ||x||^2) / (1 - T^2 / ||x||^2)`` for threshold ``T``: errors parallel
+  to the datapoint move inner products, so they cost more than orthogonal ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from index_builder.ondevice.scann_artifacts import ScannOnDeviceArtifacts
+
+MAX_DESCENT_ROUNDS = 10
+
+
+@dataclass(frozen=True)
+class OnDeviceQuantizer:
+    partition_centroids: np.ndarray  # [P, D] float32
+    codebooks: tuple[np.ndarray, ...]  # per block [C, d_b] float32
+    anisotropic_threshold: float = 0.2  # ScaNN noise_shaping_threshold; <= 0 disables
+
+    @classmethod
+    def from_artifacts(cls, artifacts: ScannOnDeviceArtifacts, anisotropic_threshold: float) -> OnDeviceQuantizer:
+        return cls(np.asarray(artifacts.partition_centroids, np.float32),
+                   tuple(np.asarray(b, np.float32) for b in artifacts.codebooks), anisotropic_threshold)
+
+    @property
+    def dim(self) -> int:
+        return int(self.partition_centroids.shape[1])
+
+    def assign(self, vectors: np.ndarray) -> np.ndarray:
+        """[N] int32 leaf of each row: argmin ||x - c||^2 (= argmax x.c - ||c||^2 / 2)."""
+        centroids = self.partition_centroids
+        scores = vectors @ centroids.T - 0.5 * np.einsum("pd,pd->p", centroids, centroids)
+        return np.argmax(scores, axis=1).astype(np.int32)
+
+    def encode(self, vectors: np.ndarray, chunk_rows: int = 256) -> np.ndarray:
+        """[N, num_blocks] uint8 AH codes (rows in cache-sized chunks)."""
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        if sum(book.shape[1] for book in self.codebooks) != x.shape[1]:
+            raise ValueError(f"codebooks cover {sum(b.shape[1] for b in self.codebooks)} dimensions, "
+                             f"vectors have {x.shape[1]}")
+        return np.concatenate([self._encode_chunk(x[i:i + chunk_rows]) for i in range(0, len(x), chunk_rows)]
+                              or [np.zeros((0, len(self.codebooks)), np.uint8)])
+
+    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
+        squared, along = self._block_terms(x)  # [B, n, C]
+        codes = np.argmin(squared, axis=2).T  # [n, B]: the isotropic start
+        if self.anisotropic_threshold <= 0:
+            return codes.astype(np.uint8)
+        norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
+        ratio = np.minimum(self.anisotropic_threshold ** 2 / norms, 0.999999)
+        eta = (x.shape[1] - 1) * ratio / (1 - ratio)
+        weight = ((eta - 1) / norms).astype(np.float32)
+        rows = np.arange(len(x))
+        residual_sq = sum(squared[b][rows, codes[:, b]] for b in range(len(self.codebooks)))
+        residual_dot = sum(along[b][rows, codes[:, b]] for b in range(len(self.codebooks)))
+        active = rows  # rows whose codes changed in the last round; the others are at a fixed point
+        for _ in range(MAX_DESCENT_ROUNDS):
+            moved_rows = np.zeros(len(x), dtype=bool)
+            for b in range(len(self.codebooks)):
+                current = codes[active, b]
+                sq, al = squared[b][active], along[b][active]
+                base_sq = residual_sq[active] - sq[np.arange(len(active)), current]
+                base_dot = residual_dot[active] - al[np.arange(len(active)), current]
+                loss = (base_sq[:, None] + sq) + weight[active, None] * np.square(base_dot[:, None] + al)
+                best = np.argmin(loss, axis=1)
+                codes[active, b] = best
+                residual_sq[active] = base_sq + sq[np.arange(len(active)), best]
+                residual_dot[active] = base_dot + al[np.arange(len(active)), best]
+                moved_rows[active[best != current]] = True
+            active = np.flatnonzero(moved_rows)
+            if not len(active):
+                break
+        return codes.astype(np.uint8)
+
+
+    def _block_terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, n, C] ||x_b - q||^2 and (x_b - q) . x_b for every block b and center q."""
+        widths = {book.shape[1] for book in self.codebooks}
+        if len(widths) == 1:  # equal blocks: one batched matmul for all of them
+            xb = x.reshape(len(x), len(self.codebooks), -1).transpose(1, 0, 2)  # [B, n, d]
+            books = np.stack(self.codebooks)  # [B, C, d]
+            dots = np.matmul(xb, books.transpose(0, 2, 1))
+            xx = np.einsum("bnd,bnd->bn", xb, xb)[:, :, None]
+            qq = np.einsum("bcd,bcd->bc", books, books)[:, None, :]
+        else:
+            bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
+            parts = [x[:, bounds[i]:bounds[i + 1]] for i in range(len(self.codebooks))]
+            dots = np.stack([p @ book.T for p, book in zip(parts, self.codebooks)])
+            xx = np.stack([np.einsum("nd,nd->n", p, p) for p in parts])[:, :, None]
+            qq = np.stack([np.einsum("cd,cd->c", book, book) for book in self.codebooks])[:, None, :]
+        return xx - 2 * dots + qq, xx - dots

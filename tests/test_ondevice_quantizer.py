@@ -1,0 +1,63 @@
+"""The numpy twin of ScaNN's database-side encoding that Beam workers run (partition + AH codes)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from benchmarks.server_index_bench import clustered_unit_vectors
+from index_builder.evaluation import exact_top_k, recall_at_k
+from index_builder.ondevice.index_file import write_ondevice_index
+from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.reference_search import ReferenceSearcher
+from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
+
+LEAVES, SEARCHED = 80, 8
+
+
+@pytest.fixture(scope="module")
+def trained():
+    vectors = clustered_unit_vectors(12_000, 64, rows_per_cluster=40, noise=0.1, seed=11)
+    searcher = build_ondevice_searcher(vectors, ondevice_builder_config(
+        vectors, num_leaves=LEAVES, num_leaves_to_search=SEARCHED, anisotropic_quantization_threshold=0.2))
+    return vectors, read_searcher(searcher)
+
+
+def ondevice_recall(vectors: np.ndarray, artifacts, codes: np.ndarray) -> float:
+    buffer = io.BytesIO()
+    summary = write_ondevice_index(
+        buffer, partition_centroids=artifacts.partition_centroids, codebooks=artifacts.codebooks,
+        partition_assignment=artifacts.partition_assignment, codes=codes, num_leaves_to_search=SEARCHED,
+        lookup_type="FLOAT")
+    searcher = ReferenceSearcher(buffer.getvalue())
+    queries = vectors[::60][:200]
+    found = [[summary.item_order[hit.global_index] for hit in searcher.search(q, 10)] for q in queries]
+    return recall_at_k(np.asarray(found), exact_top_k(queries, vectors, 10)[0], 10)
+
+
+def test_partition_assignment_is_scanns(trained) -> None:
+    vectors, artifacts = trained
+    quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
+    np.testing.assert_array_equal(quantizer.assign(vectors), artifacts.partition_assignment)
+
+
+def test_anisotropic_codes_search_as_well_as_scanns_and_better_than_nearest_center(trained) -> None:
+    vectors, artifacts = trained
+    anisotropic = OnDeviceQuantizer.from_artifacts(artifacts, 0.2).encode(vectors)
+    nearest = OnDeviceQuantizer.from_artifacts(artifacts, 0.0).encode(vectors)
+    assert anisotropic.dtype == np.uint8 and anisotropic.shape == artifacts.codes.shape
+    assert (anisotropic == artifacts.codes).mean() > 0.9
+    scann = ondevice_recall(vectors, artifacts, artifacts.codes)
+    ours = ondevice_recall(vectors, artifacts, anisotropic)
+    assert ours >= scann - 0.02, (ours, scann)
+    assert ours > ondevice_recall(vectors, artifacts, nearest)
+
+
+def test_encoding_is_row_independent(trained) -> None:
+    vectors, artifacts = trained
+    quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
+    whole = quantizer.encode(vectors[:700], chunk_rows=256)
+    np.testing.assert_array_equal(whole, np.concatenate([quantizer.encode(vectors[i:i + 100]) for i in range(0, 700, 100)]))
+    with pytest.raises(ValueError, match="dimensions"):
+        quantizer.encode(vectors[:5, :32])
