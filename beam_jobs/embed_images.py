@@ -45,6 +45,11 @@ class EmbedImagesOptions(PipelineOptions):
                             help="decompression-bomb guard: images declaring more pixels are rejected")
         parser.add_argument("--rows_per_shard", type=int, default=50_000, help="target rows per Parquet shard")
         parser.add_argument("--read_attempts", type=int, default=4, help="tries per object on transient errors")
+        parser.add_argument(
+            "--encoder_threads", type=int, default=0,
+            help="TensorFlow threads per worker process; 0: the cores split between local worker processes "
+                 "(--direct_running_mode=multi_processing), otherwise TensorFlow's default",
+        )
 
 
 def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tuple[str, ...]]:
@@ -54,6 +59,7 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
         raise launcher.UsageError("pass exactly one of --input_pattern (one or more) or --manifest")
     for flag, value, low in (("--batch_size", options.batch_size, 1), ("--rows_per_shard", options.rows_per_shard, 1),
                              ("--read_attempts", options.read_attempts, 1), ("--max_image_bytes", options.max_image_bytes, 1),
+                             ("--encoder_threads", options.encoder_threads, 0),
                              ("--max_image_pixels", options.max_image_pixels, 1)):
         if value < low:
             raise launcher.UsageError(f"{flag} must be at least {low}, got {value}")

@@ -1,11 +1,20 @@
 """Embedding job throughput against its ideal and against a plain loop, side by side.
 
-    python -m benchmarks.embedding_job_bench --num_images 10000 --workers 2
+    python -m benchmarks.embedding_job_bench --num_images 10000 --workers 2 \
+        --extra_sizes 30000 --memory_sizes 2000,20000
 
 ideal = workers / (decode + preprocess + encode + write seconds per image, each stage
-timed alone in this run); loop = one process doing the same work (PIL decode, batched
-model call, Parquet write); job = beam_jobs.embed_images with --direct_num_workers and
-multi_processing, its pipeline wall time. Also reports the job's peak worker RSS.
+timed alone in this run). The stages are timed in a child process whose TensorFlow
+gets the threads one job worker gets (cores // workers, what the job pins), so the
+ideal never credits the encoder with cores that two workers cannot both have.
+loop = one process doing the same work (PIL decode, batched model call, Parquet
+write) with TensorFlow's default threads. job = beam_jobs.embed_images with
+--direct_num_workers and multi_processing: its pipeline wall time, worker start,
+model load and shutdown included. Also reports peak RSS of the job's launcher and
+of its largest worker process.
+
+Catalogs larger than --unique_images reuse image files under new names (hard links):
+distinct URIs and ids, so the job does all its work for every row.
 """
 from __future__ import annotations
 
@@ -21,26 +30,31 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from transforms.embedding_schema import embeddings_schema
-from transforms.encoding import load_encoder
 from transforms.image_decode import decode_image, resize_for_model
+from transforms.parquet_shards import sorted_by, write_table
 from transforms.sample_catalog.generate import CatalogSettings, generate_item
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 
-def write_catalog(directory: Path, count: int) -> tuple[Path, list[Path]]:
+def write_catalog(directory: Path, count: int, unique: int | None = None) -> tuple[Path, list[Path]]:
     images = directory / "images"
     images.mkdir(parents=True)
+    unique = count if unique is None else min(unique, count)
     paths, lines = [], []
     settings = CatalogSettings(seed=31, image_size=256)
     for index in range(count):
-        row, data = generate_item(settings, index)
-        path = images / f"{row['id']}.jpg"
-        path.write_bytes(data)
+        if index < unique:
+            row, data = generate_item(settings, index)
+            path = images / f"{row['id']}.jpg"
+            path.write_bytes(data)
+        else:
+            row = {"id": f"copy-{index:07d}", "caption": "a copy"}
+            path = images / f"{row['id']}.jpg"
+            os.link(paths[index % unique], path)
         paths.append(path)
         lines.append(json.dumps({"uri": str(path), "id": row["id"], "caption": row["caption"]}))
     manifest = directory / "manifest.jsonl"
@@ -48,9 +62,14 @@ def write_catalog(directory: Path, count: int) -> tuple[Path, list[Path]]:
     return manifest, paths
 
 
-def stage_seconds(paths: list[Path], encoder, size: int, out: Path) -> dict[str, float]:
-    """Per-image seconds of each stage, each timed alone over the same sample."""
+def stage_seconds(paths: list[Path], threads: int | None, out: Path) -> dict[str, float]:
+    """Per-image seconds of each stage, each timed alone over the same sample, as a job worker runs them."""
+    from transforms.encoding import load_encoder
+
+    encoder = load_encoder(None, threads)
+    size = encoder.config.image_size
     blobs = [p.read_bytes() for p in paths]
+    encoder.embed(np.zeros((BATCH, size, size, 3), np.uint8))  # warm the traced function
     started = time.perf_counter()
     decoded = [decode_image(b, target_size=size).rgb for b in blobs]
     decode = time.perf_counter() - started
@@ -68,15 +87,30 @@ def stage_seconds(paths: list[Path], encoder, size: int, out: Path) -> dict[str,
 
 
 def write_rows(out: Path, paths: list[Path], vectors: np.ndarray, config) -> None:
+    """The job's writer path: rows with numpy vectors -> Arrow -> sorted by id -> zstd Parquet."""
     schema = embeddings_schema(config.embedding_dim, config.model_id)
     table = pa.Table.from_pylist([
-        {"id": str(p), "uri": str(p), "embedding": v.tolist(), "fingerprint": "x", "model_id": config.model_id,
+        {"id": str(p), "uri": str(p), "embedding": v, "fingerprint": "x", "model_id": config.model_id,
          "width": 256, "height": 256} for p, v in zip(paths, vectors)], schema=schema)
-    pq.write_table(table, out, compression="zstd")
+    write_table(str(out), sorted_by(table, "id"), 10_000)
 
 
-def plain_loop(paths: list[Path], encoder, size: int, out: Path) -> float:
-    """Images per second of the straightforward single-process loop."""
+def measure_stages_in_child(paths: list[Path], threads: int, out: Path) -> dict[str, float]:
+    listing = out.with_suffix(".json")
+    listing.write_text(json.dumps([str(p) for p in paths]))
+    command = [sys.executable, "-m", "benchmarks.embedding_job_bench", "--stages_of", str(listing),
+               "--stage_threads", str(threads)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def plain_loop(paths: list[Path], out: Path) -> float:
+    """Images per second of the straightforward single-process loop (model already loaded)."""
+    from transforms.encoding import load_encoder
+
+    encoder = load_encoder(None)
+    size = encoder.config.image_size
     started = time.perf_counter()
     vectors = []
     for start in range(0, len(paths), BATCH):
@@ -87,16 +121,28 @@ def plain_loop(paths: list[Path], encoder, size: int, out: Path) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def tree_rss_mib(pid: int) -> float:
-    """Largest RSS among a process and its descendants (the job's workers)."""
-    import psutil
-
+def _rss_mib(pid: int) -> float:
     try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-        return max(p.memory_info().rss for p in procs) / 2**20
-    except psutil.Error:
-        return 0.0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... (the runner starts each worker through a shell)."""
+    found, pending = [], [pid]
+    while pending:
+        for task in Path(f"/proc/{pending.pop()}/task").glob("*"):
+            try:
+                children = [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += children
+            pending += children
+    return found
 
 
 def run_job(manifest: Path, out: Path, workers: int) -> dict:
@@ -104,20 +150,26 @@ def run_job(manifest: Path, out: Path, workers: int) -> dict:
                f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = [0.0]
+    peaks = {"launcher": 0.0, "worker": 0.0}
 
     def watch() -> None:
         while process.poll() is None:
-            peak[0] = max(peak[0], tree_rss_mib(process.pid))
-            time.sleep(0.5)
+            peaks["launcher"] = max(peaks["launcher"], _rss_mib(process.pid))
+            for child in _descendants(process.pid):
+                peaks["worker"] = max(peaks["worker"], _rss_mib(child))
+            time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     process.wait()
     watcher.join()
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
     summary = json.loads((out / "run_summary.json").read_text())
     return {"pipeline_seconds": summary["timings"]["pipeline_seconds"], "embedded": summary["embedded"],
-            "peak_process_rss_mib": round(peak[0], 1)}
+            "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
+            "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
+            "peak_worker_rss_mib": round(peaks["worker"], 1), "peak_launcher_rss_mib": round(peaks["launcher"], 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -125,30 +177,44 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_images", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stage_sample", type=int, default=1000, help="images used for the per-stage timings")
+    parser.add_argument("--unique_images", type=int, default=10_000, help="distinct images generated per catalog")
+    parser.add_argument("--extra_sizes", default="", help="comma list of further catalog sizes to run the job on")
     parser.add_argument("--memory_sizes", default="", help="comma list of catalog sizes for the RSS comparison")
+    parser.add_argument("--stages_of", help=argparse.SUPPRESS)  # child mode: time the stages of these files
+    parser.add_argument("--stage_threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    encoder = load_encoder(None)
-    size = encoder.config.image_size
+    if args.stages_of:
+        paths = [Path(p) for p in json.loads(Path(args.stages_of).read_text())]
+        stages = stage_seconds(paths, args.stage_threads or None, Path(args.stages_of).with_suffix(".parquet"))
+        print(json.dumps(stages))
+        return stages
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
         base = Path(tmp)
-        manifest, paths = write_catalog(base / "catalog", args.num_images)
-        stages = stage_seconds(paths[: args.stage_sample], encoder, size, base / "stages.parquet")
+        manifest, paths = write_catalog(base / "catalog", args.num_images, args.unique_images)
+        stages = measure_stages_in_child(paths[: args.stage_sample], threads, base / "stages.parquet")
         ideal = args.workers / sum(stages.values())
-        loop = plain_loop(paths, encoder, size, base / "loop.parquet")
+        loop = plain_loop(paths, base / "loop.parquet")
         job = run_job(manifest, base / "job", args.workers)
-        job_rate = job["embedded"] / job["pipeline_seconds"]
+        extra = {}
+        for count in [int(c) for c in args.extra_sizes.split(",") if c]:
+            sub = base / f"n{count}"
+            extra[count] = run_job(write_catalog(sub, count, args.unique_images)[0], sub / "out", args.workers)
         memory = {}
         for count in [int(c) for c in args.memory_sizes.split(",") if c]:
             sub = base / f"mem{count}"
-            sub_manifest, _ = write_catalog(sub, count)
-            memory[count] = run_job(sub_manifest, sub / "out", args.workers)["peak_process_rss_mib"]
+            run = run_job(write_catalog(sub, count, args.unique_images)[0], sub / "out", args.workers)
+            memory[count] = {k: run[k] for k in ("peak_worker_rss_mib", "peak_launcher_rss_mib", "images_per_s")}
+    job_rate = job["images_per_s"]
     result = {
         "num_images": args.num_images, "workers": args.workers, "cpu_count": os.cpu_count(),
-        "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
+        "stage_threads": threads, "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
         "ideal_images_per_s": round(ideal, 1), "loop_images_per_s": round(loop, 1),
-        "job_images_per_s": round(job_rate, 1), "job": job,
+        "job_images_per_s": job_rate, "job": job,
         "job_vs_ideal": round(job_rate / ideal, 3), "job_vs_loop": round(job_rate / loop, 3),
-        "peak_rss_mib_by_catalog_size": memory,
+        "extra_sizes": {n: {**r, "vs_ideal": round(r["images_per_s"] / ideal, 3),
+                            "vs_loop": round(r["images_per_s"] / loop, 3)} for n, r in extra.items()},
+        "peak_rss_by_catalog_size": memory,
     }
     print(json.dumps(result, indent=2))
     return result

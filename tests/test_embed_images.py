@@ -2,17 +2,26 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils import shared
 
-from beam_jobs import embed_images
+from beam_jobs import embed_images, launcher
 from encoders import model_config
+from transforms import encoding
+from transforms.embedding_pipeline import encoder_threads
+from transforms.parquet_shards import WriteParquetShards, WrittenFile, publish, write_table
 from tests.awkward_files import write_awkward_catalog
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
 
@@ -117,6 +126,16 @@ def test_multiprocessing_runner(catalog: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["embedded"] == 40
     assert len(embeddings_by_id(str(out))) == 40
+    # Only published shards remain: the writers' temporary folder is gone.
+    assert all(path.name.startswith("part-") for path in (out / "embeddings").iterdir())
+
+
+def test_a_pattern_given_twice_yields_one_row_per_image(catalog: Path, tmp_path: Path) -> None:
+    pattern = str(catalog.parent / "images" / "*.jpg")
+    out = tmp_path / "out"
+    summary = embed_images.run(["--input_pattern", pattern, "--input_pattern", pattern, "--output_dir", str(out)])
+    ids = read_parquet_dir(str(out), "embeddings").column("id").to_pylist()
+    assert summary["embedded"] == len(ids) == len(set(ids)) == 40
 
 
 def test_gcs_input_and_output(catalog: Path, gcs_emulator, tmp_path: Path) -> None:
@@ -181,3 +200,88 @@ def test_dataflow_dry_run_translates_the_job(catalog: Path, gcs_emulator) -> Non
     assert summary["dry_run"] is True
     steps = summary["dataflow_steps"]
     assert any("Encode" in name for name in steps) and any("WriteEmbeddings" in name for name in steps)
+
+
+SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False),
+                    pa.field("embedding", pa.list_(pa.float32()), nullable=False)])
+
+
+def write_with_beam(rows: list[dict], directory: Path, rows_per_shard: int) -> None:
+    options = launcher.default_to_direct_runner(PipelineOptions([]))
+    with beam.Pipeline(options=options) as pipeline:
+        _ = pipeline | beam.Create(rows) | WriteParquetShards(str(directory), SCHEMA, key="id",
+                                                               rows_per_shard=rows_per_shard)
+
+
+def test_shards_are_sorted_bounded_and_complete(tmp_path: Path) -> None:
+    rows = [{"id": f"r{i:03d}", "embedding": np.full(4, i, np.float32) if i % 2 else [float(i)] * 4}
+            for i in range(50)]
+    random.Random(3).shuffle(rows)
+    write_with_beam(rows, tmp_path / "out", rows_per_shard=8)
+    files = sorted((tmp_path / "out").iterdir())
+    assert len(files) >= math.ceil(50 / 8)
+    assert [f.name for f in files] == [f"part-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
+    tables = [pq.read_table(f) for f in files]
+    ids_per_file = [t.column("id").to_pylist() for t in tables]
+    assert all(0 < len(ids) <= 8 and ids == sorted(ids) for ids in ids_per_file)
+    assert [ids[0] for ids in ids_per_file] == sorted(ids[0] for ids in ids_per_file)
+    written = pa.concat_tables(tables).to_pylist()
+    assert sorted(row["id"] for row in written) == [f"r{i:03d}" for i in range(50)]
+    assert all(row["embedding"] == [float(int(row["id"][1:]))] * 4 for row in written)
+
+
+def test_no_rows_still_write_one_empty_shard_with_the_schema(tmp_path: Path) -> None:
+    write_with_beam([], tmp_path / "out", rows_per_shard=8)
+    [only] = list((tmp_path / "out").iterdir())
+    assert only.name == "part-00000-of-00001.parquet"
+    table = pq.read_table(only)
+    assert table.num_rows == 0 and table.schema.equals(SCHEMA)
+
+
+def test_publish_keeps_only_committed_files(tmp_path: Path) -> None:
+    temp = tmp_path / "out" / "tmp-run"
+    temp.mkdir(parents=True)
+    committed = []
+    for first in ("m", "c"):
+        path = temp / f"{first}.parquet"
+        write_table(str(path), pa.table({"id": [first], "embedding": [[1.0]]}, schema=SCHEMA), 10)
+        committed.append(WrittenFile(first_key=first, rows=1, path=str(path)))
+    write_table(str(temp / "failed-attempt.parquet"), pa.table({"id": ["m"], "embedding": [[2.0]]}, schema=SCHEMA), 10)
+    finals = publish(committed, str(tmp_path / "out"), str(temp), SCHEMA)
+    assert [Path(p).name for p in finals] == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [Path(p).name for p in finals]
+    assert [pq.read_table(p).column("id")[0].as_py() for p in finals] == ["c", "m"]
+
+
+def test_encoder_threads_split_the_cores_between_local_worker_processes() -> None:
+    def threads(*flags: str) -> int | None:
+        return encoder_threads(embed_images.EmbedImagesOptions(list(flags)))
+
+    local = ("--direct_num_workers=2", "--direct_running_mode=multi_processing")
+    assert threads(*local) == max(1, (os.cpu_count() or 1) // 2)
+    assert threads("--direct_num_workers=2", "--direct_running_mode=multi_threading") is None
+    assert threads() is None
+    assert threads(*local, "--encoder_threads=3") == 3
+
+
+def test_pinned_threads_reach_tensorflow_in_a_fresh_process() -> None:
+    script = ("from transforms.encoding import load_encoder; import tensorflow as tf; load_encoder(None, 1); "
+              "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+              "tf.config.threading.get_inter_op_parallelism_threads())")
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "1"]
+
+
+def test_warm_up_loads_the_model_that_encoding_then_uses() -> None:
+    handle = shared.Shared()
+    warm = encoding.WarmUpEncoder(None, handle)
+    warm.setup()
+    warm.loading.join(timeout=300)
+    [loaded] = encoding._warm
+    encode = encoding.EncodeBatches(None, handle)
+    encode.setup()
+    assert encode._holder is loaded  # the same object: no second load
+    size = encode._encoder.config.image_size
+    [row] = list(encode.process([({"id": "a", "uri": "u"}, np.zeros((size, size, 3), np.uint8))]))
+    assert row["embedding"].dtype == np.float32 and abs(float(np.linalg.norm(row["embedding"])) - 1) < 1e-5

@@ -474,3 +474,32 @@ def test_read_image_bytes_after_dedupe_in_a_pipeline(s3_server, tmp_path: Path) 
     assert counter(result, "bytes_read") == len(b"alpha") + len(b"beta")
     assert counter(result, "read_failures_not_found") == 1
     assert counter(result, "duplicate_uris_dropped") == 1
+
+
+def test_overlapping_patterns_list_each_file_once_when_deduplicating(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "catalog")
+    patterns = [f"{root}/**/*.jpg", f"{root}/a/**", f"{root}/a/**"]
+    plain, _ = run_and_collect(lambda p: {"items": p | MatchInputs(patterns)}, tmp_path / "plain")
+    deduped, result = run_and_collect(
+        lambda p: {"items": p | MatchInputs(patterns, deduplicate=True)}, tmp_path / "deduped"
+    )
+    plain_uris = [item["uri"] for item in plain["items"]]
+    assert len(plain_uris) == 12  # 4 + 4 + 4 matches: without dedupe the overlaps come through
+    uris_once = [item["uri"] for item in deduped["items"]]
+    expected = {f"{root}/{name}" for name in ("top.jpg", "a/one.jpg", "a/b/two.jpg", "a/b/c/three.png", "a/b/c/four.jpg")}
+    assert sorted(uris_once) == sorted(expected)
+    assert counter(result, "duplicate_uris_dropped") == len(plain_uris) - len(expected)
+
+
+def test_a_single_pattern_lists_each_file_once_without_a_dedupe_shuffle(tmp_path: Path) -> None:
+    root = write_tree(tmp_path / "catalog")
+    pipeline = beam.Pipeline()
+    _ = pipeline | MatchInputs([f"{root}/**"], deduplicate=True)
+    names = [transform.unique_name for transform in pipeline.to_runner_api().components.transforms.values()]
+    assert any("SpreadFiles" in name for name in names)
+    assert not any("DedupeByUri" in name for name in names)
+    collected, _ = run_and_collect(
+        lambda p: {"items": p | MatchInputs([f"{root}/**"], deduplicate=True)}, tmp_path / "out"
+    )
+    uris_listed = [item["uri"] for item in collected["items"]]
+    assert sorted(uris_listed) == sorted(f"{root}/{name}" for name in TREE)

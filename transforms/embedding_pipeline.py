@@ -9,19 +9,38 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.utils import shared
 
 from encoders import model_config
 from transforms import embedding_schema, run_outputs
 from transforms.decoding_fn import DecodeForModel
-from transforms.encoding import EncodeBatches
+from transforms.encoding import EncodeBatches, WarmUpEncoder
 from transforms.listing import MatchInputs
 from transforms.manifest import ReadManifest
 from transforms.parquet_shards import WriteParquetShards
-from transforms.reading import DedupeByUri, ReadImageBytes
+from transforms.reading import ReadImageBytes
 
 
 def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
+
+
+def encoder_threads(options: Any) -> int | None:
+    """TensorFlow threads per worker process: the explicit flag, else this machine's cores split
+    between local worker processes, else None (TensorFlow's default: every core)."""
+    explicit = getattr(options, "encoder_threads", None)
+    if explicit:
+        return explicit
+    view_as = getattr(options, "view_as", None)
+    if view_as is None:
+        return None
+    direct = view_as(DirectOptions)
+    workers = direct.direct_num_workers or 1
+    if direct.direct_running_mode != "multi_processing" or workers == 1:
+        return None
+    # direct_num_workers=0 means one worker per core.
+    return max(1, (os.cpu_count() or 1) // (workers if workers > 0 else (os.cpu_count() or 1)))
 
 
 def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection, beam.PCollection]:
@@ -30,7 +49,7 @@ def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection,
         manifest = pipeline | "ReadManifest" >> ReadManifest(absolute(options.manifest))
         return manifest.items, manifest.rejected
     patterns = [absolute(p) for p in options.input_pattern]
-    items = pipeline | "MatchInputs" >> MatchInputs(patterns) | "DedupeByUri" >> DedupeByUri()
+    items = pipeline | "MatchInputs" >> MatchInputs(patterns, deduplicate=True)
     return items, pipeline | "NoListingRejections" >> beam.Create([])
 
 
@@ -42,6 +61,13 @@ def embed_items(
     model_dir: str | None,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """Read -> decode -> batched encode: embeddings-schema rows plus the rejections of each stage."""
+    threads = encoder_threads(options)
+    model = shared.Shared()
+    _ = (
+        items.pipeline
+        | "WarmUpEncoderStart" >> beam.Impulse()
+        | "WarmUpEncoder" >> beam.ParDo(WarmUpEncoder(model_dir, model, threads))
+    )
     read = items | "Read" >> beam.ParDo(
         ReadImageBytes(max_bytes=options.max_image_bytes, attempts=options.read_attempts)
     ).with_outputs(ReadImageBytes.REJECTED, main="images")
@@ -51,7 +77,7 @@ def embed_items(
     encoded = (
         decoded.pixels
         | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
-        | "Encode" >> beam.ParDo(EncodeBatches(model_dir)).with_outputs(
+        | "Encode" >> beam.ParDo(EncodeBatches(model_dir, model, threads)).with_outputs(
             EncodeBatches.REJECTED, main="rows")
     )
     rows = encoded.rows | "ToRows" >> beam.Map(embedding_schema.output_row, carried)

@@ -138,20 +138,28 @@ class MatchPatternFn(beam.DoFn):
 class MatchInputs(beam.PTransform):
     """Patterns -> CatalogItem PCollection, listed by workers and redistributed.
 
-    Overlapping patterns can yield the same file twice: apply
-    `transforms.reading.DedupeByUri` before reading.
+    Overlapping patterns can yield the same file twice. With `deduplicate`, the
+    output has one item per URI: several patterns go through
+    `transforms.reading.DedupeByUri`, whose shuffle also spreads the files over
+    workers, in place of the plain Reshuffle; a single pattern needs no dedupe,
+    because one listing names each object once.
     """
 
-    def __init__(self, patterns: Sequence[str] | str) -> None:
+    def __init__(self, patterns: Sequence[str] | str, deduplicate: bool = False) -> None:
         super().__init__()
         self.patterns = normalize_patterns(patterns)
+        self.deduplicate = deduplicate
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
+        matched = (
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
             # Spread patterns over workers so several large prefixes list in parallel.
             | "SpreadPatterns" >> beam.Reshuffle()
             | "Match" >> beam.ParDo(MatchPatternFn())
-            | "SpreadFiles" >> beam.Reshuffle()
         )
+        if self.deduplicate and len(self.patterns) > 1:
+            from transforms.reading import DedupeByUri  # reading imports this module
+
+            return matched | "DedupeByUri" >> DedupeByUri()
+        return matched | "SpreadFiles" >> beam.Reshuffle()
