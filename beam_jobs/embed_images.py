@@ -24,7 +24,7 @@ from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
 from encoders import model_config
 from transforms import embedding_pipeline, embedding_schema, image_decode, run_outputs
-from transforms.encoding import load_encoder
+from transforms.encoding import freeze_long_lived_objects, load_encoder
 from transforms.manifest import ManifestError, validate_manifest_path
 
 LOG = logging.getLogger("embed_images")
@@ -115,6 +115,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     with launcher.usage_errors_exit():
         config, columns = validate(options)
+    # validate() loaded TensorFlow here too; the local runner's bookkeeping runs in this process.
+    freeze_long_lived_objects()
     output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
     LOG.info(
         "embed_images: inputs=%s output_dir=%s model_id=%s (D=%d, %dpx) batch_size=%d runner=%s",

@@ -19,7 +19,7 @@ from apache_beam.utils import shared
 
 from beam_jobs import embed_images, launcher
 from encoders import model_config
-from transforms import encoding
+from transforms import encoding, run_outputs
 from transforms.embedding_pipeline import encoder_threads
 from transforms.parquet_shards import WriteParquetShards, WrittenFile, publish, write_table
 from tests.awkward_files import write_awkward_catalog
@@ -285,3 +285,15 @@ def test_warm_up_loads_the_model_that_encoding_then_uses() -> None:
     size = encode._encoder.config.image_size
     [row] = list(encode.process([({"id": "a", "uri": "u"}, np.zeros((size, size, 3), np.uint8))]))
     assert row["embedding"].dtype == np.float32 and abs(float(np.linalg.norm(row["embedding"])) - 1) < 1e-5
+
+
+def test_clearing_outputs_removes_a_crashed_runs_temporary_shards(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "embeddings" / "tmp-crashed").mkdir(parents=True)
+    (out / "embeddings" / "tmp-crashed" / "half-written.parquet").write_bytes(b"x")
+    (out / "rejected" / "tmp-empty").mkdir(parents=True)
+    (out / "embeddings" / "part-00000-of-00001.parquet").write_bytes(b"x")
+    (out / "embeddings" / "notes.txt").write_text("not the job's")
+    assert run_outputs.clear_outputs(str(out)) == 3
+    assert [p.name for p in (out / "embeddings").iterdir()] == ["notes.txt"]
+    assert not any((out / "rejected").iterdir())

@@ -7,12 +7,15 @@ and can be recomputed by anyone who doubts it.
 from __future__ import annotations
 
 import collections
+import glob
 import json
 import time
 from typing import Any
 
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
+
+from transforms.parquet_shards import TEMP_PREFIX, remove_temp_dir
 
 EMBEDDINGS_DIR = "embeddings"
 REJECTED_DIR = "rejected"
@@ -27,13 +30,34 @@ def shard_files(output_dir: str, kind: str) -> list[str]:
 
 
 def clear_outputs(output_dir: str) -> int:
-    """Removes a previous run's files so stale shards can never mix with new ones."""
+    """Removes a previous run's files so stale shards can never mix with new ones.
+
+    That includes the shard writers' temporary files a crashed run left behind.
+    """
+    temp_dirs = stale_temp_dirs(output_dir)
+    for temp_dir in temp_dirs:
+        remove_temp_dir(temp_dir)
     stale = shard_files(output_dir, EMBEDDINGS_DIR) + shard_files(output_dir, REJECTED_DIR)
     stale += [p for p in (FileSystems.join(output_dir, SUCCESS_FILE), FileSystems.join(output_dir, SUMMARY_FILE))
               if FileSystems.exists(p)]
     if stale:
         FileSystems.delete(stale)
-    return len(stale)
+    return len(stale) + len(temp_dirs)
+
+
+def stale_temp_dirs(output_dir: str) -> list[str]:
+    """Temporary shard folders; local disk lists the folders, object stores only the files under them."""
+    found = set()
+    for kind in (EMBEDDINGS_DIR, REJECTED_DIR):
+        folder = FileSystems.join(output_dir, kind)
+        pattern = FileSystems.join(folder, f"{TEMP_PREFIX}*")
+        if "://" not in output_dir:
+            found.update(glob.glob(pattern))  # Beam's local match skips empty folders
+        for result in FileSystems.match([pattern, FileSystems.join(pattern, "*")]):
+            for metadata in result.metadata_list:
+                if metadata.path.startswith(folder + "/"):
+                    found.add(FileSystems.join(folder, metadata.path[len(folder) + 1:].split("/")[0]))
+    return sorted(found)
 
 
 def _open_parquet(path: str) -> pq.ParquetFile:
