@@ -161,7 +161,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     device_options = tuning.TuningOptions(target_recall=options.ondevice_target_recall,
                                           seed=options.view_as(CommonJobOptions).seed)
     if parallel:
-        device, device_rows, num_partitions = build_ondevice_in_beam(
+        device, device_rows, device_build = build_ondevice_in_beam(
             options, embeddings, columns, device_params, device_options, tuning_queries, user_info.encode(), work)
     else:
         device = tuning.tune_server_index(vectors, device_params, device_options, queries=tuning_queries)
@@ -170,7 +170,10 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
             user_info=user_info.encode(), num_leaves_to_search=device.chosen.num_leaves_to_search,
             lookup_type=options.ondevice_lookup,
         )
-        device_rows, num_partitions = summary.item_order, summary.num_partitions
+        device_rows = summary.item_order
+        device_build = {"num_partitions": summary.num_partitions, "encoding": "in_process",
+                        "training_rows": min(options.training_sample_size, embeddings.num_rows),
+                        "num_leaves_to_search": device.chosen.num_leaves_to_search}
     index_bytes = (work / "index.ldb").read_bytes()
     (work / "text_searcher.tflite").write_bytes(
         build_searcher_model(local_model / model_config.TEXT_TFLITE_FILE, index_bytes, embeddings.dim))
@@ -206,8 +209,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
                            "count": int(len(tuning_queries)) if tuning_queries is not None else None},
         "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
         "ondevice": {**device.index.describe(), "lookup_type": options.ondevice_lookup,
-                     "num_partitions": num_partitions, "encoding": "beam" if parallel else "in_process",
-                     "tuning": device.describe()},
+                     **device_build, "tuning": device.describe()},
         "timings": timings,
     }
     index_outputs.write_json(work / "index_config.json", index_config)
@@ -239,15 +241,46 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
     with tempfile.TemporaryDirectory(prefix="ondevice_partitions_") as local_temp:
         directory = FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}") if temp_root else local_temp
         with beam.Pipeline(options=options) as pipeline:
-            parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory)
-        assembled = parallel_encode.assemble(
-            directory, quantizer, work / "index.ldb", num_leaves_to_search=device.chosen.num_leaves_to_search,
-            lookup_type=options.ondevice_lookup, user_info=user_info)
+            parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory,
+                                            has_duplicates=embeddings.duplicates_dropped > 0)
+
+        def write(leaves: int) -> parallel_encode.AssembledIndex:
+            return parallel_encode.assemble(directory, quantizer, work / "index.ldb", num_leaves_to_search=leaves,
+                                            lookup_type=options.ondevice_lookup, user_info=user_info)
+
+        assembled = write(device.chosen.num_leaves_to_search)
+        row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+        device_rows = np.asarray([row_of[item_id] for item_id in assembled.ids], dtype=np.int64)
+        leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, work,
+                                                    device_rows, params.num_leaves_to_search)
+        if leaves != device.chosen.num_leaves_to_search:
+            LOG.info("on-device: %d leaves to search on all rows (the sample chose %d)",
+                     leaves, device.chosen.num_leaves_to_search)
+            assembled = write(leaves)
         if temp_root:
             FileSystems.delete([directory])
-    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
-    device_rows = np.asarray([row_of[item_id] for item_id in assembled.ids], dtype=np.int64)
-    return device, device_rows, assembled.summary.num_partitions
+    return device, device_rows, {"num_partitions": assembled.summary.num_partitions, "encoding": "beam",
+                                 "training_rows": sample_size, "num_leaves_to_search": leaves,
+                                 "calibration_on_all_rows": calibration}
+
+
+def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, work: Path, device_rows,
+                          fixed_leaves: int | None, num_queries: int = 300):
+    """Re-checks the sample's leaves-to-search on the full written index (unless the user fixed it)."""
+    from dataclasses import asdict
+
+    from index_builder import evaluation
+    from index_builder.ondevice.calibration import calibrate_leaves_to_search
+
+    if fixed_leaves is not None:
+        return fixed_leaves, []
+    queries = (tuning_queries if tuning_queries is not None
+               else embeddings.vectors[sample[device.queries_idx]])[:num_queries]
+    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
+    leaves, trials = calibrate_leaves_to_search(
+        (work / "index.ldb").read_bytes(), queries, true_ids, device_rows,
+        start=device.chosen.num_leaves_to_search, target_recall=options.ondevice_target_recall)
+    return leaves, [asdict(t) for t in trials]
 
 
 def publish(work: Path, output_dir: str) -> None:

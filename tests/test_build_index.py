@@ -173,6 +173,7 @@ def test_beam_encoded_ondevice_index_matches_in_process_build(built: dict, tmp_p
                      "--eval_queries", "100", "--ondevice_encoding", "beam", "--training_sample_size", "300"])
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     assert config["ondevice"]["encoding"] == "beam" and config["duplicates_dropped"] > 0
+    assert config["ondevice"]["training_rows"] == 300 and config["ondevice"]["calibration_on_all_rows"]
     index = OnDeviceIndexFile(tmp_path / "index" / "index.ldb")
     num_items = sum(len(index.partition_items(p)) for p in range(index.num_partitions))
     stored = sorted(index.metadata(g).decode() for g in range(num_items))

@@ -92,15 +92,22 @@ def _first_occurrence(records: Sequence[tuple]) -> tuple:
 
 
 def encode_pipeline(pipeline: beam.Pipeline, files: Sequence[str], quantizer: OnDeviceQuantizer,
-                    metadata_columns: Sequence[str], directory: str) -> None:
-    """Adds the stage to ``pipeline``; running it fills ``directory`` with one file per non-empty partition."""
+                    metadata_columns: Sequence[str], directory: str, has_duplicates: bool = True) -> None:
+    """Adds the stage to ``pipeline``; running it fills ``directory`` with one file per non-empty partition.
+
+    ``has_duplicates=False`` (the launcher's loader counted none) skips the shuffle by id.
+    """
     side = pipeline | "Quantizer" >> beam.Create([quantizer])
-    _ = (
+    encoded = (
         pipeline
         | "RowGroups" >> beam.Create(row_groups(files))
         | "Spread" >> beam.Reshuffle()
         | "Encode" >> beam.ParDo(EncodeRowGroup(metadata_columns), beam.pvalue.AsSingleton(side))
-        | "DedupeById" >> beam.CombinePerKey(_first_occurrence)
+    )
+    if has_duplicates:
+        encoded = encoded | "DedupeById" >> beam.CombinePerKey(_first_occurrence)
+    _ = (
+        encoded
         | "ByPartition" >> beam.Map(lambda kv: (kv[1][1], (kv[1][0], kv[0], kv[1][2], kv[1][3])))
         | "GroupPartitions" >> beam.GroupByKey()
         | "WritePartitions" >> beam.ParDo(WritePartition(directory))

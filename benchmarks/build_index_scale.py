@@ -1,0 +1,86 @@
+"""build_index end to end at catalog scale: 1M x 128 embeddings through the Beam on-device encoder.
+
+    python -m benchmarks.build_index_scale --num_rows 1000000 [--workers 2]
+
+Writes N deterministic clustered unit vectors as embeddings shards (the embed_images schema, the
+bundled model's model_id, 100K rows per shard), then runs build_index with the on-device index
+trained on --training_sample_size rows and every row assigned + AH-encoded in Beam workers.
+Reports stage timings, recall from eval.json, index size and the peak RSS of this process
+(build_index and the Beam runner's shuffle run in it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.server_index_bench import clustered_unit_vectors
+from encoders import model_config
+from transforms.embedding_schema import embeddings_schema
+
+ROWS_PER_SHARD = 100_000
+
+
+def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> None:
+    schema = embeddings_schema(vectors.shape[1], model_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
+        block = vectors[start:start + ROWS_PER_SHARD]
+        rows = range(start, start + len(block))
+        table = pa.table({
+            "id": [f"item-{i:09d}" for i in rows],
+            "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
+                pa.list_(pa.float32())),
+            "fingerprint": ["0"] * len(block), "model_id": [model_id] * len(block),
+            "width": pa.array([256] * len(block), pa.int32()), "height": pa.array([256] * len(block), pa.int32()),
+        }, schema=schema)
+        pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=10_000)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num_rows", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--training_sample_size", type=int, default=250_000)
+    args = parser.parse_args(argv)
+    import logging
+
+    from beam_jobs import build_index
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    config = model_config.validate_model_dir(model_config.DEFAULT_MODEL_DIR)
+    with tempfile.TemporaryDirectory(prefix="build_index_scale_") as tmp:
+        vectors = clustered_unit_vectors(args.num_rows, config.embedding_dim, seed=3)
+        write_embeddings(Path(tmp) / "embeddings", vectors, config.model_id)
+        del vectors
+        started = time.perf_counter()
+        result = build_index.run([
+            "--embeddings", f"{tmp}/embeddings/*.parquet", "--output_dir", f"{tmp}/index",
+            "--training_sample_size", str(args.training_sample_size),
+            f"--direct_num_workers={args.workers}", "--direct_running_mode=multi_processing"])
+        wall = time.perf_counter() - started
+        index_config = json.loads((Path(tmp) / "index" / "index_config.json").read_text())
+    report = {
+        "num_rows": args.num_rows, "wall_seconds": round(wall, 1),
+        "timings": {k: round(v, 1) for k, v in result["timings"].items()},
+        "server_recall@10": result["server"]["recall@10"], "ondevice_recall@10": result["ondevice"]["recall@10"],
+        "ondevice_encoding": index_config["ondevice"]["encoding"],
+        "ondevice_leaves": index_config["ondevice"]["num_partitions"],
+        "ondevice_bytes_per_item": result["ondevice"]["bytes_per_item_total"],
+        "peak_rss_mib_launcher": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
