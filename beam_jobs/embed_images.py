@@ -43,7 +43,8 @@ class EmbedImagesOptions(PipelineOptions):
                             help="larger objects are rejected as too_large without being read whole")
         parser.add_argument("--max_image_pixels", type=int, default=image_decode.DEFAULT_MAX_PIXELS,
                             help="decompression-bomb guard: images declaring more pixels are rejected")
-        parser.add_argument("--rows_per_shard", type=int, default=50_000, help="target rows per Parquet shard")
+        parser.add_argument("--rows_per_shard", type=int, default=50_000,
+                            help="most rows in one Parquet shard (each worker bundle writes at least one shard)")
         parser.add_argument("--read_attempts", type=int, default=4, help="tries per object on transient errors")
         parser.add_argument(
             "--encoder_threads", type=int, default=0,

@@ -13,8 +13,8 @@ write) with TensorFlow's default threads. job = beam_jobs.embed_images with
 model load and shutdown included. Also reports peak RSS of the job's launcher and
 of its largest worker process.
 
-Catalogs larger than --unique_images reuse image files under new names (hard links):
-distinct URIs and ids, so the job does all its work for every row.
+The --extra_sizes and --memory_sizes catalogs hard-link the main catalog's images under
+new names: distinct URIs and ids, so the job does all its work for every row.
 """
 from __future__ import annotations
 
@@ -40,21 +40,21 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 
-def write_catalog(directory: Path, count: int, unique: int | None = None) -> tuple[Path, list[Path]]:
+def write_catalog(directory: Path, count: int, reuse: list[Path] | None = None) -> tuple[Path, list[Path]]:
+    """Generates `count` images, or hard-links the files of `reuse` (cycling) under new names."""
     images = directory / "images"
     images.mkdir(parents=True)
-    unique = count if unique is None else min(unique, count)
     paths, lines = [], []
     settings = CatalogSettings(seed=31, image_size=256)
     for index in range(count):
-        if index < unique:
+        if reuse:
+            row = {"id": f"copy-{index:07d}", "caption": f"copy of {reuse[index % len(reuse)].stem}"}
+            path = images / f"{row['id']}.jpg"
+            os.link(reuse[index % len(reuse)], path)
+        else:
             row, data = generate_item(settings, index)
             path = images / f"{row['id']}.jpg"
             path.write_bytes(data)
-        else:
-            row = {"id": f"copy-{index:07d}", "caption": "a copy"}
-            path = images / f"{row['id']}.jpg"
-            os.link(paths[index % unique], path)
         paths.append(path)
         lines.append(json.dumps({"uri": str(path), "id": row["id"], "caption": row["caption"]}))
     manifest = directory / "manifest.jsonl"
@@ -105,17 +105,23 @@ def measure_stages_in_child(paths: list[Path], threads: int, out: Path) -> dict[
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def plain_loop(paths: list[Path], out: Path) -> float:
-    """Images per second of the straightforward single-process loop (model already loaded)."""
+def plain_loop(paths: list[Path], out: Path, draft: bool = False) -> float:
+    """Images per second of the straightforward single-process loop (model already loaded).
+
+    The plain loop decodes at full size; with `draft`, JPEGs are decoded at a reduced
+    DCT scale as the job does, to show how much of the job's lead that alone gives.
+    """
     from transforms.encoding import load_encoder
 
     encoder = load_encoder(None)
     size = encoder.config.image_size
+    target = size if draft else None
     started = time.perf_counter()
     vectors = []
     for start in range(0, len(paths), BATCH):
         chunk = paths[start:start + BATCH]
-        pixels = np.stack([resize_for_model(decode_image(p.read_bytes()).rgb, size) for p in chunk])
+        pixels = np.stack([resize_for_model(decode_image(p.read_bytes(), target_size=target).rgb, size)
+                           for p in chunk])
         vectors.append(encoder.embed(pixels))
     write_rows(out, paths, np.concatenate(vectors), encoder.config)
     return len(paths) / (time.perf_counter() - started)
@@ -166,7 +172,8 @@ def run_job(manifest: Path, out: Path, workers: int) -> dict:
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
     summary = json.loads((out / "run_summary.json").read_text())
-    return {"pipeline_seconds": summary["timings"]["pipeline_seconds"], "embedded": summary["embedded"],
+    return {"pipeline_seconds": summary["timings"]["pipeline_seconds"],
+            "total_seconds": summary["timings"]["total_seconds"], "embedded": summary["embedded"],
             "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
             "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
             "peak_worker_rss_mib": round(peaks["worker"], 1), "peak_launcher_rss_mib": round(peaks["launcher"], 1)}
@@ -177,7 +184,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_images", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stage_sample", type=int, default=1000, help="images used for the per-stage timings")
-    parser.add_argument("--unique_images", type=int, default=10_000, help="distinct images generated per catalog")
     parser.add_argument("--extra_sizes", default="", help="comma list of further catalog sizes to run the job on")
     parser.add_argument("--memory_sizes", default="", help="comma list of catalog sizes for the RSS comparison")
     parser.add_argument("--stages_of", help=argparse.SUPPRESS)  # child mode: time the stages of these files
@@ -191,25 +197,27 @@ def main(argv: list[str] | None = None) -> dict:
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
         base = Path(tmp)
-        manifest, paths = write_catalog(base / "catalog", args.num_images, args.unique_images)
+        manifest, paths = write_catalog(base / "catalog", args.num_images)
         stages = measure_stages_in_child(paths[: args.stage_sample], threads, base / "stages.parquet")
         ideal = args.workers / sum(stages.values())
         loop = plain_loop(paths, base / "loop.parquet")
+        loop_draft = plain_loop(paths, base / "loop_draft.parquet", draft=True)
         job = run_job(manifest, base / "job", args.workers)
         extra = {}
         for count in [int(c) for c in args.extra_sizes.split(",") if c]:
             sub = base / f"n{count}"
-            extra[count] = run_job(write_catalog(sub, count, args.unique_images)[0], sub / "out", args.workers)
+            extra[count] = run_job(write_catalog(sub, count, paths)[0], sub / "out", args.workers)
         memory = {}
         for count in [int(c) for c in args.memory_sizes.split(",") if c]:
             sub = base / f"mem{count}"
-            run = run_job(write_catalog(sub, count, args.unique_images)[0], sub / "out", args.workers)
+            run = run_job(write_catalog(sub, count, paths)[0], sub / "out", args.workers)
             memory[count] = {k: run[k] for k in ("peak_worker_rss_mib", "peak_launcher_rss_mib", "images_per_s")}
     job_rate = job["images_per_s"]
     result = {
         "num_images": args.num_images, "workers": args.workers, "cpu_count": os.cpu_count(),
         "stage_threads": threads, "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
         "ideal_images_per_s": round(ideal, 1), "loop_images_per_s": round(loop, 1),
+        "loop_with_draft_decode_images_per_s": round(loop_draft, 1),
         "job_images_per_s": job_rate, "job": job,
         "job_vs_ideal": round(job_rate / ideal, 3), "job_vs_loop": round(job_rate / loop, 3),
         "extra_sizes": {n: {**r, "vs_ideal": round(r["images_per_s"] / ideal, 3),

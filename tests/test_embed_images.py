@@ -206,26 +206,29 @@ SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False),
                     pa.field("embedding", pa.list_(pa.float32()), nullable=False)])
 
 
-def write_with_beam(rows: list[dict], directory: Path, rows_per_shard: int) -> None:
+def write_with_beam(rows: list[dict], directory: Path, rows_per_shard: int, row_group_rows: int = 10_000) -> None:
     options = launcher.default_to_direct_runner(PipelineOptions([]))
     with beam.Pipeline(options=options) as pipeline:
-        _ = pipeline | beam.Create(rows) | WriteParquetShards(str(directory), SCHEMA, key="id",
-                                                               rows_per_shard=rows_per_shard)
+        _ = pipeline | beam.Create(rows) | WriteParquetShards(
+            str(directory), SCHEMA, key="id", rows_per_shard=rows_per_shard, row_group_rows=row_group_rows)
 
 
-def test_shards_are_sorted_bounded_and_complete(tmp_path: Path) -> None:
+def test_shards_are_bounded_complete_and_in_key_order(tmp_path: Path) -> None:
     rows = [{"id": f"r{i:03d}", "embedding": np.full(4, i, np.float32) if i % 2 else [float(i)] * 4}
             for i in range(50)]
     random.Random(3).shuffle(rows)
-    write_with_beam(rows, tmp_path / "out", rows_per_shard=8)
+    write_with_beam(rows, tmp_path / "out", rows_per_shard=8, row_group_rows=3)
     files = sorted((tmp_path / "out").iterdir())
     assert len(files) >= math.ceil(50 / 8)
     assert [f.name for f in files] == [f"part-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
-    tables = [pq.read_table(f) for f in files]
-    ids_per_file = [t.column("id").to_pylist() for t in tables]
-    assert all(0 < len(ids) <= 8 and ids == sorted(ids) for ids in ids_per_file)
-    assert [ids[0] for ids in ids_per_file] == sorted(ids[0] for ids in ids_per_file)
-    written = pa.concat_tables(tables).to_pylist()
+    for file in files:
+        groups = [pq.ParquetFile(file).read_row_group(i).column("id").to_pylist()
+                  for i in range(pq.ParquetFile(file).num_row_groups)]
+        assert all(0 < len(ids) <= 3 and ids == sorted(ids) for ids in groups)
+        assert 0 < sum(len(ids) for ids in groups) <= 8
+    smallest = [min(pq.read_table(f).column("id").to_pylist()) for f in files]
+    assert smallest == sorted(smallest)
+    written = pa.concat_tables(pq.read_table(f) for f in files).to_pylist()
     assert sorted(row["id"] for row in written) == [f"r{i:03d}" for i in range(50)]
     assert all(row["embedding"] == [float(int(row["id"][1:]))] * 4 for row in written)
 

@@ -36,11 +36,11 @@ def encoder_threads(options: Any) -> int | None:
     if view_as is None:
         return None
     direct = view_as(DirectOptions)
-    workers = direct.direct_num_workers or 1
-    if direct.direct_running_mode != "multi_processing" or workers == 1:
+    cores = os.cpu_count() or 1
+    processes = cores if direct.direct_num_workers == 0 else (direct.direct_num_workers or 1)  # 0: one per core
+    if direct.direct_running_mode != "multi_processing" or processes <= 1:
         return None
-    # direct_num_workers=0 means one worker per core.
-    return max(1, (os.cpu_count() or 1) // (workers if workers > 0 else (os.cpu_count() or 1)))
+    return max(1, cores // processes)
 
 
 def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection, beam.PCollection]:
