@@ -300,3 +300,16 @@ def test_clearing_outputs_removes_a_crashed_runs_temporary_shards(tmp_path: Path
     assert run_outputs.clear_outputs(str(out)) == 3
     assert [p.name for p in (out / "embeddings").iterdir()] == ["notes.txt"]
     assert not any((out / "rejected").iterdir())
+
+
+def test_padding_a_batch_leaves_the_real_rows_unchanged() -> None:
+    assert [len(encoding.padded_batch(np.ones((n, 2, 2, 3), np.uint8))) for n in (1, 16, 17, 64, 65)] == [
+        16, 16, 32, 64, 128]
+    encoder = encoding.load_encoder(None)
+    size = encoder.config.image_size
+    pixels = np.random.default_rng(5).integers(0, 256, (40, size, size, 3), dtype=np.uint8)
+    whole = encoder.embed(pixels)  # padded to 64 rows inside
+    for start in (0, 7, 33):
+        part = encoder.embed(pixels[start:start + 7])  # padded to 16 rows inside
+        assert part.shape == (7, encoder.config.embedding_dim)
+        assert float(np.abs(part - whole[start:start + 7]).max()) < 1e-5

@@ -76,7 +76,9 @@ def embed_items(
     ).with_outputs(DecodeForModel.REJECTED, main="pixels")
     encoded = (
         decoded.pixels
-        | "Batch" >> beam.BatchElements(min_batch_size=max(1, options.batch_size // 4), max_batch_size=options.batch_size)
+        # A fixed size: the encoder's cost per image does not depend on it past a few dozen, and
+        # every new size costs memory (see encoding.padded_batch).
+        | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
         | "Encode" >> beam.ParDo(EncodeBatches(model_dir, model, threads)).with_outputs(
             EncodeBatches.REJECTED, main="rows")
     )
