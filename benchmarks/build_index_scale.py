@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     from beam_jobs import build_index
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("apache_beam").setLevel(logging.WARNING)
 
     config = model_config.validate_model_dir(model_config.DEFAULT_MODEL_DIR)
     with tempfile.TemporaryDirectory(prefix="build_index_scale_") as tmp:

@@ -1,33 +1,61 @@
-"""Leaves-to-search re-checked on the full written index."""
+"""Leaves-to-search re-checked on the full encoded index, with a matmul twin of the runtime's search."""
 from __future__ import annotations
 
 import io
 
 import numpy as np
+import pytest
 
 from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder.evaluation import exact_top_k
-from index_builder.ondevice.calibration import calibrate_leaves_to_search
+from index_builder.ondevice.calibration import calibrate_leaves_to_search, reconstruct, searched_top_k
 from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
 
 
-def test_calibration_searches_more_leaves_when_the_start_misses_the_target() -> None:
+@pytest.fixture(scope="module")
+def encoded():
+    """A quantizer trained on 3,000 rows, all 8,000 rows encoded, written in index order."""
     vectors = clustered_unit_vectors(8_000, 32, rows_per_cluster=40, noise=0.15, seed=5)
     artifacts = read_searcher(build_ondevice_searcher(
         vectors[:3000], ondevice_builder_config(vectors[:3000], num_leaves=60, num_leaves_to_search=2)))
     quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
+    assignment, codes = quantizer.assign(vectors), quantizer.encode(vectors)
     buffer = io.BytesIO()
     summary = write_ondevice_index(
         buffer, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=quantizer.assign(vectors), codes=quantizer.encode(vectors), num_leaves_to_search=2,
-        lookup_type="FLOAT")
+        partition_assignment=assignment, codes=codes, num_leaves_to_search=2, lookup_type="FLOAT")
+    order = summary.item_order  # item g is row order[g]
+    return vectors, quantizer, assignment[order], codes[order], order, buffer.getvalue()
+
+
+def test_matmul_twin_returns_what_the_runtime_twin_returns(encoded) -> None:
+    vectors, quantizer, assignment, codes, rows, index_bytes = encoded
+    queries = vectors[::400]
+    fast = searched_top_k(queries, reconstruct(quantizer, codes), assignment, quantizer.partition_centroids, 5, 10)
+    runtime = ReferenceSearcher(index_bytes)
+    slow = [[hit.global_index for hit in runtime.search(q, 10, 5)] for q in queries]
+    agreement = np.mean([len(set(f) & set(s)) / 10 for f, s in zip(fast.tolist(), slow)])
+    assert agreement >= 0.98  # only float summation order differs
+
+
+def test_calibration_searches_more_leaves_when_the_start_misses_the_target(encoded) -> None:
+    vectors, quantizer, assignment, codes, rows, _ = encoded
     queries = vectors[::40]
     true_ids, _ = exact_top_k(queries, vectors, 10)
-    leaves, trials = calibrate_leaves_to_search(buffer.getvalue(), queries, true_ids, summary.item_order,
+    leaves, trials = calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
                                                 start=2, target_recall=0.8)
-    assert trials[0].num_leaves_to_search == 1 and not trials[0].meets_target
-    assert trials[-1].meets_target and trials[-1].num_leaves_to_search == leaves > 2
-    assert all(not t.meets_target for t in trials[:-1])
-    assert [t.num_leaves_to_search for t in trials] == sorted(t.num_leaves_to_search for t in trials)
+    assert trials[0].num_leaves_to_search == 2 and not trials[0].meets_target
+    assert leaves > 2 and trials[-1].num_leaves_to_search == leaves and trials[-1].meets_target
+    assert not any(t.meets_target for t in trials[:-1])
+
+
+def test_calibration_searches_fewer_leaves_when_the_start_was_pessimistic(encoded) -> None:
+    vectors, quantizer, assignment, codes, rows, _ = encoded
+    queries = vectors[::40]
+    true_ids, _ = exact_top_k(queries, vectors, 10)
+    leaves, trials = calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
+                                                start=40, target_recall=0.5)
+    assert leaves < 40 and all(t.meets_target for t in trials if t.num_leaves_to_search >= leaves)

@@ -118,6 +118,8 @@ def encode_pipeline(pipeline: beam.Pipeline, files: Sequence[str], quantizer: On
 class AssembledIndex:
     summary: OnDeviceIndexSummary
     ids: list[str]  # ids[g]: the item the runtime reports as global index g
+    assignment: np.ndarray  # [N] partition of item g
+    codes: np.ndarray  # [N, num_blocks] uint8 AH codes of item g
 
 
 def assemble(directory: str, quantizer: OnDeviceQuantizer, out: str | os.PathLike[str], *,
@@ -140,9 +142,9 @@ def assemble(directory: str, quantizer: OnDeviceQuantizer, out: str | os.PathLik
         assignment.append(np.full(len(table["id"]), partition, np.int64))
     num_blocks = len(quantizer.codebooks)
     code_matrix = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(ids), num_blocks)
+    partitions = np.concatenate(assignment) if assignment else np.zeros(0, np.int64)
     summary = write_ondevice_index(
         out, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=np.concatenate(assignment) if assignment else np.zeros(0, np.int64),
-        codes=code_matrix, metadata=metadata, user_info=user_info, num_leaves_to_search=num_leaves_to_search,
+        partition_assignment=partitions, codes=code_matrix, metadata=metadata, user_info=user_info, num_leaves_to_search=num_leaves_to_search,
         distance=distance, lookup_type=lookup_type)
-    return AssembledIndex(summary, ids)
+    return AssembledIndex(summary, ids, partitions, code_matrix)
