@@ -48,8 +48,8 @@ class ImageEncoder:
         identity = all(m == 0 for m in config.mean) and all(s == 1 for s in config.std)
 
         def forward(pixels: Any) -> Any:
-            # Casting and normalizing inside the graph: numpy's float pass over each batch cost
-            # about an eighth of the encoder's time; skipped when the config asks for no change.
+            # Casting and normalizing inside the graph (the numpy float pass measured 0.04 ms/image
+            # on its own); the normalization is skipped when the config asks for none.
             inputs = tf.cast(pixels, tf.float32)
             if not identity:
                 inputs = (inputs - mean) / std
@@ -77,9 +77,9 @@ def padded_batch(pixels: np.ndarray, smallest: int = 16) -> np.ndarray:
     """Zero-pads the batch to the next power of two (at least `smallest`) images.
 
     oneDNN builds and caches kernels for every batch shape it sees: with batch
-    sizes wandering between 16 and 64, a worker grew by some 30 MB here, more the
-    more images it encoded. A handful of shapes keeps its memory flat. Images do
-    not interact in inference, so the padding does not change the real rows.
+    sizes wandering between 16 and 64, a worker grew by up to some 30 MB here, more
+    as new sizes came up. A handful of shapes keeps its memory flat. Images do not
+    interact in inference, so the padding does not change the real rows.
     """
     target = max(smallest, 1 << max(0, len(pixels) - 1).bit_length())
     if target == len(pixels):
@@ -121,7 +121,8 @@ def freeze_long_lived_objects() -> None:
     that is hundreds of thousands of objects that live as long as the process.
     The collection at interpreter exit alone took 0.8 s per worker process here,
     paid one worker after another when the local runner stops them. Garbage is
-    collected first, so nothing is leaked by freezing.
+    collected first; a frozen object that later becomes part of a reference cycle
+    is never freed, which is moot for state that lives as long as the process.
     """
     global _frozen
     with _freeze_lock:
