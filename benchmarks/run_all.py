@@ -13,6 +13,8 @@ BENCHMARKS = (
     ["benchmarks.server_index_bench", "--num_rows", "1000000", "--baselines"],
     ["benchmarks.embedding_job_bench", "--num_images", "10000", "--memory_sizes", "2000,8000"],
     ["benchmarks.ondevice_searcher_bench", "--num_items", "123000"],
+    ["benchmarks.ondevice_searcher_bench", "--num_items", "123000", "--tune_on", "texts"],
+    ["benchmarks.build_index_scale", "--num_rows", "1000000"],
     ["benchmarks.nightly_incremental", "--num_images", "100000"],
 )
 
