@@ -11,6 +11,10 @@ float32 costs 512 MB, not twice that.
 Duplicate ids: files are read in sorted path order and rows in file order; the
 first occurrence of an id is kept and later ones are dropped and counted. This
 is deterministic for a given set of files, and cheap to stream.
+
+Row order: the result is sorted by id. embed_images writes rows to whichever
+shard their bundle produced, so file order differs between two runs over the
+same catalog; sorting makes the indexes trained on them identical.
 """
 
 from __future__ import annotations
@@ -100,10 +104,16 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
 
     assert vectors is not None and first is not None
     kept_rows = _compact_in_place(vectors, keep)
+    vectors = vectors[:kept_rows]
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    if np.any(order != np.arange(kept_rows)):
+        vectors = vectors[order]  # one copy, only when files were not already in id order
+        ids, uris = [ids[i] for i in order], [uris[i] for i in order]
+        extras = {name: [values[i] for i in order] for name, values in extras.items()}
     return EmbeddingSet(
         ids=ids,
         uris=uris,
-        vectors=vectors[:kept_rows],
+        vectors=vectors,
         model_id=first[1],
         files=files,
         duplicates_dropped=total_rows - kept_rows,

@@ -183,3 +183,22 @@ def test_requested_extra_column_missing(tmp_path: Path) -> None:
     write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
     with pytest.raises(EmbeddingsError, match="part-0.parquet.*'license'"):
         load_embeddings(str(tmp_path / "*.parquet"), extra_columns=["license"])
+
+
+def test_rows_come_back_in_id_order_whatever_the_file_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    vectors = rng.standard_normal((12, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [f"id-{i:02d}" for i in range(12)]
+    layouts = {"a": [[7, 1, 11, 3], [0, 9, 5, 2, 10, 4, 8, 6]], "b": [[4, 5, 6, 7, 8, 9, 10, 11, 0], [3, 2, 1]]}
+    loaded = {}
+    for name, files in layouts.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for n, rows in enumerate(files):
+            write_shard(folder / f"part-{n}.parquet", [ids[r] for r in rows], vectors[rows])
+        loaded[name] = load_embeddings(str(folder / "*.parquet"))
+    assert loaded["a"].ids == loaded["b"].ids == ids
+    np.testing.assert_array_equal(loaded["a"].vectors, vectors)
+    np.testing.assert_array_equal(loaded["b"].vectors, vectors)
+    assert loaded["a"].uris == loaded["b"].uris

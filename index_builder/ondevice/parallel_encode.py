@@ -4,7 +4,8 @@ Why: ScaNN trains the on-device tree and codebooks on a bounded sample; encoding
 the part that grows with the catalog. Here it runs in parallel DoFns, one element per Parquet row
 group, with the trained ``OnDeviceQuantizer`` as a side input. Rows are deduplicated by id exactly
 as ``embeddings_io.load_embeddings`` does (first in sorted-file, row order), grouped by partition,
-and each partition is written as one small Parquet file (ids, codes, metadata in input order).
+and each partition is written as one small Parquet file (ids, codes, metadata in id order, the row order
+``load_embeddings`` gives the in-process build).
 ``assemble`` then writes index.ldb from those files in partition order.
 """
 from __future__ import annotations
@@ -75,7 +76,7 @@ class WritePartition(beam.DoFn):
 
     def process(self, element: tuple[int, list[tuple]]) -> Iterator[int]:
         partition, members = element
-        members = sorted(members)  # input order, as the in-process writer keeps it
+        members = sorted(members, key=lambda member: member[1])  # id order: load_embeddings' row order
         table = pa.table({"id": [m[1] for m in members], "code": [m[2] for m in members],
                           "metadata": [m[3] for m in members]}, schema=PARTITION_SCHEMA)
         with FileSystems.create(partition_file(self._directory, partition)) as handle:
