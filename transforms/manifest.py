@@ -302,4 +302,6 @@ class ReadManifest(beam.PTransform):
             | "LookupMetadata" >> beam.ParDo(LookupMetadataFn()).with_outputs(LookupMetadataFn.REJECTED, main="items")
         )
         rejected = (parsed[ParseRowFn.REJECTED], looked_up[LookupMetadataFn.REJECTED]) | "Rejections" >> beam.Flatten()
-        return ManifestOutputs(items=looked_up.items | "Spread" >> beam.Reshuffle(), rejected=rejected)
+        # No Reshuffle: the dedupe GroupByKey already spread the items over workers, and the
+        # metadata lookup is cheap next to reading and encoding, so reads fuse onto it.
+        return ManifestOutputs(items=looked_up.items, rejected=rejected)
