@@ -60,7 +60,10 @@ class BuildIndexOptions(PipelineOptions):
 
 
 def validate(options: BuildIndexOptions):
-    """Loads and checks everything before any training; returns (embeddings, model dir, config)."""
+    """Loads and checks everything before any training.
+
+    Returns (embeddings, local model dir, model config, metadata columns, tuning query texts).
+    """
     from index_builder.embeddings_io import EmbeddingsError, load_embeddings
     from transforms.model_staging import stage_model_dir
 
@@ -99,14 +102,15 @@ def validate(options: BuildIndexOptions):
             f"{embeddings.files[0]} was embedded with model_id {embeddings.model_id!r} but --model_dir is "
             f"{config.model_id!r}: text queries would land in a different embedding space"
         )
+    tuning_texts: list[str] = []
     if options.tuning_queries:
         from index_builder.tuning_queries import TuningQueriesError, read_query_texts
         try:
-            read_query_texts(launcher.absolute(options.tuning_queries))
+            tuning_texts = read_query_texts(launcher.absolute(options.tuning_queries))
         except TuningQueriesError as error:
             raise launcher.UsageError(f"--tuning_queries: {error}") from error
     launcher.check_writable(shared.output_dir, "--output_dir")
-    return embeddings, local_model, config, columns
+    return embeddings, local_model, config, columns, tuning_texts
 
 
 def item_metadata(embeddings, columns: list[str]) -> list[bytes]:
@@ -119,7 +123,8 @@ def item_metadata(embeddings, columns: list[str]) -> list[bytes]:
     return [metadata_payload(columns, values(r)) for r in range(embeddings.num_rows)]
 
 
-def build(options: BuildIndexOptions, embeddings, local_model: Path, config, columns: list[str], work: Path) -> dict:
+def build(options: BuildIndexOptions, embeddings, local_model: Path, config, columns: list[str],
+          tuning_texts: list[str], work: Path) -> dict:
     import numpy as np
 
     from index_builder import evaluation, server_index, tuning
@@ -129,11 +134,10 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     vectors = embeddings.vectors
     timings: dict[str, float] = {}
     tuning_queries = None
-    if options.tuning_queries:
-        from index_builder.tuning_queries import embed_query_texts, read_query_texts
-        texts = read_query_texts(launcher.absolute(options.tuning_queries))
-        tuning_queries = embed_query_texts(local_model / model_config.TEXT_TFLITE_FILE, texts)
-        LOG.info("tuning both indexes on %d text queries from %s", len(texts), options.tuning_queries)
+    if tuning_texts:
+        from index_builder.tuning_queries import embed_query_texts
+        tuning_queries = embed_query_texts(local_model / model_config.TEXT_TFLITE_FILE, tuning_texts)
+        LOG.info("tuning both indexes on %d text queries from %s", len(tuning_texts), options.tuning_queries)
 
     started = time.perf_counter()
     server_params = server_index.IndexParams(
@@ -188,7 +192,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     true_ids, _ = evaluation.exact_top_k(vectors[queries_idx], vectors, min(100, embeddings.num_rows))
     server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
     reference = ReferenceSearcher(index_bytes)
-    # The runtime twin scans leaves in Python: bound its cost on big indexes (std. error stays ~0.01).
+    # The runtime twin scans leaves in Python (minutes for 1,000 queries at 1M): big indexes get 300.
     device_queries = slice(None) if embeddings.num_rows <= options.training_sample_size else slice(0, 300)
     device_found = np.asarray([
         [device_rows[n.global_index] for n in reference.search(vectors[q], 10)] for q in queries_idx[device_queries]
@@ -247,29 +251,27 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
             parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory,
                                             has_duplicates=embeddings.duplicates_dropped > 0)
 
-        def write(leaves: int) -> parallel_encode.AssembledIndex:
-            return parallel_encode.assemble(directory, quantizer, work / "index.ldb", num_leaves_to_search=leaves,
-                                            lookup_type=options.ondevice_lookup, user_info=user_info)
-
-        assembled = write(device.chosen.num_leaves_to_search)
-        row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
-        device_rows = np.asarray([row_of[item_id] for item_id in assembled.ids], dtype=np.int64)
-        leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer,
-                                                    assembled, device_rows, params.num_leaves_to_search)
-        if leaves != device.chosen.num_leaves_to_search:
-            LOG.info("on-device: %d leaves to search on all rows (the sample chose %d)",
-                     leaves, device.chosen.num_leaves_to_search)
-            assembled = write(leaves)
+        items = parallel_encode.collect_partitions(directory, len(quantizer.partition_centroids),
+                                                   len(quantizer.codebooks))
         if temp_root:
             FileSystems.delete([directory])
-    return device, device_rows, {"num_partitions": assembled.summary.num_partitions, "encoding": "beam",
+    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    device_rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
+    leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer,
+                                                items, device_rows, params.num_leaves_to_search)
+    if leaves != device.chosen.num_leaves_to_search:
+        LOG.info("on-device: %d leaves to search on all rows (the sample chose %d)",
+                 leaves, device.chosen.num_leaves_to_search)
+    summary = parallel_encode.write_index(items, quantizer, work / "index.ldb", num_leaves_to_search=leaves,
+                                          lookup_type=options.ondevice_lookup, user_info=user_info)
+    return device, device_rows, {"num_partitions": summary.num_partitions, "encoding": "beam",
                                  "training_rows": sample_size, "num_leaves_to_search": leaves,
                                  "calibration_on_all_rows": calibration}
 
 
-def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer, assembled, device_rows,
+def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer, items, device_rows,
                           fixed_leaves: int | None, num_queries: int = 1000):
-    """Re-checks the sample's leaves-to-search on the full written index (unless the user fixed it)."""
+    """Re-checks the sample's leaves-to-search on all encoded rows (unless the user fixed it)."""
     from dataclasses import asdict
 
     from index_builder import evaluation
@@ -281,7 +283,7 @@ def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, q
                else embeddings.vectors[sample[device.queries_idx]])[:num_queries]
     true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
     leaves, trials = calibrate_leaves_to_search(
-        quantizer, assembled.assignment, assembled.codes, queries, true_ids, device_rows,
+        quantizer, items.assignment, items.codes, queries, true_ids, device_rows,
         start=device.chosen.num_leaves_to_search, target_recall=options.ondevice_target_recall)
     return leaves, [asdict(t) for t in trials]
 
@@ -300,7 +302,7 @@ def run(argv: list[str] | None = None) -> dict:
     options = launcher.default_to_direct_runner(BuildIndexOptions(argv))
     started = time.perf_counter()
     with launcher.usage_errors_exit():
-        embeddings, local_model, config, columns = validate(options)
+        embeddings, local_model, config, columns, tuning_texts = validate(options)
     output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
     LOG.info("build_index: %d x %d embeddings (model %s) -> %s; target recall@10 %.3f",
              embeddings.num_rows, embeddings.dim, config.model_id, output_dir, options.target_recall)
@@ -310,7 +312,7 @@ def run(argv: list[str] | None = None) -> dict:
         stale = work / index_outputs.SUCCESS_FILE
         if stale.exists():
             stale.unlink()
-        result = build(options, embeddings, local_model, config, columns, work)
+        result = build(options, embeddings, local_model, config, columns, tuning_texts, work)
         index_outputs.write_manifest(work)
         if remote:
             publish(work, output_dir)

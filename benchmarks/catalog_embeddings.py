@@ -14,7 +14,7 @@ from tqdm import tqdm
 from encoders import model_config
 from transforms.encoding import load_encoder
 from transforms.image_decode import decode_image, resize_for_model
-from transforms.sample_catalog.generate import CatalogSettings, generate_item, sample_captions
+from transforms.sample_catalog.generate import CatalogSettings, generate_item
 
 DEFAULT_CACHE = Path("/tmp/searcher_bench_cache")
 
@@ -40,7 +40,3 @@ def catalog_image_embeddings(num_items: int, seed: int, cache_dir: Path = DEFAUL
     np.save(cached, vectors)
     return vectors
 
-
-def held_out_captions(num_queries: int, seed: int) -> list[str]:
-    """Captions of catalog entries from another seed: text queries no database item was made from."""
-    return sample_captions(seed, num_queries)

@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.catalog_embeddings import catalog_image_embeddings, held_out_captions
+from benchmarks.catalog_embeddings import catalog_image_embeddings
 from encoders import model_config
 from index_builder import server_index, tuning
+from index_builder.evaluation import exact_top_k, recall_at_k
 from index_builder.ondevice.convert import convert_searcher
-from index_builder.query_encoders import TextQueryEncoder
 from index_builder.searcher_models import build_searcher_model
 from index_builder.task_library_searcher import venv_python
+from index_builder.tuning_queries import embed_query_texts
+from transforms.sample_catalog.generate import sample_captions
 
 CLIENT = Path(__file__).with_name("ondevice_timing_client.py")
 
@@ -44,14 +46,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     text_model = model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE
-    encoder = TextQueryEncoder(text_model)
-    captions = held_out_captions(args.num_queries, seed=99)
-    queries = np.stack([encoder.embed(c) for c in captions])
+    captions = sample_captions(seed=99, count=args.num_queries)  # held out: no item was made from them
+    queries = embed_query_texts(text_model, captions)
     vectors = catalog_image_embeddings(args.num_items, seed=1)
     uris = [f"gs://catalog/images/{i:09d}.jpg" for i in range(args.num_items)]
     tuning_queries = None
     if args.tune_on == "texts":
-        tuning_queries = np.stack([encoder.embed(c) for c in held_out_captions(1000, seed=98)])
+        tuning_queries = embed_query_texts(text_model, sample_captions(seed=98, count=1000))
 
     tuned = tuning.tune_server_index(
         vectors, server_index.IndexParams(for_ondevice=True, dims_per_block=args.dims_per_block,
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> dict:
         completed = subprocess.run([str(venv_python()), str(CLIENT)], capture_output=True, text=True, check=True,
                                    input=json.dumps({"model": str(model_path), "encoder_model": str(text_model), "queries": captions, "k": 10}))
     timing = json.loads(completed.stdout)
-    exact = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    exact, _ = exact_top_k(queries, vectors, 10)
     found = [[int(m.rsplit("/", 1)[1].split(".")[0]) for m in hits] for hits in timing["results"]]
-    recall = float(np.mean([len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, exact)]))
+    recall = recall_at_k(found, exact, 10)
     metadata_bytes = sum(len(u) for u in uris)
     result = {
         "num_items": args.num_items, "tune_on": args.tune_on, "lookup_type": args.lookup_type, "dims_per_block": args.dims_per_block,

@@ -55,7 +55,8 @@ class TuningOptions:
     seed: int = 0
     # When no configuration reaches the target (the AH codes alone cap recall, e.g. on device where
     # nothing is reordered), take the cheapest trial within this much of the best recall reached
-    # instead of the most accurate one: searching every leaf for the last 0.005 costs 5-10x latency.
+    # instead of the most accurate one (measured on device at 123K: that meant searching all 175
+    # leaves, 14 ms per TextSearcher query, for recall 0.968 where 0.9 was asked).
     ceiling_tolerance: float = 0.01
 
     def __post_init__(self) -> None:

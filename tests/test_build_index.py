@@ -158,7 +158,7 @@ def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp
 
 
 @pytest.mark.task_library
-def test_beam_encoded_ondevice_index_matches_in_process_build(built: dict, tmp_path: Path) -> None:
+def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbours(built: dict, tmp_path: Path) -> None:
     """Train on a 300-row sample, encode all rows in Beam workers; duplicates across shards dropped once."""
     import shutil
 

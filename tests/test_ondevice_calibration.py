@@ -53,21 +53,21 @@ def test_matmul_twin_returns_what_the_runtime_twin_returns() -> None:
     assert np.mean([len(set(f) & set(s)) / 10 for f, s in zip(fast.tolist(), slow)]) >= 0.99
 
 
-def test_calibration_searches_more_leaves_when_the_start_misses_the_target(encoded) -> None:
+def calibrate(encoded, start: int, target_recall: float):
     vectors, quantizer, assignment, codes, rows, _ = encoded
     queries = vectors[::40]
     true_ids, _ = exact_top_k(queries, vectors, 10)
-    leaves, trials = calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
-                                                start=2, target_recall=0.8)
+    return calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
+                                      start=start, target_recall=target_recall)
+
+
+def test_calibration_searches_more_leaves_when_the_start_misses_the_target(encoded) -> None:
+    leaves, trials = calibrate(encoded, start=2, target_recall=0.8)
     assert trials[0].num_leaves_to_search == 2 and not trials[0].meets_target
     assert leaves > 2 and trials[-1].num_leaves_to_search == leaves and trials[-1].meets_target
     assert not any(t.meets_target for t in trials[:-1])
 
 
 def test_calibration_searches_fewer_leaves_when_the_start_was_pessimistic(encoded) -> None:
-    vectors, quantizer, assignment, codes, rows, _ = encoded
-    queries = vectors[::40]
-    true_ids, _ = exact_top_k(queries, vectors, 10)
-    leaves, trials = calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
-                                                start=40, target_recall=0.5)
+    leaves, trials = calibrate(encoded, start=40, target_recall=0.5)
     assert leaves < 40 and all(t.meets_target for t in trials if t.num_leaves_to_search >= leaves)

@@ -61,3 +61,18 @@ def test_encoding_is_row_independent(trained) -> None:
     np.testing.assert_array_equal(whole, np.concatenate([quantizer.encode(vectors[i:i + 100]) for i in range(0, 700, 100)]))
     with pytest.raises(ValueError, match="dimensions"):
         quantizer.encode(vectors[:5, :32])
+
+
+def test_unequal_blocks_encode_to_the_nearest_centers() -> None:
+    """D=5 in blocks of 2, 2, 1 (ScaNN's last chunk when D is odd): the per-block path."""
+    rng = np.random.default_rng(6)
+    books = (rng.standard_normal((16, 2)), rng.standard_normal((16, 2)), rng.standard_normal((16, 1)))
+    quantizer = OnDeviceQuantizer(rng.standard_normal((4, 5)).astype(np.float32),
+                                  tuple(b.astype(np.float32) for b in books), anisotropic_threshold=0.0)
+    vectors = rng.standard_normal((50, 5)).astype(np.float32)
+    bounds = (0, 2, 4, 5)
+    expected = np.stack([np.argmin(((vectors[:, None, bounds[b]:bounds[b + 1]] - books[b][None]) ** 2).sum(-1), axis=1)
+                         for b in range(3)], axis=1)
+    np.testing.assert_array_equal(quantizer.encode(vectors), expected)
+    anisotropic = OnDeviceQuantizer(quantizer.partition_centroids, quantizer.codebooks, 0.2).encode(vectors)
+    assert anisotropic.shape == (50, 3) and anisotropic.max() < 16

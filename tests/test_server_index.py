@@ -236,14 +236,18 @@ def test_tuning_on_given_queries_measures_recall_on_those_queries(vectors) -> No
         tune_server_index(vectors, IndexParams(num_leaves=80), TuningOptions(), queries=queries[:, :8])
 
 
-def test_unreachable_target_takes_the_cheapest_trial_near_the_best_recall(vectors) -> None:
-    params = IndexParams(num_leaves=100, for_ondevice=True, dims_per_block=8, seed=1)
-    options = TuningOptions(target_recall=1.0, num_queries=200, latency_queries=20, ceiling_tolerance=0.02)
+# With the leaf count free and tolerance 0.05 the near-best trial is on another tree than the most
+# accurate one (100 vs 50 leaves here), so the tuner has to retrain it.
+@pytest.mark.parametrize("num_leaves, tolerance", [(100, 0.02), (None, 0.05)])
+def test_unreachable_target_takes_the_cheapest_trial_near_the_best_recall(vectors, num_leaves, tolerance) -> None:
+    params = IndexParams(num_leaves=num_leaves, for_ondevice=True, dims_per_block=8, seed=1)
+    options = TuningOptions(target_recall=1.0, num_queries=200, latency_queries=20, ceiling_tolerance=tolerance)
     result = tune_server_index(vectors, params, options)
     best = max(t.recall for t in result.trials)
     assert not result.target_met and best < 1.0
-    assert result.chosen.recall >= best - 0.02
+    assert result.chosen.recall >= best - tolerance
     cheaper = [t for t in result.trials if t.num_leaves_to_search < result.chosen.num_leaves_to_search]
-    assert all(t.recall < best - 0.02 for t in cheaper)
+    assert all(t.recall < best - tolerance for t in cheaper)
     assert result.index.params.num_leaves_to_search == result.chosen.num_leaves_to_search
-    assert "cheapest within 0.02" in result.notes[0]
+    assert result.index.params.num_leaves == result.chosen.num_leaves
+    assert f"cheapest within {tolerance}" in result.notes[0]

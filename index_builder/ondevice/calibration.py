@@ -9,7 +9,8 @@ re-encoding anything.
 How, fast: with dot-product AH and float lookup tables, an item's on-device score is the query's
 dot product with the item's reconstructed vector (its codebook centers concatenated). So every
 candidate leaf count is scored from one [Q, N] matmul plus a per-query mask of the searched
-leaves, instead of one LUT scan per query and setting (1M items: seconds instead of minutes).
+leaves, instead of one Python LUT scan per query and setting (1M items: the on-device stage of
+build_index took 493 s this way, 833 s with the scan).
 INT8 tables round the scores slightly; the final on-device recall in eval.json is measured with
 the runtime's own arithmetic (ReferenceSearcher).
 """

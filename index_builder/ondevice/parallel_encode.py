@@ -6,7 +6,7 @@ group, with the trained ``OnDeviceQuantizer`` as a side input. Rows are deduplic
 as ``embeddings_io.load_embeddings`` does (first in sorted-file, row order), grouped by partition,
 and each partition is written as one small Parquet file (ids, codes, metadata in id order, the row order
 ``load_embeddings`` gives the in-process build).
-``assemble`` then writes index.ldb from those files in partition order.
+``collect_partitions`` reads them back in partition order and ``write_index`` writes index.ldb.
 """
 from __future__ import annotations
 
@@ -116,36 +116,43 @@ def encode_pipeline(pipeline: beam.Pipeline, files: Sequence[str], quantizer: On
 
 
 @dataclass(frozen=True)
-class AssembledIndex:
-    summary: OnDeviceIndexSummary
-    ids: list[str]  # ids[g]: the item the runtime reports as global index g
+class EncodedItems:
+    """Every item in index order: partition by partition, id order inside each."""
+
+    ids: list[str]
     assignment: np.ndarray  # [N] partition of item g
     codes: np.ndarray  # [N, num_blocks] uint8 AH codes of item g
+    metadata: list[bytes]
 
 
-def assemble(directory: str, quantizer: OnDeviceQuantizer, out: str | os.PathLike[str], *,
-             num_leaves_to_search: int, lookup_type: str, user_info: bytes = b"",
-             distance: str = "dot_product") -> AssembledIndex:
-    """Writes index.ldb from the partition files, in partition order."""
+def collect_partitions(directory: str, num_partitions: int, num_blocks: int) -> EncodedItems:
+    """Reads the partition files written by ``encode_pipeline``, in partition order."""
     ids: list[str] = []
     codes: list[bytes] = []
     metadata: list[bytes] = []
     assignment: list[np.ndarray] = []
-    for partition in range(len(quantizer.partition_centroids)):
+    for partition in range(num_partitions):
         path = partition_file(directory, partition)
         if not FileSystems.exists(path):
-            continue  # no items: the writer still gives the partition an (empty) key
+            continue  # no items: the index writer still gives the partition an (empty) key
         with FileSystems.open(path) as handle:
             table = pq.read_table(handle).to_pydict()
         ids.extend(table["id"])
         codes.extend(table["code"])
         metadata.extend(table["metadata"])
         assignment.append(np.full(len(table["id"]), partition, np.int64))
-    num_blocks = len(quantizer.codebooks)
-    code_matrix = np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(ids), num_blocks)
-    partitions = np.concatenate(assignment) if assignment else np.zeros(0, np.int64)
-    summary = write_ondevice_index(
+    return EncodedItems(
+        ids=ids,
+        assignment=np.concatenate(assignment) if assignment else np.zeros(0, np.int64),
+        codes=np.frombuffer(b"".join(codes), dtype=np.uint8).reshape(len(ids), num_blocks),
+        metadata=metadata,
+    )
+
+
+def write_index(items: EncodedItems, quantizer: OnDeviceQuantizer, out: str | os.PathLike[str], *,
+                num_leaves_to_search: int, lookup_type: str, user_info: bytes = b"") -> OnDeviceIndexSummary:
+    """index.ldb from collected items (dot-product search, as build_index configures ScaNN)."""
+    return write_ondevice_index(
         out, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=partitions, codes=code_matrix, metadata=metadata, user_info=user_info, num_leaves_to_search=num_leaves_to_search,
-        distance=distance, lookup_type=lookup_type)
-    return AssembledIndex(summary, ids, partitions, code_matrix)
+        partition_assignment=items.assignment, codes=items.codes, metadata=items.metadata, user_info=user_info,
+        num_leaves_to_search=num_leaves_to_search, distance="dot_product", lookup_type=lookup_type)

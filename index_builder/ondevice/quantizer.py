@@ -32,10 +32,6 @@ class OnDeviceQuantizer:
         return cls(np.asarray(artifacts.partition_centroids, np.float32),
                    tuple(np.asarray(b, np.float32) for b in artifacts.codebooks), anisotropic_threshold)
 
-    @property
-    def dim(self) -> int:
-        return int(self.partition_centroids.shape[1])
-
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """[N] int32 leaf of each row: argmin ||x - c||^2 (= argmax x.c - ||c||^2 / 2)."""
         centroids = self.partition_centroids
@@ -82,7 +78,6 @@ class OnDeviceQuantizer:
                 break
         return codes.astype(np.uint8)
 
-
     def _block_terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[B, n, C] ||x_b - q||^2 and (x_b - q) . x_b for every block b and center q."""
         widths = {book.shape[1] for book in self.codebooks}
@@ -92,7 +87,7 @@ class OnDeviceQuantizer:
             dots = np.matmul(xb, books.transpose(0, 2, 1))
             xx = np.einsum("bnd,bnd->bn", xb, xb)[:, :, None]
             qq = np.einsum("bcd,bcd->bc", books, books)[:, None, :]
-        else:
+        else:  # ScaNN's last chunk is narrower when D is not a multiple of dims_per_block
             bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
             parts = [x[:, bounds[i]:bounds[i + 1]] for i in range(len(self.codebooks))]
             dots = np.stack([p @ book.T for p, book in zip(parts, self.codebooks)])
