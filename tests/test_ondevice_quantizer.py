@@ -36,10 +36,19 @@ def ondevice_recall(vectors: np.ndarray, artifacts, codes: np.ndarray) -> float:
     return recall_at_k(np.asarray(found), exact_top_k(queries, vectors, 10)[0], 10)
 
 
-def test_partition_assignment_is_scanns(trained) -> None:
+def test_partition_assignment_is_the_nearest_centroid_and_agrees_with_scann(trained) -> None:
+    """ScaNN's stored assignment comes from its last k-means pass; on some CPUs a few rows sit in a leaf whose
+    centroid moved after that pass (seen in CI: 110 of 12,000 rows). The runtime searches by nearest centroid,
+    so that is what ours must be; agreement with ScaNN must still be near total."""
     vectors, artifacts = trained
-    quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
-    np.testing.assert_array_equal(quantizer.assign(vectors), artifacts.partition_assignment)
+    ours = OnDeviceQuantizer.from_artifacts(artifacts, 0.2).assign(vectors)
+    centroids = artifacts.partition_centroids.astype(np.float64)
+    squared = ((vectors.astype(np.float64)[:, None, :] - centroids[None]) ** 2).sum(-1)
+    rows = np.arange(len(vectors))
+    np.testing.assert_array_less(squared[rows, ours] - squared.min(axis=1), 1e-5)
+    scanns = np.asarray(artifacts.partition_assignment)
+    assert (squared[rows, ours] <= squared[rows, scanns] + 1e-5).all()
+    assert (ours == scanns).mean() >= 0.98
 
 
 def test_anisotropic_codes_search_as_well_as_scanns_and_better_than_nearest_center(trained) -> None:
