@@ -12,6 +12,7 @@ Beam workers can encode millions of rows with the trained parameters as a side i
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ class OnDeviceQuantizer:
         scores = vectors @ centroids.T - 0.5 * np.einsum("pd,pd->p", centroids, centroids)
         return np.argmax(scores, axis=1).astype(np.int32)
 
-    def encode(self, vectors: np.ndarray, chunk_rows: int = 256) -> np.ndarray:
+    def encode(self, vectors: np.ndarray, chunk_rows: int = 128) -> np.ndarray:
         """[N, num_blocks] uint8 AH codes (rows in cache-sized chunks)."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if sum(book.shape[1] for book in self.codebooks) != x.shape[1]:
@@ -48,30 +49,38 @@ class OnDeviceQuantizer:
                               or [np.zeros((0, len(self.codebooks)), np.uint8)])
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
-        squared, along = self._block_terms(x)  # [B, n, C]
+        squared, along = self._block_terms(x)  # [B, n, C]; squared is off by a per-(block, row) constant
         codes = np.argmin(squared, axis=2).T  # [n, B]: the isotropic start
         if self.anisotropic_threshold <= 0:
             return codes.astype(np.uint8)
         norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
         ratio = np.minimum(self.anisotropic_threshold ** 2 / norms, 0.999999)
         eta = (x.shape[1] - 1) * ratio / (1 - ratio)
-        weight = ((eta - 1) / norms).astype(np.float32)
+        weight = ((eta - 1) / norms).astype(np.float32)[:, None]
+        # Changing block b's center leaves the other blocks' residual terms fixed, so per row the loss is
+        # sq_c + w * (base_dot + al_c)^2 + const = [sq_c + w * al_c^2] + 2 w base_dot * al_c + const:
+        # the bracket is computed once, each descent step is one multiply-add over the centers.
+        fixed = squared  # [B, n, C], in place: the isotropic distances are not needed any more
+        fixed += weight[None] * np.square(along)
         rows = np.arange(len(x))
-        residual_sq = sum(squared[b][rows, codes[:, b]] for b in range(len(self.codebooks)))
         residual_dot = sum(along[b][rows, codes[:, b]] for b in range(len(self.codebooks)))
         active = rows  # rows whose codes changed in the last round; the others are at a fixed point
+        buffer = np.empty(along.shape[1:], np.float32)
         for _ in range(MAX_DESCENT_ROUNDS):
             moved_rows = np.zeros(len(x), dtype=bool)
+            everyone = len(active) == len(x)
+            twice_weight = 2 * weight if everyone else 2 * weight[active]
+            local = np.arange(len(active))
             for b in range(len(self.codebooks)):
+                al = along[b] if everyone else along[b][active]
+                constant = fixed[b] if everyone else fixed[b][active]
                 current = codes[active, b]
-                sq, al = squared[b][active], along[b][active]
-                base_sq = residual_sq[active] - sq[np.arange(len(active)), current]
-                base_dot = residual_dot[active] - al[np.arange(len(active)), current]
-                loss = (base_sq[:, None] + sq) + weight[active, None] * np.square(base_dot[:, None] + al)
+                base_dot = (residual_dot if everyone else residual_dot[active]) - al[local, current]
+                loss = np.multiply(twice_weight * base_dot[:, None], al, out=buffer[:len(active)])
+                loss += constant
                 best = np.argmin(loss, axis=1)
                 codes[active, b] = best
-                residual_sq[active] = base_sq + sq[np.arange(len(active)), best]
-                residual_dot[active] = base_dot + al[np.arange(len(active)), best]
+                residual_dot[active] = base_dot + al[local, best]
                 moved_rows[active[best != current]] = True
             active = np.flatnonzero(moved_rows)
             if not len(active):
@@ -79,18 +88,30 @@ class OnDeviceQuantizer:
         return codes.astype(np.uint8)
 
     def _block_terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B, n, C] ||x_b - q||^2 and (x_b - q) . x_b for every block b and center q."""
-        widths = {book.shape[1] for book in self.codebooks}
-        if len(widths) == 1:  # equal blocks: one batched matmul for all of them
+        """[B, n, C] ||x_b - q||^2 - ||x_b||^2 and (x_b - q) . x_b for every block b and center q.
+
+        The squared distance leaves out ||x_b||^2: constant over the centers of a block, it changes
+        no argmin, and skipping it saves a pass over the largest arrays here.
+        """
+        books, center_norms = self._stacked_codebooks
+        if books is not None:  # equal blocks: one batched matmul for all of them
             xb = x.reshape(len(x), len(self.codebooks), -1).transpose(1, 0, 2)  # [B, n, d]
-            books = np.stack(self.codebooks)  # [B, C, d]
             dots = np.matmul(xb, books.transpose(0, 2, 1))
             xx = np.einsum("bnd,bnd->bn", xb, xb)[:, :, None]
-            qq = np.einsum("bcd,bcd->bc", books, books)[:, None, :]
         else:  # ScaNN's last chunk is narrower when D is not a multiple of dims_per_block
             bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
             parts = [x[:, bounds[i]:bounds[i + 1]] for i in range(len(self.codebooks))]
             dots = np.stack([p @ book.T for p, book in zip(parts, self.codebooks)])
             xx = np.stack([np.einsum("nd,nd->n", p, p) for p in parts])[:, :, None]
-            qq = np.stack([np.einsum("cd,cd->c", book, book) for book in self.codebooks])[:, None, :]
-        return xx - 2 * dots + qq, xx - dots
+        along = xx - dots
+        dots *= -2
+        dots += center_norms[:, None, :]
+        return dots, along
+
+    @functools.cached_property
+    def _stacked_codebooks(self) -> tuple[np.ndarray | None, np.ndarray]:
+        """([B, C, d] codebooks if all blocks are equally wide, else None; [B, C] squared center norms)."""
+        norms = np.stack([np.einsum("cd,cd->c", book, book) for book in self.codebooks])
+        if len({book.shape[1] for book in self.codebooks}) == 1:
+            return np.stack(self.codebooks), norms
+        return None, norms
