@@ -254,6 +254,35 @@ def test_numpy_path_with_variable_block_dims_and_default_metadata(tmp_path) -> N
         assert len(hits) == 5 and hits == sorted(hits, key=lambda h: h.distance)
 
 
+@pytest.mark.parametrize("lookup_type", ["INT8", "INT16", "FLOAT"])
+@pytest.mark.parametrize("distance", ["dot_product", "squared_l2"])
+@pytest.mark.parametrize("partitioned", [True, False])
+def test_batched_search_returns_exactly_what_the_runtime_search_returns(lookup_type, distance, partitioned) -> None:
+    arrays = _synthetic(seed=3, items=600, partitions=6)
+    # Many near-ties: codes repeat, so rounding decides ranks and the re-scoring has to be exact.
+    arrays["codes"] = arrays["codes"] % 7
+    if not partitioned:
+        arrays["partition_centroids"] = arrays["partition_assignment"] = None
+    out = io.BytesIO()
+    write_ondevice_index(out, **arrays, num_leaves_to_search=2 if partitioned else 1, lookup_type=lookup_type,
+                         distance=distance)
+    reference = ReferenceSearcher(out.getvalue())
+    queries = np.random.default_rng(4).normal(size=(40, 6)).astype(np.float32)
+    for k, count in ((10, 40), (700, 4)):  # k=700 > 600 items: fewer hits than k, padded with -1
+        batched = reference.search_many(queries[:count], k)
+        for query, row in zip(queries[:count], batched):
+            expected = [hit.global_index for hit in reference.search(query, k)]
+            assert row.tolist() == expected + [-1] * (k - len(expected))
+    with pytest.raises(ValueError, match="dimensions"):
+        reference.search_many(queries[:, :4])
+
+
+def test_batched_search_on_a_scann_built_index_matches_the_runtime_search(index_bytes, queries) -> None:
+    reference = ReferenceSearcher(index_bytes[0])
+    batched = reference.search_many(queries, 10)
+    assert batched.tolist() == [[hit.global_index for hit in reference.search(q, 10)] for q in queries]
+
+
 def test_unpartitioned_index_puts_everything_in_e0() -> None:
     arrays = _synthetic()
     del arrays["partition_centroids"], arrays["partition_assignment"]

@@ -30,6 +30,7 @@ from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
 # Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
+_QUERY_CHUNK = 32
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
 
 
@@ -70,6 +71,7 @@ class ReferenceSearcher:
         self.default_leaves_to_search = leaves_searched_by_runtime(self.index.config)
         self.offsets = list(self.index.config.global_partition_offsets)
         self._partition_cache: dict[int, np.ndarray] = {}
+        self._all: _AllItems | None = None
 
     def partitions_to_search(self, query: np.ndarray, num_leaves: int) -> np.ndarray:
         if self.centroids is None:
@@ -81,6 +83,9 @@ class ReferenceSearcher:
 
     def lookup_table(self, query: np.ndarray) -> np.ndarray:
         """[num_subspaces, num_centers] float32 distance contributions, as the runtime sees them."""
+        return self._quantized(self._float_lookup_table(query))
+
+    def _float_lookup_table(self, query: np.ndarray) -> np.ndarray:
         tables = []
         start = 0
         for book in self.codebooks:
@@ -90,7 +95,9 @@ class ReferenceSearcher:
                 tables.append(-(book @ chunk))
             else:
                 tables.append(np.sum((book - chunk) ** 2, axis=1))
-        lut = np.stack(tables).astype(np.float32)
+        return np.stack(tables).astype(np.float32)
+
+    def _quantized(self, lut: np.ndarray) -> np.ndarray:
         max_quantized = _MAX_QUANTIZED.get(self.lookup_type)
         if max_quantized is None:
             return lut
@@ -138,3 +145,84 @@ class ReferenceSearcher:
             Neighbor(int(all_ids[i]), float(all_distances[i]), self.index.metadata(int(all_ids[i])))
             for i in best
         ]
+
+    def search_many(self, queries: np.ndarray, k: int = 10, num_leaves_to_search: int | None = None) -> np.ndarray:
+        """[Q, k] global indices; row q equals ``[n.global_index for n in search(queries[q], k)]`` (-1 pads).
+
+        For evaluating big indexes: one matmul per query chunk with the decoded items ranks the
+        searched items approximately; only items that rounding could lift into the top k (within
+        twice the worst per-item gap between the matmul and the runtime's lookup-table sum) are
+        re-scored with ``search``'s own arithmetic, so the answer is the runtime's, exactly.
+        """
+        queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
+        if queries.shape[1] != self.dimension:
+            raise ValueError(f"queries have {queries.shape[1]} dimensions, index expects {self.dimension}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        leaves = num_leaves_to_search or self.default_leaves_to_search
+        items = self._all_items()
+        found = np.full((len(queries), k), -1, dtype=np.int64)
+        for start in range(0, len(queries), _QUERY_CHUNK):
+            chunk = queries[start : start + _QUERY_CHUNK]
+            approximate = -(chunk @ items.decoded.T)
+            if self.distance == pb.SQUARED_L2_DISTANCE:
+                approximate = 2 * approximate + items.squared_norms[None, :]
+                approximate += np.einsum("qd,qd->q", chunk, chunk)[:, None]
+            for row, query in enumerate(chunk):
+                best = self._rescored_top_k(query, approximate[row], items, leaves, k)
+                found[start + row, : len(best)] = best
+        return found
+
+    def _rescored_top_k(self, query: np.ndarray, approximate: np.ndarray, items: _AllItems, leaves: int,
+                        k: int) -> np.ndarray:
+        searched = np.zeros(items.num_partitions, dtype=bool)
+        searched[self.partitions_to_search(query, leaves)] = True
+        in_search = searched[items.partition]
+        reachable = int(in_search.sum())
+        if not reachable:
+            return np.zeros(0, np.int64)
+        scores = np.where(in_search, approximate, np.inf)
+        # float32 sums in another order: far below 1e-4 of the largest magnitude involved
+        margin = 1e-4 * (1.0 + (float(np.linalg.norm(query)) + items.max_norm) ** 2)
+        lut = None
+        if self.uses_hashing:
+            float_lut = self._float_lookup_table(query)
+            lut = self._quantized(float_lut)
+            margin += float(np.abs(lut - float_lut).max()) * len(self.codebooks)  # worst quantization gap per item
+        kth = np.partition(scores, min(k, reachable) - 1)[min(k, reachable) - 1]
+        candidates = np.flatnonzero(scores <= kth + 2 * margin)
+        distances = self._distances(query, lut, items.stored[candidates])
+        ids = items.global_ids[candidates]
+        return ids[np.lexsort((ids, distances))[:k]]
+
+    def _all_items(self) -> _AllItems:
+        if self._all is None:
+            num_partitions = len(self.centroids) if self.centroids is not None else 1
+            stored = [self._items(p) for p in range(num_partitions)]
+            offsets = self.offsets or [0]
+            all_stored = np.concatenate(stored)
+            if self.uses_hashing:
+                decoded = np.concatenate([book[all_stored[:, b]] for b, book in enumerate(self.codebooks)], axis=1)
+            else:
+                decoded = all_stored.astype(np.float32)
+            squared_norms = np.einsum("nd,nd->n", decoded, decoded)
+            self._all = _AllItems(
+                decoded=np.ascontiguousarray(decoded), squared_norms=squared_norms,
+                max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
+                partition=np.concatenate([np.full(len(part), p) for p, part in enumerate(stored)]),
+                global_ids=np.concatenate([offsets[p] + np.arange(len(part)) for p, part in enumerate(stored)]),
+                stored=all_stored, num_partitions=num_partitions)
+        return self._all
+
+
+@dataclass(frozen=True)
+class _AllItems:
+    """Every item of the index in one array each, for ``search_many``."""
+
+    decoded: np.ndarray  # [N, D] float32: codes decoded to codebook centers (or the stored floats)
+    squared_norms: np.ndarray  # [N]
+    max_norm: float
+    partition: np.ndarray  # [N] partition of each item
+    global_ids: np.ndarray  # [N] on-device item id
+    stored: np.ndarray  # [N, ...] what the runtime scores: codes, or float vectors
+    num_partitions: int
