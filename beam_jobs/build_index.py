@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
+from beam_jobs.job_logging import configure_logging
 from encoders import model_config
 from index_builder import index_outputs
 from index_builder.searcher_models import SearcherModelError, build_searcher_model, embedding_dim_of
@@ -323,7 +324,7 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     outcome = run()
     print(json.dumps({"server_recall@10": outcome["server"]["recall@10"],
                       "ondevice_recall@10": outcome["ondevice"]["recall@10"]}))

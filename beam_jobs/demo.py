@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from beam_jobs.job_logging import configure_logging
 
 QUERIES = (
     "a large red circle at the top left",
@@ -57,7 +58,7 @@ def answer_queries(index_dir: Path, captions: dict[str, str], k: int) -> list[di
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     args = parse_args(argv)
     from beam_jobs import build_index, embed_images, make_sample_catalog
     from index_builder.gallery import write_gallery

@@ -22,6 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, TestOptions
 
 from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
+from beam_jobs.job_logging import configure_logging
 from encoders import model_config
 from transforms import embedding_pipeline, embedding_schema, image_decode, run_outputs
 from transforms.encoding import freeze_long_lived_objects, load_encoder
@@ -154,7 +155,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     summary = run()
     if summary.get("dry_run"):
         sys.exit(0)

@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
+from beam_jobs.job_logging import configure_logging
 from transforms.sample_catalog.generate import FORMATS, CatalogSettings, generate_item
 
 LOG = logging.getLogger("make_sample_catalog")
@@ -142,5 +143,5 @@ def run(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     sys.exit(run())

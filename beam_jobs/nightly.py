@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import build_index, embed_images, launcher
 from beam_jobs.common_options import CommonJobOptions
+from beam_jobs.job_logging import configure_logging
 from transforms import incremental, publish, run_outputs
 
 LOG = logging.getLogger("nightly")
@@ -254,7 +255,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    configure_logging()
     try:
         summary = run()
     except publish.PublishConflict as error:

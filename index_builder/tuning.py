@@ -85,6 +85,13 @@ class Trial:
     build_seconds: float  # training time of the index this trial ran on
     meets_target: bool
 
+    def summary(self) -> str:
+        """One log line: the configuration, its recall and its latency."""
+        reorder = f", reorder {self.reorder}" if self.reorder else ""
+        verdict = "meets the target" if self.meets_target else "below the target"
+        return (f"{self.num_leaves} leaves, search {self.num_leaves_to_search}{reorder}: recall "
+                f"{self.recall:.3f} +- {self.recall_standard_error:.3f}, p50 {self.p50_ms:.3f} ms ({verdict})")
+
 
 @dataclass
 class TuningResult:
@@ -202,11 +209,11 @@ def tune_server_index(
         log.info("tuning: trained %d leaves in %.1fs", num_leaves, index.build_seconds)
         for trial in _sweep(index, queries, latency_queries, true_ids, k, leaves_to_search, reorders, options):
             trials.append(trial)
-            log.info("tuning: %s", trial)
+            log.info("tuning: %s", trial.summary())
             if best is None or (_better(trial, best[0]) and not _dominated(trial, trials)):
                 best = (trial, index)
             if _cannot_win(trial, best[0], reorders[0]):
-                log.info("tuning: %d leaves cannot beat %s; next", num_leaves, best[0])
+                log.info("tuning: %d leaves cannot beat %s; next", num_leaves, best[0].summary())
                 break
         del index  # frees the float copy ScaNN keeps for reordering before the next build
 
