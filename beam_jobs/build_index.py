@@ -245,18 +245,23 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
     temp_root = options.view_as(GoogleCloudOptions).temp_location
     with tempfile.TemporaryDirectory(prefix="ondevice_partitions_") as local_temp:
         directory = FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}") if temp_root else local_temp
+        started = time.perf_counter()
         with beam.Pipeline(options=options) as pipeline:
             parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory,
                                             has_duplicates=embeddings.duplicates_dropped > 0)
-
+        LOG.info("on-device: Beam encoded and grouped %d rows in %.1f s", embeddings.num_rows,
+                 time.perf_counter() - started)
         items = parallel_encode.collect_partitions(directory, len(quantizer.partition_centroids),
                                                    len(quantizer.codebooks))
         if temp_root:
             FileSystems.delete([directory])
     row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
     device_rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
+    started = time.perf_counter()
     leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer,
                                                 items, device_rows, params.num_leaves_to_search)
+    LOG.info("on-device: calibrated leaves-to-search on all rows (%d settings tried) in %.1f s", len(calibration),
+             time.perf_counter() - started)
     if leaves != device.chosen.num_leaves_to_search:
         LOG.info("on-device: %d leaves to search on all rows (the sample chose %d)",
                  leaves, device.chosen.num_leaves_to_search)
