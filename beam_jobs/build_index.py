@@ -151,7 +151,7 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     )
     server_index.save_server_index(server.index, str(work / "scann"))
     timings["server_seconds"] = time.perf_counter() - started
-    LOG.info("server index: %s", server.chosen)
+    LOG.info("server index: %s", server.chosen.summary())
 
     started = time.perf_counter()
     device_params = server_index.IndexParams(

@@ -236,7 +236,9 @@ def tune_server_index(
                 reorder=near.reorder))
         chosen = near
     if (chosen.num_leaves_to_search, chosen.reorder) != (index.params.num_leaves_to_search, index.params.reorder):
-        index = with_search_defaults(index, chosen.num_leaves_to_search, chosen.reorder)
+        # The on-device index is only read back as arrays (read_searcher): reloading it costs GBs, see there.
+        index = with_search_defaults(index, chosen.num_leaves_to_search, chosen.reorder,
+                                     reload=not params.for_ondevice)
     return TuningResult(
         index=index,
         trials=trials,

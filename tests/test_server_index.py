@@ -180,6 +180,17 @@ def test_with_search_defaults_changes_query_knobs_without_retraining(built, vect
         with_search_defaults(built, num_leaves_to_search=101, reorder=20)
 
 
+def test_ondevice_tuning_records_its_choice_without_reloading_the_searcher(vectors) -> None:
+    result = tune_server_index(vectors, IndexParams(num_leaves=80, for_ondevice=True, seed=1),
+                               TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20))
+    chosen = result.chosen.num_leaves_to_search
+    assert result.params.num_leaves_to_search == chosen
+    assert f"max_spill_centers: {chosen}" in result.index.config_text
+    kept = with_search_defaults(result.index, num_leaves_to_search=7, reorder=0, reload=False)
+    assert kept.searcher is result.index.searcher and kept.params.num_leaves_to_search == 7
+    assert "max_spill_centers: 7" in kept.config_text
+
+
 def test_save_and_load_through_gcs(built, vectors, gcs_emulator) -> None:
     gcs_emulator.bucket("index-bucket")
     names = save_server_index(built, "gs://index-bucket/run1/index/scann")
