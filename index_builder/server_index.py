@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from index_builder.memory import return_freed_memory_to_os
 from index_builder.scann_import import scann_ops_pybind, scann_pb2
 
 CONFIG_TEXT_FILE = "scann_config.pbtxt"
@@ -183,9 +184,7 @@ def with_search_defaults(index: BuiltIndex, num_leaves_to_search: int, reorder: 
     baked into its config here (serialize, rewrite the config, load).
     ``reload=False`` only rewrites params and config_text and keeps the searcher
     object with its trained defaults: for indexes that are only read back as
-    arrays (the on-device one). Loading a lut256 searcher from its assets
-    allocated ~4.8 MB per leaf and kept it (3.1 GB for 632 leaves over 100K rows,
-    4.7 GB for 1,000 leaves), which was most of build_index's peak memory at 1M.
+    arrays (the on-device one), it saves a serialize + load round trip.
     """
     p = index.params
     if num_leaves_to_search > (p.num_leaves or 0):
@@ -204,6 +203,7 @@ def with_search_defaults(index: BuiltIndex, num_leaves_to_search: int, reorder: 
         index.searcher.serialize(tmp, True)
         _write_serialized_config(tmp, config)
         searcher = scann_ops_pybind.load_searcher(tmp)
+    return_freed_memory_to_os()  # serialize's temporaries (index_builder/memory.py)
     return dataclasses.replace(index, searcher=searcher, config_text=config_text, params=params)
 
 

@@ -236,7 +236,7 @@ def tune_server_index(
                 reorder=near.reorder))
         chosen = near
     if (chosen.num_leaves_to_search, chosen.reorder) != (index.params.num_leaves_to_search, index.params.reorder):
-        # The on-device index is only read back as arrays (read_searcher): reloading it costs GBs, see there.
+        # The on-device index is only read back as arrays (read_searcher): no need to reload it.
         index = with_search_defaults(index, chosen.num_leaves_to_search, chosen.reorder,
                                      reload=not params.for_ondevice)
     return TuningResult(

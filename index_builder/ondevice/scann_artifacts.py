@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from index_builder.memory import return_freed_memory_to_os
 from index_builder.scann_import import (
     centers_pb2,
     hash_pb2,
@@ -181,7 +182,9 @@ def read_searcher(searcher) -> ScannOnDeviceArtifacts:
     """Serializes a pybind ScannSearcher to a temp dir and reads its arrays."""
     with tempfile.TemporaryDirectory(prefix="scann_ondevice_") as tmp:
         searcher.serialize(tmp)
-        return read_serialized_searcher(tmp)
+        artifacts = read_serialized_searcher(tmp)
+    return_freed_memory_to_os()  # serialize's temporaries: GBs otherwise kept, see there
+    return artifacts
 
 
 def _leaf_centroids(partitioner: partitioner_pb2.SerializedPartitioner) -> np.ndarray:
