@@ -8,7 +8,13 @@ import pytest
 
 from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder.evaluation import exact_top_k
-from index_builder.ondevice.calibration import calibrate_leaves_to_search, reconstruct, searched_top_k
+from index_builder.ondevice.calibration import (
+    calibrate_leaves_to_search,
+    rank_candidates,
+    reconstruct,
+    searched_top_k,
+    top_k_within_leaves,
+)
 from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import ReferenceSearcher
@@ -31,14 +37,19 @@ def encoded():
     return vectors, quantizer, assignment[order], codes[order], order, buffer.getvalue()
 
 
-def test_matmul_twin_returns_what_the_runtime_twin_returns() -> None:
-    # Unclustered data: k-means on near-duplicate clusters makes near-identical centroids, whose
-    # order then flips with float summation order in either twin.
+@pytest.fixture(scope="module")
+def unclustered():
+    """Unclustered data: k-means on near-duplicate clusters makes near-identical centroids, whose order
+    then flips with float summation order (even with the batch a query is scored in)."""
     vectors = np.random.default_rng(8).standard_normal((4_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     artifacts = read_searcher(build_ondevice_searcher(
         vectors, ondevice_builder_config(vectors, num_leaves=40, num_leaves_to_search=5)))
-    quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
+    return vectors, artifacts, OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
+
+
+def test_matmul_twin_returns_what_the_runtime_twin_returns(unclustered) -> None:
+    vectors, artifacts, quantizer = unclustered
     buffer = io.BytesIO()
     summary = write_ondevice_index(
         buffer, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
@@ -51,6 +62,20 @@ def test_matmul_twin_returns_what_the_runtime_twin_returns() -> None:
     runtime = ReferenceSearcher(buffer.getvalue())
     slow = [[hit.global_index for hit in runtime.search(q, 10, 5)] for q in queries]
     assert np.mean([len(set(f) & set(s)) / 10 for f, s in zip(fast.tolist(), slow)]) >= 0.99
+
+
+@pytest.mark.parametrize("depth", [40, 400])  # 40: many queries fall back to the masked pass
+def test_one_ranking_serves_every_leaf_count(unclustered, depth: int) -> None:
+    vectors, artifacts, quantizer = unclustered
+    assignment, centroids = artifacts.partition_assignment, quantizer.partition_centroids
+    queries, decoded = vectors[::25], reconstruct(quantizer, artifacts.codes)
+    ranked = rank_candidates(queries, decoded, assignment, centroids, depth)
+    for leaves in (1, 2, 7, 20, 40):
+        fast = top_k_within_leaves(ranked, leaves, 10, queries, decoded, assignment, centroids)
+        masked = searched_top_k(queries, decoded, assignment, centroids, leaves, 10)
+        scores = np.einsum("qd,qkd->qk", queries, decoded[fast])
+        np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, decoded[masked]), rtol=0, atol=1e-6)
+        assert np.isin(assignment[fast], np.argsort(-(queries @ centroids.T), axis=1)[:, :leaves]).all()
 
 
 def calibrate(encoded, start: int, target_recall: float):

@@ -7,10 +7,11 @@ query-time setting stored in INDEX_CONFIG, so it can be corrected after encoding
 re-encoding anything.
 
 How, fast: with dot-product AH and float lookup tables, an item's on-device score is the query's
-dot product with the item's reconstructed vector (its codebook centers concatenated). So every
-candidate leaf count is scored from one [Q, N] matmul plus a per-query mask of the searched
-leaves, instead of one Python LUT scan per query and setting (1M items: the on-device stage of
-build_index took 493 s this way, 833 s with the scan).
+dot product with the item's reconstructed vector (its codebook centers concatenated). So a leaf
+count is scored from one [Q, N] matmul plus a per-query mask of the searched leaves, instead of
+one Python LUT scan per query and setting (1M items: the on-device stage of build_index took
+493 s this way, 833 s with the scan). And one matmul serves every leaf count tried: each query's
+overall best items are ranked once (``rank_candidates``), and a setting's top k is read off them.
 INT8 tables round the scores slightly; the final on-device recall in eval.json is measured with
 the runtime's own arithmetic (ReferenceSearcher).
 """
@@ -27,6 +28,9 @@ from index_builder.ondevice.quantizer import OnDeviceQuantizer
 STEPS_UP = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 STEPS_DOWN = (0.75, 0.5)
 _QUERY_CHUNK = 32
+# Overall best items kept per query: with many leaves searched, the top k of the searched ones are almost
+# always among them (else that query falls back to a masked pass).
+_CANDIDATE_DEPTH = 1000
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,52 @@ def searched_top_k(queries: np.ndarray, decoded: np.ndarray, assignment: np.ndar
     return found
 
 
+@dataclass(frozen=True)
+class RankedCandidates:
+    """Per query, the ``depth`` best-scoring items over all leaves, and how near each one's leaf is.
+
+    Why: every leaves-to-search setting needs the top k among the items of the L nearest leaves.
+    If the query's overall top ``depth`` already holds k items from those leaves, they are that
+    top k (every item further down scores no higher), so one matmul and one partial sort per query
+    serve all settings; only queries where it holds fewer fall back to ``searched_top_k``.
+    """
+
+    items: np.ndarray  # [Q, depth] item indices, best score first
+    leaf_rank: np.ndarray  # [Q, depth] rank of each item's leaf for its query (0 = nearest)
+
+
+def rank_candidates(queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray,
+                    centroids: np.ndarray, depth: int) -> RankedCandidates:
+    depth = min(depth, len(decoded))
+    items = np.zeros((len(queries), depth), np.int64)
+    leaf_rank = np.zeros((len(queries), depth), np.int64)
+    for start in range(0, len(queries), _QUERY_CHUNK):
+        chunk = queries[start:start + _QUERY_CHUNK]
+        scores = chunk @ decoded.T
+        top = np.argpartition(scores, len(decoded) - depth, axis=1)[:, len(decoded) - depth:]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        best = np.take_along_axis(top, order, axis=1)
+        leaf_order = np.argsort(-(chunk @ centroids.T), axis=1, kind="stable")
+        rank_of_leaf = np.empty_like(leaf_order)
+        np.put_along_axis(rank_of_leaf, leaf_order, np.arange(len(centroids))[None, :], axis=1)
+        items[start:start + len(chunk)] = best
+        leaf_rank[start:start + len(chunk)] = np.take_along_axis(rank_of_leaf, assignment[best], axis=1)
+    return RankedCandidates(items, leaf_rank)
+
+
+def top_k_within_leaves(ranked: RankedCandidates, leaves: int, k: int, queries: np.ndarray,
+                        decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """[Q, k] what ``searched_top_k`` returns for ``leaves``, mostly read off ``ranked``."""
+    searched = ranked.leaf_rank < leaves
+    enough = searched.sum(axis=1) >= k
+    first = np.argsort(~searched, axis=1, kind="stable")[:, :k]  # positions of the first k searched items
+    found = np.take_along_axis(ranked.items, first, axis=1)
+    short = np.flatnonzero(~enough)
+    if len(short):
+        found[short] = searched_top_k(queries[short], decoded, assignment, centroids, leaves, k)
+    return found
+
+
 def calibrate_leaves_to_search(
     quantizer: OnDeviceQuantizer, assignment: np.ndarray, codes: np.ndarray, queries: np.ndarray,
     true_ids: np.ndarray, item_rows: np.ndarray, *, start: int, target_recall: float, k: int = 10,
@@ -69,12 +119,14 @@ def calibrate_leaves_to_search(
     row, the space ``true_ids`` (exact neighbours) is in.
     """
     decoded = reconstruct(quantizer, codes)
-    num_partitions = len(quantizer.partition_centroids)
+    centroids = quantizer.partition_centroids
+    num_partitions = len(centroids)
+    ranked = rank_candidates(queries, decoded, assignment, centroids, depth=_CANDIDATE_DEPTH)
     tried: dict[int, CalibrationTrial] = {}
 
     def trial(leaves: int) -> CalibrationTrial:
         if leaves not in tried:
-            found = item_rows[searched_top_k(queries, decoded, assignment, quantizer.partition_centroids, leaves, k)]
+            found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, decoded, assignment, centroids)]
             recalls = per_query_recall(found, true_ids, k)
             error = float(recalls.std(ddof=1) / np.sqrt(len(recalls))) if len(recalls) > 1 else 0.0
             mean = float(recalls.mean())
