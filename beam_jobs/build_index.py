@@ -9,6 +9,7 @@ MANIFEST.json and, last, _SUCCESS.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tempfile
@@ -166,8 +167,11 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     device_options = tuning.TuningOptions(target_recall=options.ondevice_target_recall,
                                           seed=options.view_as(CommonJobOptions).seed)
     if parallel:
+        # The server tuner already has the exact neighbours of the tuning queries; calibration reuses them.
+        tuning_truth = server.true_ids if tuning_queries is not None else None
         device, device_rows, device_build = build_ondevice_in_beam(
-            options, embeddings, columns, device_params, device_options, tuning_queries, user_info.encode(), work)
+            options, embeddings, columns, device_params, device_options, tuning_queries, tuning_truth,
+            user_info.encode(), work)
     else:
         device = tuning.tune_server_index(vectors, device_params, device_options, queries=tuning_queries)
         summary = convert_searcher(
@@ -223,8 +227,8 @@ def build(options: BuildIndexOptions, embeddings, local_model: Path, config, col
     return {"server": server_eval, "ondevice": device_eval, "timings": timings}
 
 
-def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options, tuning_queries, user_info: bytes,
-                           work: Path):
+def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options, tuning_queries, tuning_truth,
+                           user_info: bytes, work: Path):
     """Tunes and trains on a row sample, then encodes every row in Beam workers (parallel_encode)."""
     import apache_beam as beam
     import numpy as np
@@ -243,8 +247,9 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
     LOG.info("on-device: trained on %d sampled rows (%d leaves); encoding all %d rows in Beam",
              sample_size, len(quantizer.partition_centroids), embeddings.num_rows)
     temp_root = options.view_as(GoogleCloudOptions).temp_location
-    with tempfile.TemporaryDirectory(prefix="ondevice_partitions_") as local_temp:
-        directory = FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}") if temp_root else local_temp
+    with contextlib.ExitStack() as cleanup:
+        directory = (FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}") if temp_root
+                     else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ondevice_partitions_")))
         started = time.perf_counter()
         with beam.Pipeline(options=options) as pipeline:
             parallel_encode.encode_pipeline(pipeline, embeddings.files, quantizer, columns, directory,
@@ -258,8 +263,8 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
     row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
     device_rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
     started = time.perf_counter()
-    leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer,
-                                                items, device_rows, params.num_leaves_to_search)
+    leaves, calibration = calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, tuning_truth,
+                                                quantizer, items, device_rows, params.num_leaves_to_search)
     LOG.info("on-device: calibrated leaves-to-search on all rows (%d settings tried) in %.1f s", len(calibration),
              time.perf_counter() - started)
     if leaves != device.chosen.num_leaves_to_search:
@@ -272,8 +277,8 @@ def build_ondevice_in_beam(options, embeddings, columns, params, tuning_options,
                                  "calibration_on_all_rows": calibration}
 
 
-def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, quantizer, items, device_rows,
-                          fixed_leaves: int | None, num_queries: int = 1000):
+def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, tuning_truth, quantizer, items,
+                          device_rows, fixed_leaves: int | None, num_queries: int = 1000):
     """Re-checks the sample's leaves-to-search on all encoded rows (unless the user fixed it)."""
     from dataclasses import asdict
 
@@ -282,9 +287,11 @@ def calibrate_on_all_rows(options, embeddings, sample, device, tuning_queries, q
 
     if fixed_leaves is not None:
         return fixed_leaves, []
-    queries = (tuning_queries if tuning_queries is not None
-               else embeddings.vectors[sample[device.queries_idx]])[:num_queries]
-    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
+    if tuning_queries is not None:
+        queries, true_ids = tuning_queries[:num_queries], tuning_truth[:num_queries, :10]
+    else:
+        queries = embeddings.vectors[sample[device.queries_idx]][:num_queries]
+        true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
     leaves, trials = calibrate_leaves_to_search(
         quantizer, items.assignment, items.codes, queries, true_ids, device_rows,
         start=device.chosen.num_leaves_to_search, target_recall=options.ondevice_target_recall)

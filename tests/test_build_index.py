@@ -186,3 +186,26 @@ def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbo
     found = [[r["metadata"] for r in hits] for hits in task_library_searcher.text_search(model, queries, 10)]
     expected = [exact_uris(built, encoder.embed(q)) for q in queries]
     assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, expected)]) >= 0.85
+
+
+def test_beam_encoded_index_is_calibrated_on_the_tuning_queries(built: dict, tmp_path: Path) -> None:
+    """Calibration reuses the server tuner's exact neighbours of the tuning queries: its recall must be theirs."""
+    from encoders import model_config
+    from index_builder.ondevice.reference_search import ReferenceSearcher
+    from transforms.sample_catalog.generate import sample_captions
+
+    texts = sample_captions(seed=4343, count=60)
+    (tmp_path / "queries.txt").write_text("\n".join(texts) + "\n")
+    build_index.run(["--embeddings", str(built["base"] / "run" / "embeddings" / "*.parquet"), "--output_dir",
+                     str(tmp_path / "index"), "--eval_queries", "100", "--ondevice_encoding", "beam",
+                     "--training_sample_size", "300", "--tuning_queries", str(tmp_path / "queries.txt")])
+    config = json.loads((tmp_path / "index" / "index_config.json").read_text())
+    leaves = config["ondevice"]["num_leaves_to_search"]
+    trial = next(t for t in config["ondevice"]["calibration_on_all_rows"] if t["num_leaves_to_search"] == leaves)
+    encoder = TextQueryEncoder(model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE)
+    queries = np.stack([encoder.embed(t) for t in texts])
+    index = ReferenceSearcher(str(tmp_path / "index" / "index.ldb"))
+    uris = [index.index.metadata(int(g)).decode() if g >= 0 else "" for g in index.search_many(queries, 10).ravel()]
+    found = np.asarray([built["uris"].index(u) if u else -1 for u in uris]).reshape(len(texts), 10)
+    true_ids, _ = exact_top_k(queries, built["vectors"], 10)
+    assert recall_at_k(found, true_ids, 10) == pytest.approx(trial["recall"], abs=0.02)

@@ -24,6 +24,7 @@ import numpy as np
 
 from index_builder.evaluation import per_query_recall
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.reference_search import decode_codes
 
 STEPS_UP = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 STEPS_DOWN = (0.75, 0.5)
@@ -43,7 +44,7 @@ class CalibrationTrial:
 
 def reconstruct(quantizer: OnDeviceQuantizer, codes: np.ndarray) -> np.ndarray:
     """[N, D] float32: each item's AH codes decoded to codebook centers."""
-    return np.concatenate([book[codes[:, b]] for b, book in enumerate(quantizer.codebooks)], axis=1)
+    return decode_codes(quantizer.codebooks, codes)
 
 
 def searched_top_k(queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray,

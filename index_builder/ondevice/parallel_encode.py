@@ -131,9 +131,12 @@ def collect_partitions(directory: str, num_partitions: int, num_blocks: int) -> 
     codes: list[bytes] = []
     metadata: list[bytes] = []
     assignment: list[np.ndarray] = []
+    # One listing instead of an existence check per partition (a request each on object stores).
+    listing = FileSystems.match([FileSystems.join(directory, "partition-*.parquet")])[0]
+    written = {metadata.path for metadata in listing.metadata_list}
     for partition in range(num_partitions):
         path = partition_file(directory, partition)
-        if not FileSystems.exists(path):
+        if path not in written:
             continue  # no items: the index writer still gives the partition an (empty) key
         with FileSystems.open(path) as handle:
             table = pq.read_table(handle).to_pydict()

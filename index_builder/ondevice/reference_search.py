@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -32,6 +32,11 @@ from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 # Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
 _QUERY_CHUNK = 32
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
+
+
+def decode_codes(codebooks: Sequence[np.ndarray], codes: np.ndarray) -> np.ndarray:
+    """[N, D] float32: each item's AH codes decoded to its codebook centers, concatenated."""
+    return np.concatenate([book[codes[:, b]] for b, book in enumerate(codebooks)], axis=1)
 
 
 @dataclass(frozen=True)
@@ -202,7 +207,7 @@ class ReferenceSearcher:
             offsets = self.offsets or [0]
             all_stored = np.concatenate(stored)
             if self.uses_hashing:
-                decoded = np.concatenate([book[all_stored[:, b]] for b, book in enumerate(self.codebooks)], axis=1)
+                decoded = decode_codes(self.codebooks, all_stored)
             else:
                 decoded = all_stored.astype(np.float32)
             squared_norms = np.einsum("nd,nd->n", decoded, decoded)
