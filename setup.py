@@ -5,6 +5,7 @@ whole runtime stack. The pins are exact: this combination is verified to
 resolve and run together (shared DESIGN.md), and tests/test_packaging.py keeps
 the Dockerfile in agreement with them.
 """
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [

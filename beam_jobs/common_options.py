@@ -4,6 +4,7 @@ Beam registers every PipelineOptions subclass in one global parser, so two
 jobs that each declared --output_dir could not be imported into one process
 (the demo, the nightly job, tests). Shared flags live here, once.
 """
+
 from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -14,10 +15,14 @@ from beam_jobs import launcher
 class CommonJobOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--output_dir", default=None,
-                            help="where the job writes its outputs (local, gs:// or s3://); required")
-        parser.add_argument("--model_dir", default=None,
-                            help="model directory (see README 'Model directory format'); default: the bundled model")
+        parser.add_argument(
+            "--output_dir", default=None, help="where the job writes its outputs (local, gs:// or s3://); required"
+        )
+        parser.add_argument(
+            "--model_dir",
+            default=None,
+            help="model directory (see README 'Model directory format'); default: the bundled model",
+        )
         parser.add_argument("--seed", type=int, default=0, help="seed of everything random in the job")
 
 

@@ -3,6 +3,7 @@
 Sample catalog -> embeddings (bundled model) -> tuned ScaNN index + TFLite
 searchers -> three text queries answered on-device-style -> an HTML gallery.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ QUERIES = (
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m beam_jobs.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m beam_jobs.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--output_dir", default="demo_output", help="where everything is written")
     parser.add_argument("--num_images", type=int, default=2000, help="size of the sample catalog")
     parser.add_argument("--seed", type=int, default=7, help="catalog seed (never used to train the bundled model)")
@@ -42,18 +44,32 @@ def answer_queries(index_dir: Path, captions: dict[str, str], k: int) -> list[di
         engine = "TFLite Task Library TextSearcher (tflite-support) on text_searcher.tflite"
         raw = task_library_searcher.text_search(index_dir / "text_searcher.tflite", list(QUERIES), k)
         for query, results in zip(QUERIES, raw):
-            answers.append({"query": query, "engine": engine, "results": [
-                {"uri": r["metadata"], "score": -r["distance"], "caption": captions.get(r["metadata"], "")}
-                for r in results]})
+            answers.append(
+                {
+                    "query": query,
+                    "engine": engine,
+                    "results": [
+                        {"uri": r["metadata"], "score": -r["distance"], "caption": captions.get(r["metadata"], "")}
+                        for r in results
+                    ],
+                }
+            )
         return answers
     engine = "text_searcher.tflite encoder + numpy twin of the on-device ScaNN search (Task Library venv not found)"
     encoder = TextQueryEncoder(index_dir / "text_searcher.tflite")
     searcher = ReferenceSearcher((index_dir / "index.ldb").read_bytes())
     for query in QUERIES:
         hits = searcher.search(encoder.embed(query), k)
-        answers.append({"query": query, "engine": engine, "results": [
-            {"uri": h.metadata.decode(), "score": -h.distance, "caption": captions.get(h.metadata.decode(), "")}
-            for h in hits]})
+        answers.append(
+            {
+                "query": query,
+                "engine": engine,
+                "results": [
+                    {"uri": h.metadata.decode(), "score": -h.distance, "caption": captions.get(h.metadata.decode(), "")}
+                    for h in hits
+                ],
+            }
+        )
     return answers
 
 
@@ -62,19 +78,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from beam_jobs import build_index, embed_images, make_sample_catalog
     from index_builder.gallery import write_gallery
-    from transforms.sample_catalog.generate import sample_captions
+    from sample_catalog.generate import sample_captions
 
     out = Path(args.output_dir).resolve()
     catalog, run_dir, index_dir = out / "catalog", out / "run", out / "index"
     if not (catalog / "manifest.jsonl").exists():
-        make_sample_catalog.run(["--output_dir", str(catalog), "--num_images", str(args.num_images),
-                                 "--seed", str(args.seed)])
+        make_sample_catalog.run(
+            ["--output_dir", str(catalog), "--num_images", str(args.num_images), "--seed", str(args.seed)]
+        )
     summary = embed_images.run(["--manifest", str(catalog / "manifest.jsonl"), "--output_dir", str(run_dir)])
     # Typical searches, made like the catalog's captions but from another seed (not the indexed items').
     tuning_queries = out / "tuning_queries.txt"
     tuning_queries.write_text("\n".join(sample_captions(args.seed + 1000, 300)) + "\n")
-    result = build_index.run(["--embeddings", str(run_dir / "embeddings" / "*.parquet"), "--output_dir",
-                              str(index_dir), "--tuning_queries", str(tuning_queries)])
+    result = build_index.run(
+        [
+            "--embeddings",
+            str(run_dir / "embeddings" / "*.parquet"),
+            "--output_dir",
+            str(index_dir),
+            "--tuning_queries",
+            str(tuning_queries),
+        ]
+    )
     captions = {}
     for shard in sorted((run_dir / "embeddings").glob("part-*.parquet")):
         table = pq.read_table(shard, columns=["uri", "caption"]).to_pydict()
@@ -89,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"""
 Demo finished.
   catalog:     {catalog}/manifest.jsonl ({args.num_images} images)
-  embeddings:  {run_dir}/embeddings ({summary['embedded']} embedded, {summary['rejected']} rejected)
-  index:       {index_dir} (server recall@10 {result['server']['recall@10']:.3f}, on-device recall@10 {result['ondevice']['recall@10']:.3f})
+  embeddings:  {run_dir}/embeddings ({summary["embedded"]} embedded, {summary["rejected"]} rejected)
+  index:       {index_dir} (server recall@10 {result["server"]["recall@10"]:.3f}, on-device recall@10 {result["ondevice"]["recall@10"]:.3f})
   searchers:   {index_dir}/text_searcher.tflite, {index_dir}/image_searcher.tflite
   gallery:     {gallery}
 Try: .venv/bin/python -m beam_jobs.search --index {index_dir} --text "a small red ring at the top"

@@ -8,6 +8,7 @@ Writes OUT/embeddings/part-*.parquet, OUT/rejected/part-*.parquet,
 OUT/run_summary.json and, last, OUT/_SUCCESS. Every input ends in exactly one
 of embeddings or rejected.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,12 @@ from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
 from beam_jobs.job_logging import configure_logging
 from encoders import model_config
-from transforms import embedding_pipeline, embedding_schema, image_decode, run_outputs
-from transforms.encoding import freeze_long_lived_objects, load_encoder
-from transforms.manifest import ManifestError, validate_manifest_path
+from images import decoding
+from transforms import embedding_pipeline
+from transforms.catalog import uris
+from transforms.catalog.manifest import ManifestError, validate_manifest_path
+from transforms.embedding.encoding import freeze_long_lived_objects, load_encoder
+from transforms.outputs import embedding_schema, run_outputs
 
 LOG = logging.getLogger("embed_images")
 
@@ -35,22 +39,38 @@ class EmbedImagesOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument(
-            "--input_pattern", action="append", default=None,
+            "--input_pattern",
+            action="append",
+            default=None,
             help="glob of images (repeatable; recursive ** allowed), e.g. 'gs://bucket/photos/**/*.jpg'",
         )
         parser.add_argument("--manifest", default=None, help="JSONL, CSV or Parquet with a uri column (id optional)")
         parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
-        parser.add_argument("--max_image_bytes", type=int, default=image_decode.DEFAULT_MAX_BYTES,
-                            help="larger objects are rejected as too_large without being read whole")
-        parser.add_argument("--max_image_pixels", type=int, default=image_decode.DEFAULT_MAX_PIXELS,
-                            help="decompression-bomb guard: images declaring more pixels are rejected")
-        parser.add_argument("--rows_per_shard", type=int, default=50_000,
-                            help="most rows in one Parquet shard (each worker bundle writes at least one shard)")
+        parser.add_argument(
+            "--max_image_bytes",
+            type=int,
+            default=decoding.DEFAULT_MAX_BYTES,
+            help="larger objects are rejected as too_large without being read whole",
+        )
+        parser.add_argument(
+            "--max_image_pixels",
+            type=int,
+            default=decoding.DEFAULT_MAX_PIXELS,
+            help="decompression-bomb guard: images declaring more pixels are rejected",
+        )
+        parser.add_argument(
+            "--rows_per_shard",
+            type=int,
+            default=50_000,
+            help="most rows in one Parquet shard (each worker bundle writes at least one shard)",
+        )
         parser.add_argument("--read_attempts", type=int, default=4, help="tries per object on transient errors")
         parser.add_argument(
-            "--encoder_threads", type=int, default=0,
+            "--encoder_threads",
+            type=int,
+            default=0,
             help="TensorFlow threads per worker process; 0: the cores split between local worker processes "
-                 "(--direct_running_mode=multi_processing), otherwise TensorFlow's default",
+            "(--direct_running_mode=multi_processing), otherwise TensorFlow's default",
         )
 
 
@@ -59,10 +79,14 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
     shared = common(options)
     if bool(options.input_pattern) == bool(options.manifest):
         raise launcher.UsageError("pass exactly one of --input_pattern (one or more) or --manifest")
-    for flag, value, low in (("--batch_size", options.batch_size, 1), ("--rows_per_shard", options.rows_per_shard, 1),
-                             ("--read_attempts", options.read_attempts, 1), ("--max_image_bytes", options.max_image_bytes, 1),
-                             ("--encoder_threads", options.encoder_threads, 0),
-                             ("--max_image_pixels", options.max_image_pixels, 1)):
+    for flag, value, low in (
+        ("--batch_size", options.batch_size, 1),
+        ("--rows_per_shard", options.rows_per_shard, 1),
+        ("--read_attempts", options.read_attempts, 1),
+        ("--max_image_bytes", options.max_image_bytes, 1),
+        ("--encoder_threads", options.encoder_threads, 0),
+        ("--max_image_pixels", options.max_image_pixels, 1),
+    ):
         if value < low:
             raise launcher.UsageError(f"{flag} must be at least {low}, got {value}")
     FileSystems.set_options(options)
@@ -102,8 +126,9 @@ def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
         query = result.metrics().query()
     except Exception:  # some runners cannot report metrics; the summary's counts do not depend on them
         return {}
-    values = {f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0)
-              for c in query["counters"]}
+    values = {
+        f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0) for c in query["counters"]
+    }
     for distribution in query["distributions"]:
         result_value = distribution.committed or distribution.attempted
         if result_value is not None:
@@ -119,11 +144,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         config, columns = validate(options)
     # validate() loaded TensorFlow here too; the local runner's bookkeeping runs in this process.
     freeze_long_lived_objects()
-    output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
+    output_dir = uris.absolutize_local(options.view_as(CommonJobOptions).output_dir)
     LOG.info(
         "embed_images: inputs=%s output_dir=%s model_id=%s (D=%d, %dpx) batch_size=%d runner=%s",
-        options.manifest or options.input_pattern, output_dir, config.model_id, config.embedding_dim,
-        config.image_size, options.batch_size, options.view_as(beam.options.pipeline_options.StandardOptions).runner,
+        options.manifest or options.input_pattern,
+        output_dir,
+        config.model_id,
+        config.embedding_dim,
+        config.image_size,
+        options.batch_size,
+        options.view_as(beam.options.pipeline_options.StandardOptions).runner,
     )
     removed = run_outputs.clear_outputs(output_dir)
     if removed:
@@ -143,14 +173,22 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "model_id": config.model_id,
         "embedding_dim": config.embedding_dim,
         "inputs": {"manifest": options.manifest, "input_pattern": options.input_pattern},
-        "timings": {"pipeline_seconds": round(pipeline_seconds, 3),
-                    "total_seconds": round(time.perf_counter() - started, 3)},
+        "timings": {
+            "pipeline_seconds": round(pipeline_seconds, 3),
+            "total_seconds": round(time.perf_counter() - started, 3),
+        },
         "counters": counters(result),
     }
     run_outputs.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
     run_outputs.write_success(output_dir)
-    LOG.info("embedded %d, rejected %d %s in %.1f s; outputs in %s", summary["embedded"], summary["rejected"],
-             summary["rejected_by_error_type"], pipeline_seconds, output_dir)
+    LOG.info(
+        "embedded %d, rejected %d %s in %.1f s; outputs in %s",
+        summary["embedded"],
+        summary["rejected"],
+        summary["rejected_by_error_type"],
+        pipeline_seconds,
+        output_dir,
+    )
     return summary
 
 

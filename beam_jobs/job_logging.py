@@ -1,4 +1,5 @@
 """One logging setup for every job's command line."""
+
 from __future__ import annotations
 
 import logging

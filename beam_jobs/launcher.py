@@ -1,4 +1,5 @@
 """What every job's launcher shares: usage errors, path checks, logging."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +10,8 @@ from collections.abc import Iterator
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms.catalog import uris
 
 
 class UsageError(ValueError):
@@ -24,14 +27,10 @@ def usage_errors_exit(code: int = 2) -> Iterator[None]:
         sys.exit(code)
 
 
-def absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
-
-
 def check_writable(directory: str, flag: str) -> None:
     """Creates and deletes a probe object so an unwritable output fails before any work."""
-    directory = absolute(directory)
-    if "://" not in directory:
+    directory = uris.absolutize_local(directory)
+    if uris.is_local(directory):
         try:
             os.makedirs(directory, exist_ok=True)
         except OSError as error:

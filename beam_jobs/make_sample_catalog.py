@@ -6,6 +6,7 @@ Scenes of 1-3 colored shapes at named positions over varied backgrounds, each
 with a caption naming every object. Scene i of seed S is identical on every
 run, so catalogs can be regenerated instead of stored.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import launcher
 from beam_jobs.common_options import CommonJobOptions, common
 from beam_jobs.job_logging import configure_logging
-from transforms.sample_catalog.generate import FORMATS, CatalogSettings, generate_item
+from sample_catalog.generate import FORMATS, CatalogSettings, generate_item
+from transforms.catalog import uris
 
 LOG = logging.getLogger("make_sample_catalog")
 
@@ -35,11 +37,15 @@ class SampleCatalogOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--num_images", type=int, default=None, help="number of scenes to generate (> 0); required")
         parser.add_argument(
-            "--image_size", type=int, default=256,
+            "--image_size",
+            type=int,
+            default=256,
             help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}",
         )
         parser.add_argument(
-            "--format", dest="image_format", default="jpeg",
+            "--format",
+            dest="image_format",
+            default="jpeg",
             help=f"image file format: {' or '.join(FORMATS)}",
         )
         parser.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95 (ignored for png)")
@@ -122,7 +128,7 @@ def run(argv: list[str] | None = None) -> int:
     options = launcher.default_to_direct_runner(SampleCatalogOptions(argv))
     with launcher.usage_errors_exit():
         settings = validate(options)
-    output_dir = launcher.absolute(options.view_as(CommonJobOptions).output_dir)
+    output_dir = uris.absolutize_local(options.view_as(CommonJobOptions).output_dir)
     manifest_path = FileSystems.join(output_dir, "manifest.jsonl")
     started = time.perf_counter()
     LOG.info("generating %d scenes (seed %d) into %s", options.num_images, settings.seed, output_dir)
@@ -136,7 +142,10 @@ def run(argv: list[str] | None = None) -> int:
         images, size = options.num_images, 0
     LOG.info(
         "wrote %d images (%.1f MB) to %s and the manifest %s in %.1f s",
-        images, size / 1e6, FileSystems.join(output_dir, "images"), manifest_path,
+        images,
+        size / 1e6,
+        FileSystems.join(output_dir, "images"),
+        manifest_path,
         time.perf_counter() - started,
     )
     return 0

@@ -13,6 +13,7 @@ Exit codes: 0 published, 2 bad usage, 3 refused by the validation gate (LATEST
 untouched), 4 another nightly published concurrently / holds the lock.
 Crash injection for tests: NIGHTLY_CRASH_AT=after_embeddings|after_index|before_latest.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import build_index, embed_images, launcher
 from beam_jobs.common_options import CommonJobOptions
 from beam_jobs.job_logging import configure_logging
-from transforms import incremental, publish, run_outputs
+from nightly import incremental
+from nightly import workspace as publish
+from transforms.catalog import uris
+from transforms.outputs import run_outputs
 
 LOG = logging.getLogger("nightly")
 
@@ -46,16 +50,30 @@ class NightlyOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--workspace", default=None, help="WS: runs/<run_id>/ and LATEST live here; required")
         parser.add_argument("--run_id", default=None, help="default: sortable UTC timestamp")
-        parser.add_argument("--max_shrink", type=float, default=0.10,
-                            help="refuse to publish when the item count shrinks more than this vs the published run")
-        parser.add_argument("--max_rejected_fraction", type=float, default=0.05,
-                            help="refuse to publish when more than this fraction of inputs was rejected")
-        parser.add_argument("--min_recall", type=float, default=0.9,
-                            help="refuse to publish when the server index recall@10 (eval.json) is lower")
-        parser.add_argument("--force", action="store_true", default=False,
-                            help="publish even if the validation gate fails (logged)")
-        parser.add_argument("--keep_runs", type=int, default=7,
-                            help="runs kept after publishing (the published one is never deleted)")
+        parser.add_argument(
+            "--max_shrink",
+            type=float,
+            default=0.10,
+            help="refuse to publish when the item count shrinks more than this vs the published run",
+        )
+        parser.add_argument(
+            "--max_rejected_fraction",
+            type=float,
+            default=0.05,
+            help="refuse to publish when more than this fraction of inputs was rejected",
+        )
+        parser.add_argument(
+            "--min_recall",
+            type=float,
+            default=0.9,
+            help="refuse to publish when the server index recall@10 (eval.json) is lower",
+        )
+        parser.add_argument(
+            "--force", action="store_true", default=False, help="publish even if the validation gate fails (logged)"
+        )
+        parser.add_argument(
+            "--keep_runs", type=int, default=7, help="runs kept after publishing (the published one is never deleted)"
+        )
 
 
 class InjectedCrash(RuntimeError):
@@ -75,8 +93,11 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
         raise launcher.UsageError("--output_dir is not a nightly flag: outputs go to WS/runs/<run_id>/")
     if options.view_as(build_index.BuildIndexOptions).embeddings:
         raise launcher.UsageError("--embeddings is not a nightly flag: the run's own embeddings are indexed")
-    for flag, value in (("--max_shrink", nightly.max_shrink), ("--max_rejected_fraction", nightly.max_rejected_fraction),
-                        ("--min_recall", nightly.min_recall)):
+    for flag, value in (
+        ("--max_shrink", nightly.max_shrink),
+        ("--max_rejected_fraction", nightly.max_rejected_fraction),
+        ("--min_recall", nightly.min_recall),
+    ):
         if not 0 <= value <= 1:
             raise launcher.UsageError(f"{flag} must be in [0, 1], got {value}")
     if nightly.keep_runs < 1:
@@ -84,14 +105,16 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
     run_id = nightly.run_id or publish.utc_run_id()
     if "/" in run_id or run_id in (".", "..") or not run_id.strip():
         raise launcher.UsageError(f"--run_id {run_id!r} must be a plain name")
-    return launcher.absolute(nightly.workspace), run_id
+    return uris.absolutize_local(nightly.workspace), run_id
 
 
 def clear_run(run_path: str) -> None:
     """A rerun of the same run_id must never mix with the crashed attempt's files."""
     run_outputs.clear_outputs(run_path)
-    stale = [FileSystems.join(run_path, name, run_outputs.SUCCESS_FILE)
-             for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, publish.INDEX_DIR)]
+    stale = [
+        FileSystems.join(run_path, name, run_outputs.SUCCESS_FILE)
+        for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, publish.INDEX_DIR)
+    ]
     stale.append(FileSystems.join(run_path, incremental.DIFF_FILE))
     stale = [p for p in stale if FileSystems.exists(p)]
     if stale:
@@ -103,8 +126,9 @@ def previous_embeddings(latest: publish.LatestState) -> str | None:
         return None
     directory = latest.record.get("embeddings")
     if not directory or not publish.has_success(directory):
-        LOG.warning("LATEST names run %s but its embeddings %s lack _SUCCESS: re-encoding everything",
-                    latest.run_id, directory)
+        LOG.warning(
+            "LATEST names run %s but its embeddings %s lack _SUCCESS: re-encoding everything", latest.run_id, directory
+        )
         return None
     if not run_outputs.shard_files(directory.rstrip("/").rsplit("/", 1)[0], run_outputs.EMBEDDINGS_DIR):
         LOG.warning("LATEST's embeddings %s hold no shards: re-encoding everything", directory)
@@ -146,8 +170,13 @@ def build_argv(argv: list[str], run_path: str) -> list[str]:
 
     Every job's flags are registered in one parser, so build_index parses and ignores
     the nightly/embed ones; the flags appended last win."""
-    return [*argv, "--embeddings", FileSystems.join(run_path, run_outputs.EMBEDDINGS_DIR, "part-*.parquet"),
-            "--output_dir", FileSystems.join(run_path, publish.INDEX_DIR)]
+    return [
+        *argv,
+        "--embeddings",
+        FileSystems.join(run_path, run_outputs.EMBEDDINGS_DIR, "part-*.parquet"),
+        "--output_dir",
+        FileSystems.join(run_path, publish.INDEX_DIR),
+    ]
 
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
@@ -164,9 +193,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         if latest.run_id == run_id:
             raise launcher.UsageError(f"--run_id {run_id} is the published run; pick another")
     previous = previous_embeddings(latest)
-    LOG.info("nightly %s: workspace %s, previous run %s, inputs %s", run_id, workspace, latest.run_id,
-             options.view_as(embed_images.EmbedImagesOptions).manifest
-             or options.view_as(embed_images.EmbedImagesOptions).input_pattern)
+    LOG.info(
+        "nightly %s: workspace %s, previous run %s, inputs %s",
+        run_id,
+        workspace,
+        latest.run_id,
+        options.view_as(embed_images.EmbedImagesOptions).manifest
+        or options.view_as(embed_images.EmbedImagesOptions).input_pattern,
+    )
     clear_run(run_path)
 
     with launcher.usage_errors_exit():
@@ -190,12 +224,20 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "counters": embedded["counters"],
         "timings": {"embed_seconds": round(embedded["seconds"], 3)},
     }
-    LOG.info("diff vs %s: %s; encoded %s images; embedded %d rejected %d", latest.run_id,
-             {k: diff.get(k, 0) for k in incremental.KINDS}, images_encoded, outputs["embedded"], outputs["rejected"])
+    LOG.info(
+        "diff vs %s: %s; encoded %s images; embedded %d rejected %d",
+        latest.run_id,
+        {k: diff.get(k, 0) for k in incremental.KINDS},
+        images_encoded,
+        outputs["embedded"],
+        outputs["rejected"],
+    )
     maybe_crash("after_embeddings")
 
-    checks = [publish.shrink_check(outputs["embedded"], previous_item_count(latest), nightly.max_shrink),
-              publish.rejected_check(outputs["rejected"], outputs["matched"], nightly.max_rejected_fraction)]
+    checks = [
+        publish.shrink_check(outputs["embedded"], previous_item_count(latest), nightly.max_shrink),
+        publish.rejected_check(outputs["rejected"], outputs["matched"], nightly.max_rejected_fraction),
+    ]
     index_path = FileSystems.join(run_path, publish.INDEX_DIR)
     if all(c.passed for c in checks) or nightly.force:
         index_started = time.perf_counter()
@@ -203,14 +245,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
         maybe_crash("after_index")
         checks.append(publish.recall_check(result["server"].get("recall@10"), nightly.min_recall))
-        summary["index"] = {"server_recall@10": result["server"].get("recall@10"),
-                            "ondevice_recall@10": result["ondevice"].get("recall@10")}
+        summary["index"] = {
+            "server_recall@10": result["server"].get("recall@10"),
+            "ondevice_recall@10": result["ondevice"].get("recall@10"),
+        }
     else:
         LOG.info("gate already failed: index not built")
     passed = all(c.passed for c in checks)
     publishing = passed or nightly.force
-    summary["gate"] = {"passed": passed, "forced": bool(nightly.force and not passed),
-                       "checks": [c.as_dict() for c in checks]}
+    summary["gate"] = {
+        "passed": passed,
+        "forced": bool(nightly.force and not passed),
+        "checks": [c.as_dict() for c in checks],
+    }
     # Written before LATEST, so it records the decision; the returned dict says whether LATEST was written.
     summary["will_publish"] = publishing
     summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
@@ -223,8 +270,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"error: {message}", file=sys.stderr)
         return {**summary, "published": False, "exit_code": EXIT_REFUSED, "message": message}
     if not passed:
-        LOG.warning("--force: publishing run %s although the gate failed: %s", run_id,
-                    publish.describe_failures(checks))
+        LOG.warning(
+            "--force: publishing run %s although the gate failed: %s", run_id, publish.describe_failures(checks)
+        )
 
     maybe_crash("before_latest")
     publish.check_outputs_complete(run_path)
@@ -249,8 +297,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         if lock:
             publish.release_lock(lock)
-    LOG.info("published run %s (%d items) to %s; retention deleted %s", run_id, outputs["embedded"],
-             FileSystems.join(workspace, publish.LATEST_FILE), deleted or "nothing")
+    LOG.info(
+        "published run %s (%d items) to %s; retention deleted %s",
+        run_id,
+        outputs["embedded"],
+        FileSystems.join(workspace, publish.LATEST_FILE),
+        deleted or "nothing",
+    )
     return {**summary, "exit_code": 0, "latest": record, "retention_deleted": deleted}
 
 

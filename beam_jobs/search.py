@@ -1,8 +1,9 @@
 """Query an index from the shell with the same TFLite encoders the device runs.
 
-    python -m beam_jobs.search --index INDEX --text "a small red circle at the top left" [--k 10] [--json]
-    python -m beam_jobs.search --index INDEX --image photo.jpg
+python -m beam_jobs.search --index INDEX --text "a small red circle at the top left" [--k 10] [--json]
+python -m beam_jobs.search --index INDEX --image photo.jpg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.text is not None:
         vector = TextQueryEncoder(index / "text_searcher.tflite").embed(args.text)
     else:
-        vector = ImageQueryEncoder(index / "image_searcher.tflite").embed_bytes(Path(args.image).read_bytes(), args.image)
+        vector = ImageQueryEncoder(index / "image_searcher.tflite").embed_bytes(
+            Path(args.image).read_bytes(), args.image
+        )
     hits = searcher.search(vector, args.k)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if args.json:
-        print(json.dumps({"query": args.text or args.image, "milliseconds": round(elapsed_ms, 3),
-                          "results": [hit.__dict__ for hit in hits]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "query": args.text or args.image,
+                    "milliseconds": round(elapsed_ms, 3),
+                    "results": [hit.__dict__ for hit in hits],
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"query: {args.text or args.image}  ({elapsed_ms:.1f} ms)")
         for hit in hits:

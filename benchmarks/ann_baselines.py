@@ -4,6 +4,7 @@ Each library gets the same treatment as ScaNN's tuner: build once, then sweep
 its query-time knob and keep the cheapest setting reaching the recall target,
 measured single-threaded against the same exact ground truth.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,9 +17,13 @@ from index_builder.evaluation import measure_latency, recall_at_k
 
 
 def _cheapest(
-    name: str, build_seconds: float, settings: list[tuple[str, Callable[[np.ndarray], np.ndarray],
-                                                           Callable[[np.ndarray], object]]],
-    queries: np.ndarray, true_ids: np.ndarray, target: float, k: int,
+    name: str,
+    build_seconds: float,
+    settings: list[tuple[str, Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], object]]],
+    queries: np.ndarray,
+    true_ids: np.ndarray,
+    target: float,
+    k: int,
 ) -> dict:
     trials = []
     for label, batch_search, single_search in settings:
@@ -32,7 +37,9 @@ def _cheapest(
     return {"library": name, "build_seconds": build_seconds, "chosen": chosen, "trials": trials}
 
 
-def hnswlib_baseline(vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndarray, target: float, k: int = 10) -> dict:
+def hnswlib_baseline(
+    vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndarray, target: float, k: int = 10
+) -> dict:
     import hnswlib
 
     started = time.perf_counter()
@@ -54,8 +61,9 @@ def hnswlib_baseline(vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndar
 
         return (f"ef={ef}", batch, single)
 
-    return _cheapest("hnswlib M=16", build, [setting(ef) for ef in (16, 32, 64, 128, 256)], queries, true_ids,
-                     target, k)
+    return _cheapest(
+        "hnswlib M=16", build, [setting(ef) for ef in (16, 32, 64, 128, 256)], queries, true_ids, target, k
+    )
 
 
 def faiss_baseline(vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndarray, target: float, k: int = 10) -> dict:
@@ -63,7 +71,7 @@ def faiss_baseline(vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndarra
 
     faiss.omp_set_num_threads(2)
     dim = vectors.shape[1]
-    nlist = int(round(math.sqrt(len(vectors))))
+    nlist = round(math.sqrt(len(vectors)))
     started = time.perf_counter()
     quantizer = faiss.IndexFlatIP(dim)
     ivfpq = faiss.IndexIVFPQ(quantizer, dim, nlist, dim // 2, 4, faiss.METRIC_INNER_PRODUCT)
@@ -87,5 +95,12 @@ def faiss_baseline(vectors: np.ndarray, queries: np.ndarray, true_ids: np.ndarra
         return (f"nprobe={nprobe}", batch, single)
 
     fractions = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-    return _cheapest(f"faiss IVF{nlist},PQ{dim // 2}x4 + refine", build,
-                     [setting(max(1, round(f * nlist))) for f in fractions], queries, true_ids, target, k)
+    return _cheapest(
+        f"faiss IVF{nlist},PQ{dim // 2}x4 + refine",
+        build,
+        [setting(max(1, round(f * nlist))) for f in fractions],
+        queries,
+        true_ids,
+        target,
+        k,
+    )

@@ -8,6 +8,7 @@ trained on --training_sample_size rows and every row assigned + AH-encoded in Be
 Reports stage timings, recall from eval.json, index size and the peak RSS of this process
 (build_index and the Beam runner's shuffle run in it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 
 from benchmarks.server_index_bench import clustered_unit_vectors
 from encoders import model_config
-from transforms.embedding_schema import embeddings_schema
+from transforms.outputs.embedding_schema import embeddings_schema
 
 ROWS_PER_SHARD = 100_000
 
@@ -32,16 +33,22 @@ def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> Non
     schema = embeddings_schema(vectors.shape[1], model_id)
     directory.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
-        block = vectors[start:start + ROWS_PER_SHARD]
+        block = vectors[start : start + ROWS_PER_SHARD]
         rows = range(start, start + len(block))
-        table = pa.table({
-            "id": [f"item-{i:09d}" for i in rows],
-            "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
-                pa.list_(pa.float32())),
-            "fingerprint": ["0"] * len(block), "model_id": [model_id] * len(block),
-            "width": pa.array([256] * len(block), pa.int32()), "height": pa.array([256] * len(block), pa.int32()),
-        }, schema=schema)
+        table = pa.table(
+            {
+                "id": [f"item-{i:09d}" for i in rows],
+                "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
+                    pa.list_(pa.float32())
+                ),
+                "fingerprint": ["0"] * len(block),
+                "model_id": [model_id] * len(block),
+                "width": pa.array([256] * len(block), pa.int32()),
+                "height": pa.array([256] * len(block), pa.int32()),
+            },
+            schema=schema,
+        )
         pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=10_000)
 
 
@@ -64,16 +71,26 @@ def main(argv: list[str] | None = None) -> dict:
         write_embeddings(Path(tmp) / "embeddings", vectors, config.model_id)
         del vectors
         started = time.perf_counter()
-        result = build_index.run([
-            "--embeddings", f"{tmp}/embeddings/*.parquet", "--output_dir", f"{tmp}/index",
-            "--training_sample_size", str(args.training_sample_size),
-            f"--direct_num_workers={args.workers}", "--direct_running_mode=multi_processing"])
+        result = build_index.run(
+            [
+                "--embeddings",
+                f"{tmp}/embeddings/*.parquet",
+                "--output_dir",
+                f"{tmp}/index",
+                "--training_sample_size",
+                str(args.training_sample_size),
+                f"--direct_num_workers={args.workers}",
+                "--direct_running_mode=multi_processing",
+            ]
+        )
         wall = time.perf_counter() - started
         index_config = json.loads((Path(tmp) / "index" / "index_config.json").read_text())
     report = {
-        "num_rows": args.num_rows, "wall_seconds": round(wall, 1),
+        "num_rows": args.num_rows,
+        "wall_seconds": round(wall, 1),
         "timings": {k: round(v, 1) for k, v in result["timings"].items()},
-        "server_recall@10": result["server"]["recall@10"], "ondevice_recall@10": result["ondevice"]["recall@10"],
+        "server_recall@10": result["server"]["recall@10"],
+        "ondevice_recall@10": result["ondevice"]["recall@10"],
         "ondevice_encoding": index_config["ondevice"]["encoding"],
         "ondevice_leaves": index_config["ondevice"]["num_partitions"],
         "ondevice_bytes_per_item": result["ondevice"]["bytes_per_item_total"],

@@ -4,6 +4,7 @@ Renders sample-catalog items at the model's input size, decodes and resizes them
 embedding job does, and encodes them with the bundled image tower in batches. 123K items take a
 few minutes on 2 cores, so results are cached as .npy keyed by size, seed and model_id.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,15 +13,16 @@ import numpy as np
 from tqdm import tqdm
 
 from encoders import model_config
-from transforms.encoding import load_encoder
-from transforms.image_decode import decode_image, resize_for_model
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from images.decoding import decode_image, resize_for_model
+from sample_catalog.generate import CatalogSettings, generate_item
+from transforms.embedding.encoding import load_encoder
 
 DEFAULT_CACHE = Path("/tmp/searcher_bench_cache")
 
 
-def catalog_image_embeddings(num_items: int, seed: int, cache_dir: Path = DEFAULT_CACHE,
-                             batch_size: int = 256) -> np.ndarray:
+def catalog_image_embeddings(
+    num_items: int, seed: int, cache_dir: Path = DEFAULT_CACHE, batch_size: int = 256
+) -> np.ndarray:
     """[num_items, D] float32 unit vectors: item i is sample-catalog entry (seed, i)."""
     config = model_config.validate_model_dir(model_config.DEFAULT_MODEL_DIR)
     cached = cache_dir / f"catalog_{seed}_{num_items}_{config.model_id}.npy"
@@ -39,4 +41,3 @@ def catalog_image_embeddings(num_items: int, seed: int, cache_dir: Path = DEFAUL
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.save(cached, vectors)
     return vectors
-

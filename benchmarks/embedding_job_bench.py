@@ -16,6 +16,7 @@ of its largest worker process.
 The --extra_sizes and --memory_sizes catalogs hard-link the main catalog's images under
 new names: distinct URIs and ids, so the job does all its work for every row.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from transforms.embedding_schema import embeddings_schema
-from transforms.image_decode import decode_image, resize_for_model
-from transforms.parquet_shards import sorted_by, write_table
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from images.decoding import decode_image, resize_for_model
+from sample_catalog.generate import CatalogSettings, generate_item
+from transforms.outputs.embedding_schema import embeddings_schema
+from transforms.outputs.parquet_shards import sorted_by, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -64,7 +65,7 @@ def write_catalog(directory: Path, count: int, reuse: list[Path] | None = None) 
 
 def stage_seconds(paths: list[Path], threads: int | None, out: Path) -> dict[str, float]:
     """Per-image seconds of each stage, each timed alone over the same sample, as a job worker runs them."""
-    from transforms.encoding import load_encoder
+    from transforms.embedding.encoding import load_encoder
 
     encoder = load_encoder(None, threads)
     size = encoder.config.image_size
@@ -77,7 +78,7 @@ def stage_seconds(paths: list[Path], threads: int | None, out: Path) -> dict[str
     pixels = np.stack([resize_for_model(d, size) for d in decoded])
     preprocess = time.perf_counter() - started
     started = time.perf_counter()
-    vectors = np.concatenate([encoder.embed(pixels[i:i + BATCH]) for i in range(0, len(pixels), BATCH)])
+    vectors = np.concatenate([encoder.embed(pixels[i : i + BATCH]) for i in range(0, len(pixels), BATCH)])
     encode = time.perf_counter() - started
     started = time.perf_counter()
     write_rows(out, paths, vectors, encoder.config)
@@ -89,19 +90,39 @@ def stage_seconds(paths: list[Path], threads: int | None, out: Path) -> dict[str
 def write_rows(out: Path, paths: list[Path], vectors: np.ndarray, config) -> None:
     """The job's writer path: rows with numpy vectors -> Arrow -> sorted by id -> zstd Parquet."""
     schema = embeddings_schema(config.embedding_dim, config.model_id)
-    table = pa.Table.from_pylist([
-        {"id": str(p), "uri": str(p), "embedding": v, "fingerprint": "x", "model_id": config.model_id,
-         "width": 256, "height": 256} for p, v in zip(paths, vectors)], schema=schema)
+    table = pa.Table.from_pylist(
+        [
+            {
+                "id": str(p),
+                "uri": str(p),
+                "embedding": v,
+                "fingerprint": "x",
+                "model_id": config.model_id,
+                "width": 256,
+                "height": 256,
+            }
+            for p, v in zip(paths, vectors)
+        ],
+        schema=schema,
+    )
     write_table(str(out), sorted_by(table, "id"), 10_000)
 
 
 def measure_stages_in_child(paths: list[Path], threads: int, out: Path) -> dict[str, float]:
     listing = out.with_suffix(".json")
     listing.write_text(json.dumps([str(p) for p in paths]))
-    command = [sys.executable, "-m", "benchmarks.embedding_job_bench", "--stages_of", str(listing),
-               "--stage_threads", str(threads)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.embedding_job_bench",
+        "--stages_of",
+        str(listing),
+        "--stage_threads",
+        str(threads),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -111,7 +132,7 @@ def plain_loop(paths: list[Path], out: Path, draft: bool = False) -> float:
     The plain loop decodes at full size; with `draft`, JPEGs are decoded at a reduced
     DCT scale as the job does, to show how much of the job's lead that alone gives.
     """
-    from transforms.encoding import load_encoder
+    from transforms.embedding.encoding import load_encoder
 
     encoder = load_encoder(None)
     size = encoder.config.image_size
@@ -119,9 +140,8 @@ def plain_loop(paths: list[Path], out: Path, draft: bool = False) -> float:
     started = time.perf_counter()
     vectors = []
     for start in range(0, len(paths), BATCH):
-        chunk = paths[start:start + BATCH]
-        pixels = np.stack([resize_for_model(decode_image(p.read_bytes(), target_size=target).rgb, size)
-                           for p in chunk])
+        chunk = paths[start : start + BATCH]
+        pixels = np.stack([resize_for_model(decode_image(p.read_bytes(), target_size=target).rgb, size) for p in chunk])
         vectors.append(encoder.embed(pixels))
     write_rows(out, paths, np.concatenate(vectors), encoder.config)
     return len(paths) / (time.perf_counter() - started)
@@ -152,10 +172,24 @@ def _descendants(pid: int) -> list[int]:
 
 
 def run_job(manifest: Path, out: Path, workers: int) -> dict:
-    command = [sys.executable, "-m", "beam_jobs.embed_images", "--manifest", str(manifest), "--output_dir", str(out),
-               f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env={**os.environ, "PYTHONPATH": str(ROOT)})
+    command = [
+        sys.executable,
+        "-m",
+        "beam_jobs.embed_images",
+        "--manifest",
+        str(manifest),
+        "--output_dir",
+        str(out),
+        f"--direct_num_workers={workers}",
+        "--direct_running_mode=multi_processing",
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     peaks = {"launcher": 0.0, "worker": 0.0}
 
     def watch() -> None:
@@ -172,11 +206,15 @@ def run_job(manifest: Path, out: Path, workers: int) -> dict:
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
     summary = json.loads((out / "run_summary.json").read_text())
-    return {"pipeline_seconds": summary["timings"]["pipeline_seconds"],
-            "total_seconds": summary["timings"]["total_seconds"], "embedded": summary["embedded"],
-            "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
-            "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
-            "peak_worker_rss_mib": round(peaks["worker"], 1), "peak_launcher_rss_mib": round(peaks["launcher"], 1)}
+    return {
+        "pipeline_seconds": summary["timings"]["pipeline_seconds"],
+        "total_seconds": summary["timings"]["total_seconds"],
+        "embedded": summary["embedded"],
+        "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
+        "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
+        "peak_worker_rss_mib": round(peaks["worker"], 1),
+        "peak_launcher_rss_mib": round(peaks["launcher"], 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -214,14 +252,22 @@ def main(argv: list[str] | None = None) -> dict:
             memory[count] = {k: run[k] for k in ("peak_worker_rss_mib", "peak_launcher_rss_mib", "images_per_s")}
     job_rate = job["images_per_s"]
     result = {
-        "num_images": args.num_images, "workers": args.workers, "cpu_count": os.cpu_count(),
-        "stage_threads": threads, "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
-        "ideal_images_per_s": round(ideal, 1), "loop_images_per_s": round(loop, 1),
+        "num_images": args.num_images,
+        "workers": args.workers,
+        "cpu_count": os.cpu_count(),
+        "stage_threads": threads,
+        "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
+        "ideal_images_per_s": round(ideal, 1),
+        "loop_images_per_s": round(loop, 1),
         "loop_with_draft_decode_images_per_s": round(loop_draft, 1),
-        "job_images_per_s": job_rate, "job": job,
-        "job_vs_ideal": round(job_rate / ideal, 3), "job_vs_loop": round(job_rate / loop, 3),
-        "extra_sizes": {n: {**r, "vs_ideal": round(r["images_per_s"] / ideal, 3),
-                            "vs_loop": round(r["images_per_s"] / loop, 3)} for n, r in extra.items()},
+        "job_images_per_s": job_rate,
+        "job": job,
+        "job_vs_ideal": round(job_rate / ideal, 3),
+        "job_vs_loop": round(job_rate / loop, 3),
+        "extra_sizes": {
+            n: {**r, "vs_ideal": round(r["images_per_s"] / ideal, 3), "vs_loop": round(r["images_per_s"] / loop, 3)}
+            for n, r in extra.items()
+        },
         "peak_rss_by_catalog_size": memory,
     }
     print(json.dumps(result, indent=2))

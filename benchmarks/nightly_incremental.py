@@ -7,6 +7,7 @@ with other content and night 2 runs. The encoder's own time is the sum of the
 `embed.batch_encode_ms` distribution (time inside model calls), reported with
 the images encoded and each night's wall time.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from sample_catalog.generate import CatalogSettings, generate_item
 
 
 def write_catalog(directory: Path, count: int) -> Path:
@@ -50,7 +51,6 @@ def night_numbers(summary: dict) -> dict:
         "encoder_ms": counters.get("embed.batch_encode_ms_sum"),
         "embed_seconds": summary.get("timings", {}).get("embed_seconds"),
         "index_seconds": summary.get("timings", {}).get("index_seconds"),
-        
     }
 
 

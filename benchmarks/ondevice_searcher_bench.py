@@ -10,6 +10,7 @@ The index is tuned as build_index tunes it: on database rows by default (image-t
 .venv-tasklib, one thread): tokenization + text encoding + ScaNN search; text encoding alone is
 timed with TextEmbedder on the same queries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,13 +23,13 @@ import numpy as np
 
 from benchmarks.catalog_embeddings import catalog_image_embeddings
 from encoders import model_config
-from index_builder import server_index, tuning
+from index_builder import scann_index, tuning
 from index_builder.evaluation import exact_top_k, recall_at_k
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.searcher_models import build_searcher_model
 from index_builder.task_library_searcher import venv_python
 from index_builder.tuning_queries import embed_query_texts
-from transforms.sample_catalog.generate import sample_captions
+from sample_catalog.generate import sample_captions
 
 CLIENT = Path(__file__).with_name("ondevice_timing_client.py")
 
@@ -41,8 +42,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dims_per_block", type=int, default=2)
     parser.add_argument("--target_recall", type=float, default=0.9)
     parser.add_argument("--num_leaves_to_search", type=int, default=None, help="fix instead of tuning")
-    parser.add_argument("--tune_on", choices=["rows", "texts"], default="rows",
-                        help="tuning queries: database rows (build_index default) or 1,000 other captions")
+    parser.add_argument(
+        "--tune_on",
+        choices=["rows", "texts"],
+        default="rows",
+        help="tuning queries: database rows (build_index default) or 1,000 other captions",
+    )
     args = parser.parse_args(argv)
 
     text_model = model_config.DEFAULT_MODEL_DIR / model_config.TEXT_TFLITE_FILE
@@ -54,26 +59,44 @@ def main(argv: list[str] | None = None) -> dict:
     if args.tune_on == "texts":
         tuning_queries = embed_query_texts(text_model, sample_captions(seed=98, count=1000))
 
-    tuned = tuning.tune_server_index(
-        vectors, server_index.IndexParams(for_ondevice=True, dims_per_block=args.dims_per_block,
-                                 num_leaves_to_search=args.num_leaves_to_search),
-        tuning.TuningOptions(target_recall=args.target_recall), queries=tuning_queries)
+    tuned = tuning.tune_scann_index(
+        vectors,
+        scann_index.IndexParams(
+            for_ondevice=True, dims_per_block=args.dims_per_block, num_leaves_to_search=args.num_leaves_to_search
+        ),
+        tuning.TuningOptions(target_recall=args.target_recall),
+        queries=tuning_queries,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         index_path = Path(tmp) / "index.ldb"
-        summary = convert_searcher(tuned.index.searcher, str(index_path), metadata=[u.encode() for u in uris],
-                                   num_leaves_to_search=tuned.chosen.num_leaves_to_search,
-                                   lookup_type=args.lookup_type)
+        summary = convert_searcher(
+            tuned.index.searcher,
+            str(index_path),
+            metadata=[u.encode() for u in uris],
+            num_leaves_to_search=tuned.chosen.num_leaves_to_search,
+            lookup_type=args.lookup_type,
+        )
         model_path = Path(tmp) / "text_searcher.tflite"
         model_path.write_bytes(build_searcher_model(text_model, index_path.read_bytes(), 128))
-        completed = subprocess.run([str(venv_python()), str(CLIENT)], capture_output=True, text=True, check=True,
-                                   input=json.dumps({"model": str(model_path), "encoder_model": str(text_model), "queries": captions, "k": 10}))
+        completed = subprocess.run(
+            [str(venv_python()), str(CLIENT)],
+            capture_output=True,
+            text=True,
+            check=True,
+            input=json.dumps(
+                {"model": str(model_path), "encoder_model": str(text_model), "queries": captions, "k": 10}
+            ),
+        )
     timing = json.loads(completed.stdout)
     exact, _ = exact_top_k(queries, vectors, 10)
     found = [[int(m.rsplit("/", 1)[1].split(".")[0]) for m in hits] for hits in timing["results"]]
     recall = recall_at_k(found, exact, 10)
     metadata_bytes = sum(len(u) for u in uris)
     result = {
-        "num_items": args.num_items, "tune_on": args.tune_on, "lookup_type": args.lookup_type, "dims_per_block": args.dims_per_block,
+        "num_items": args.num_items,
+        "tune_on": args.tune_on,
+        "lookup_type": args.lookup_type,
+        "dims_per_block": args.dims_per_block,
         "chosen": tuned.describe()["chosen"],
         "textsearcher_p50_ms": float(np.percentile(timing["ms"], 50)),
         "textsearcher_p95_ms": float(np.percentile(timing["ms"], 95)),

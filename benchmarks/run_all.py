@@ -3,6 +3,7 @@
 Each benchmark is its own module (runnable alone, see its docstring); running
 them in one process keeps the machine's state comparable between them.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -54,8 +54,8 @@ def clustered_unit_vectors(
 
 def run(args: argparse.Namespace) -> dict:
     from index_builder.evaluation import evaluate
-    from index_builder.server_index import IndexParams, load_server_index, save_server_index
-    from index_builder.tuning import TuningOptions, sample_query_rows, tune_server_index
+    from index_builder.scann_index import IndexParams, load_server_index, save_server_index
+    from index_builder.tuning import TuningOptions, sample_query_rows, tune_scann_index
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     options = TuningOptions(target_recall=args.target_recall, num_queries=args.num_queries, seed=args.seed)
     started = time.perf_counter()
-    tuned = tune_server_index(vectors, params, options)
+    tuned = tune_scann_index(vectors, params, options)
     timings["tune_total_s"] = time.perf_counter() - started
     timings["ground_truth_s"] = tuned.exact_seconds
     timings["builds_s"] = sorted({t.build_seconds for t in tuned.trials})

@@ -1,4 +1,5 @@
 """CLIP-style training: symmetric InfoNCE with a learned temperature."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -4,6 +4,7 @@ Every consumer (embedding job, index builder, search CLI) loads a model through
 here, so a directory missing a file or carrying a bad config is reported by name
 before any work starts.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -50,7 +51,7 @@ class ModelConfig:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = CONFIG_FILE) -> "ModelConfig":
+    def from_dict(cls, raw: dict[str, Any], source: str = CONFIG_FILE) -> ModelConfig:
         missing = [name for name in ("model_id", "embedding_dim", "image_size") if name not in raw]
         if missing:
             raise ModelDirError(f"{source}: missing required key(s) {', '.join(missing)}")

@@ -1,4 +1,5 @@
 """Paired retrieval metrics: only the paired item counts as correct."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ def dual_encoder_report(image_embeddings: np.ndarray, text_embeddings: np.ndarra
     text_to_image = paired_recall_at_k(text_embeddings, image_embeddings)
     image_to_text = paired_recall_at_k(image_embeddings, text_embeddings)
     return {
-        "pairs": int(len(image_embeddings)),
+        "pairs": len(image_embeddings),
         "text_to_image_recall@1": text_to_image[1],
         "text_to_image_recall@10": text_to_image[10],
         "image_to_text_recall@1": image_to_text[1],

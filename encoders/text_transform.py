@@ -6,6 +6,7 @@ caption to exactly the int32 ids the Task Library's RegexTokenizer feeds the
 on-device text encoder (reserved tokens first, then the vocabulary, <START>
 prepended, <PAD> to MAX_LEN). The same transform_fn is exported with the model.
 """
+
 from __future__ import annotations
 
 import tensorflow as tf

@@ -1,4 +1,5 @@
 """Keras towers to TFLite flatbuffers with Task Library metadata."""
+
 from __future__ import annotations
 
 import tempfile

@@ -4,6 +4,7 @@ The on-device text encoder is fed by the Task Library's RegexTokenizer, so the
 training-side tokenization (encoders.text_transform) must reproduce it exactly:
 same delimiter regex, same reserved tokens at the same ids, same padding.
 """
+
 from __future__ import annotations
 
 PAD = "<PAD>"

@@ -3,6 +3,7 @@
 Both end in L2 normalization so a dot product is a cosine similarity, which
 is what ScaNN's dot-product index and the Task Library searchers expect.
 """
+
 from __future__ import annotations
 
 import keras

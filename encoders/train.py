@@ -6,6 +6,7 @@
 The model directory is the contract of DESIGN.md "Model directory"; see
 encoders/model_config.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -106,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     channel_mean, channel_sq_mean = channel_statistics(pixels)
     transform = run_transform(captions, channel_mean, channel_sq_mean, output_dir, max_len=args.max_len)
     timings["transform_seconds"] = time.perf_counter() - started
-    LOG.info("vocabulary %d tokens; pixel mean %s std %s", len(transform.vocabulary), transform.pixel_mean, transform.pixel_std)
+    LOG.info(
+        "vocabulary %d tokens; pixel mean %s std %s",
+        len(transform.vocabulary),
+        transform.pixel_mean,
+        transform.pixel_std,
+    )
 
     image_tower = build_image_tower(args.image_size, args.embedding_dim, transform.pixel_mean, transform.pixel_std)
     text_tower = build_text_tower(len(transform.vocabulary), args.max_len, args.embedding_dim)

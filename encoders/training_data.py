@@ -1,9 +1,10 @@
 """Captioned training pairs: manifest parsing and image loading for encoder training.
 
 Training runs on one machine, so images are decoded into one uint8 array with
-the same decode-and-resize the embedding job uses (transforms.image_decode):
+the same decode-and-resize the embedding job uses (images.decoding):
 the encoder must see at training time exactly the pixels it sees in production.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from transforms import image_decode
+from images import decoding
 
 
 class ManifestError(ValueError):
@@ -67,10 +68,10 @@ def load_image_array(uris: list[str], image_size: int, resize: str = "squash", t
     def load(index: int) -> None:
         with open(uris[index], "rb") as handle:
             data = handle.read()
-        decoded = image_decode.decode_image(
+        decoded = decoding.decode_image(
             data, max_bytes=64 << 20, max_pixels=100_000_000, uri=uris[index], target_size=image_size
         )
-        pixels[index] = image_decode.resize_for_model(decoded.rgb, image_size, mode=resize)
+        pixels[index] = decoding.resize_for_model(decoded.rgb, image_size, mode=resize)
 
     with ThreadPoolExecutor(threads) as pool:
         list(tqdm(pool.map(load, range(len(uris))), total=len(uris), desc="decoding images", unit="img"))

@@ -1,4 +1,5 @@
 """Runs the tf.Transform analysis over the training catalog as a Beam pipeline."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,20 +47,18 @@ def run_transform(
     output_dir.mkdir(parents=True, exist_ok=True)
     transformed_path = output_dir / "transformed.jsonl"
 
-    with tempfile.TemporaryDirectory() as temp_dir, beam.Pipeline() as pipeline:
-        with tft_beam.Context(temp_dir=temp_dir):
-            raw = pipeline | "Rows" >> beam.Create(rows)
-            (transformed, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
-                text_transform.make_preprocessing_fn(max_len, vocab_size)
-            )
-            _ = transform_fn | tft_beam.WriteTransformFn(str(output_dir))
-            _ = (
-                transformed
-                | "Serialize" >> beam.Map(
-                    lambda r: json.dumps({key: np.asarray(value).tolist() for key, value in r.items()})
-                )
-                | "Write" >> beam.io.WriteToText(str(transformed_path), shard_name_template="")
-            )
+    with tempfile.TemporaryDirectory() as temp_dir, beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=temp_dir):
+        raw = pipeline | "Rows" >> beam.Create(rows)
+        (transformed, _), transform_fn = (raw, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            text_transform.make_preprocessing_fn(max_len, vocab_size)
+        )
+        _ = transform_fn | tft_beam.WriteTransformFn(str(output_dir))
+        _ = (
+            transformed
+            | "Serialize"
+            >> beam.Map(lambda r: json.dumps({key: np.asarray(value).tolist() for key, value in r.items()}))
+            | "Write" >> beam.io.WriteToText(str(transformed_path), shard_name_template="")
+        )
 
     # Beam does not keep order, so transform the captions again through the saved graph in order.
     tft_output = tft.TFTransformOutput(str(output_dir))

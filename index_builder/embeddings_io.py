@@ -20,13 +20,16 @@ same catalog; sorting makes the indexes trained on them identical.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Iterator, Sequence
+from typing import IO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from transforms.catalog import uris
 
 REQUIRED_COLUMNS = ("id", "uri", "embedding", "model_id")
 NORM_TOLERANCE = 1e-3
@@ -88,7 +91,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
             vectors = np.empty((total_rows, shard.vectors.shape[1]), dtype=np.float32)
         _check_same_model(shard, *first)
         assert vectors is not None
-        vectors[offset:offset + expected_rows] = shard.vectors
+        vectors[offset : offset + expected_rows] = shard.vectors
 
         for row, row_id in enumerate(shard.ids):
             if row_id in seen:
@@ -97,7 +100,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
             seen.add(row_id)
             ids.append(row_id)
             uris.append(shard.uris[row])
-        shard_keep = keep[offset:offset + expected_rows]
+        shard_keep = keep[offset : offset + expected_rows]
         for name, values in shard.extras.items():
             extras[name].extend(value for value, kept in zip(values, shard_keep) if kept)
         offset += expected_rows
@@ -185,7 +188,7 @@ def match_files(pattern: str) -> list[str]:
 @contextlib.contextmanager
 def _open(path: str) -> Iterator[IO[bytes] | str]:
     """A local path as is (pyarrow memory-maps it), anything else as a Beam file object."""
-    if "://" not in path or path.startswith("file://"):
+    if uris.is_local(path):
         yield path.removeprefix("file://")
         return
     from apache_beam.io.filesystem import CompressionTypes
@@ -273,9 +276,7 @@ def _check_metadata(path: str, metadata: dict[bytes, bytes] | None, dim: int, mo
         raise EmbeddingsError(f"{path}: metadata embedding_dim={recorded_dim.decode()} but rows have dimension {dim}")
     recorded_model = metadata.get(b"model_id")
     if recorded_model is not None and recorded_model.decode() != model_id:
-        raise EmbeddingsError(
-            f"{path}: metadata model_id={recorded_model.decode()!r} but rows say {model_id!r}"
-        )
+        raise EmbeddingsError(f"{path}: metadata model_id={recorded_model.decode()!r} but rows say {model_id!r}")
 
 
 def _check_vectors(path: str, ids: list[str], vectors: np.ndarray) -> None:
@@ -291,8 +292,7 @@ def _check_vectors(path: str, ids: list[str], vectors: np.ndarray) -> None:
     if zero.any():
         row = int(np.flatnonzero(zero)[0])
         raise EmbeddingsError(
-            f"{path}: id {ids[row]!r} (row {row}) has an all-zero embedding; "
-            f"{int(zero.sum())} such row(s) in this file"
+            f"{path}: id {ids[row]!r} (row {row}) has an all-zero embedding; {int(zero.sum())} such row(s) in this file"
         )
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
@@ -318,4 +318,4 @@ def _compact_in_place(vectors: np.ndarray, keep: np.ndarray) -> int:
     return len(kept)
 
 
-__all__ = ["EmbeddingSet", "EmbeddingsError", "load_embeddings", "match_files", "REQUIRED_COLUMNS"]
+__all__ = ["REQUIRED_COLUMNS", "EmbeddingSet", "EmbeddingsError", "load_embeddings", "match_files"]

@@ -8,7 +8,8 @@ blocks and keeping a running top-k bounds memory to one block of scores.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def exact_top_k(queries: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray
     best_ids = np.zeros((len(queries), 0), dtype=np.int64)
     block_rows = max(k, _SCORE_BLOCK_ELEMENTS // max(1, len(queries)))
     for start in range(0, num_rows, block_rows):
-        block = np.asarray(db[start:start + block_rows], dtype=np.float32)
+        block = np.asarray(db[start : start + block_rows], dtype=np.float32)
         scores = np.concatenate([best_scores, queries @ block.T], axis=1)
         ids = np.concatenate(
             [best_ids, np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block)))], axis=1
@@ -137,7 +138,7 @@ def evaluate(
         **recalls,
         "num_rows": int(vectors.shape[0]),
         "dim": int(vectors.shape[1]),
-        "num_queries": int(len(queries_idx)),
+        "num_queries": len(queries_idx),
         "queries": "database rows sampled deterministically (each query is also in the index)",
         "latency_k": latency_k,
         "query_latency_ms": scann_latency,

@@ -1,4 +1,5 @@
 """A static HTML page showing each query's top images in a grid."""
+
 from __future__ import annotations
 
 import html
@@ -28,6 +29,6 @@ def write_gallery(path: Path, title: str, queries: Sequence[dict[str, Any]]) -> 
 <style>body{{font-family:sans-serif;margin:2em;background:#fafafa}}.grid{{display:grid;
 grid-template-columns:repeat(5,180px);gap:12px}}figure{{margin:0;background:#fff;padding:6px;
 box-shadow:0 1px 3px #0002}}img{{width:180px;height:180px;object-fit:cover}}figcaption{{font-size:11px}}
-.meta{{color:#666;font-size:12px}}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>"""
+.meta{{color:#666;font-size:12px}}</style></head><body><h1>{html.escape(title)}</h1>{"".join(sections)}</body></html>"""
     path.write_text(page, encoding="utf-8")
     return path

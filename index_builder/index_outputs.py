@@ -1,4 +1,5 @@
 """The index directory's bookkeeping files: ids.parquet, MANIFEST.json, _SUCCESS."""
+
 from __future__ import annotations
 
 import hashlib

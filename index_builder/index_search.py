@@ -1,4 +1,5 @@
 """Top-k queries against a built index directory (server ScaNN + ids.parquet)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from index_builder.server_index import load_server_index
+from index_builder.scann_index import load_server_index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,5 +30,7 @@ class IndexSearcher:
 
     def search(self, query: np.ndarray, k: int = 10) -> list[Hit]:
         rows, scores = self._searcher.search(np.asarray(query, np.float32), final_num_neighbors=k)
-        return [Hit(rank + 1, float(score), self._ids[row], self._uris[row])
-                for rank, (row, score) in enumerate(zip(rows, scores))]
+        return [
+            Hit(rank + 1, float(score), self._ids[row], self._uris[row])
+            for rank, (row, score) in enumerate(zip(rows, scores))
+        ]

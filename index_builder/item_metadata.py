@@ -1,8 +1,10 @@
 """The per-item payload a searcher returns with each hit, from an embeddings row's columns."""
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 
 def metadata_payload(columns: Sequence[str], values: Mapping[str, Any]) -> bytes:

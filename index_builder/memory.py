@@ -1,4 +1,5 @@
 """Giving freed heap memory back to the operating system."""
+
 from __future__ import annotations
 
 import ctypes

@@ -4,6 +4,7 @@ The search CLI reads the tokenizer settings, vocabulary and normalization out of
 the model's own TFLite metadata and runs the same flatbuffer, so a query
 answered here is the query a phone would answer.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 from encoders.tflite_metadata import read_associated_files, read_metadata
 from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file, tokenize_like_task_library
 from encoders.tflite_metadata.schema import NormalizationOptions, RegexTokenizerOptions
-from transforms.image_decode import decode_image, resize_for_model
+from images.decoding import decode_image, resize_for_model
 
 
 def _interpreter(model: bytes):

@@ -24,9 +24,7 @@ def _register_scann_package_without_init() -> None:
         return
     spec = importlib.util.find_spec("scann")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "ScaNN is not installed: `pip install scann==1.4.2` into the project venv"
-        )
+        raise ImportError("ScaNN is not installed: `pip install scann==1.4.2` into the project venv")
     package = types.ModuleType("scann")
     package.__path__ = list(spec.submodule_search_locations)
     package.__file__ = spec.origin
@@ -35,13 +33,14 @@ def _register_scann_package_without_init() -> None:
 
 _register_scann_package_without_init()
 
-from scann.scann_ops.py import scann_builder  # noqa: E402
-from scann.scann_ops.py import scann_ops_pybind  # noqa: E402
-
 # ScaNN's own generated protos (shipped in the wheel) for reading what
 # searcher.serialize() writes: config, k-means partitioner, AH codebook.
 from scann.partitioning import partitioner_pb2  # noqa: E402
 from scann.proto import centers_pb2, hash_pb2, projection_pb2, scann_pb2  # noqa: E402
+from scann.scann_ops.py import (  # noqa: E402
+    scann_builder,
+    scann_ops_pybind,
+)
 
 ScannBuilder = scann_builder.ScannBuilder
 

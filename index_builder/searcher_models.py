@@ -4,6 +4,7 @@ The Task Library's TextSearcher / ImageSearcher find the index as the
 SCANN_INDEX_FILE associated file of the embedding output tensor, so packaging
 is metadata surgery on the encoder the model directory already ships.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

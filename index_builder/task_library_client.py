@@ -8,6 +8,7 @@ none of this project's dependencies.
     {"kind": "text_embedder", "model": PATH, "inputs": [...]}
     {"kind": "image_embedder", "model": PATH, "images": [...]}
 """
+
 import json
 import sys
 
@@ -36,15 +37,16 @@ def main() -> None:
         from tflite_support.task import text
 
         searcher = text.TextSearcher.create_from_options(
-            text.TextSearcherOptions(base_options=base, search_options=search))
+            text.TextSearcherOptions(base_options=base, search_options=search)
+        )
         results = [_neighbors(searcher.search(query)) for query in request["queries"]]
     elif request["kind"] == "image_searcher":
         from tflite_support.task import vision
 
         searcher = vision.ImageSearcher.create_from_options(
-            vision.ImageSearcherOptions(base_options=base, search_options=search))
-        results = [_neighbors(searcher.search(vision.TensorImage.create_from_file(path)))
-                   for path in request["images"]]
+            vision.ImageSearcherOptions(base_options=base, search_options=search)
+        )
+        results = [_neighbors(searcher.search(vision.TensorImage.create_from_file(path))) for path in request["images"]]
     elif request["kind"] == "text_embedder":
         from tflite_support.task import text
 

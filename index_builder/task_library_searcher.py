@@ -4,6 +4,7 @@ tflite-support needs protobuf<4 and cannot live next to TF 2.21, so it has its
 own venv (`make task-library-venv`, .venv-tasklib) and is driven through a
 subprocess speaking JSON.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def available() -> bool:
 def _call(request: dict) -> list[list[dict]]:
     if not available():
         raise FileNotFoundError(f"{venv_python()} not found: run `make task-library-venv`")
-    completed = subprocess.run([str(venv_python()), str(CLIENT)], input=json.dumps(request), capture_output=True,
-                               text=True, timeout=600)
+    completed = subprocess.run(
+        [str(venv_python()), str(CLIENT)], input=json.dumps(request), capture_output=True, text=True, timeout=600
+    )
     if completed.returncode != 0:
         raise RuntimeError(f"Task Library client failed ({completed.returncode}): {completed.stderr[-2000:]}")
     return json.loads(completed.stdout)["results"]

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from index_builder.evaluation import exact_top_k, measure_latency, per_query_recall
-from index_builder.server_index import (
+from index_builder.scann_index import (
+    MIN_ROWS_PER_LEAF,
     BuiltIndex,
     IndexParams,
-    MIN_ROWS_PER_LEAF,
-    build_server_index,
+    build_scann_index,
     with_search_defaults,
 )
 
@@ -89,8 +89,10 @@ class Trial:
         """One log line: the configuration, its recall and its latency."""
         reorder = f", reorder {self.reorder}" if self.reorder else ""
         verdict = "meets the target" if self.meets_target else "below the target"
-        return (f"{self.num_leaves} leaves, search {self.num_leaves_to_search}{reorder}: recall "
-                f"{self.recall:.3f} +- {self.recall_standard_error:.3f}, p50 {self.p50_ms:.3f} ms ({verdict})")
+        return (
+            f"{self.num_leaves} leaves, search {self.num_leaves_to_search}{reorder}: recall "
+            f"{self.recall:.3f} +- {self.recall_standard_error:.3f}, p50 {self.p50_ms:.3f} ms ({verdict})"
+        )
 
 
 @dataclass
@@ -120,7 +122,7 @@ class TuningResult:
             "k": self.options.k,
             "target_met": self.target_met,
             "chosen": dataclasses.asdict(self.chosen),
-            "num_queries": int(len(self.queries_idx)),
+            "num_queries": len(self.queries_idx),
             "tuning_seconds": round(self.seconds, 3),
             "ground_truth_seconds": round(self.exact_seconds, 3),
             "trials": self.table(),
@@ -128,9 +130,7 @@ class TuningResult:
         }
 
 
-def sample_query_rows(
-    num_rows: int, num_queries: int, seed: int, exclude: np.ndarray | None = None
-) -> np.ndarray:
+def sample_query_rows(num_rows: int, num_queries: int, seed: int, exclude: np.ndarray | None = None) -> np.ndarray:
     """Deterministic, sorted sample of database rows to use as queries.
 
     ``exclude`` (e.g. the tuning queries) keeps an evaluation set disjoint from
@@ -166,9 +166,9 @@ def candidate_reorders(params: IndexParams, options: TuningOptions) -> list[int]
     return sorted(set(options.reorder_candidates))
 
 
-def tune_server_index(
+def tune_scann_index(
     vectors: np.ndarray,
-    params: IndexParams = IndexParams(),
+    params: IndexParams = IndexParams(),  # noqa: B008 - frozen dataclass, safe to share
     options: TuningOptions = TuningOptions(),
     queries: np.ndarray | None = None,
 ) -> TuningResult:
@@ -200,7 +200,7 @@ def tune_server_index(
     # Most leaves first: they usually win at scale, and a good incumbent early prunes the other sweeps.
     for num_leaves in sorted(candidate_num_leaves(num_rows, params, options), reverse=True):
         leaves_to_search = candidate_leaves_to_search(num_leaves, params, options)
-        index = build_server_index(
+        index = build_scann_index(
             vectors,
             dataclasses.replace(
                 params, num_leaves=num_leaves, num_leaves_to_search=leaves_to_search[0], reorder=max(reorders)
@@ -231,14 +231,19 @@ def tune_server_index(
         log.warning("tuning: %s", notes[-1])
         if near.num_leaves != chosen.num_leaves:
             del index
-            index = build_server_index(vectors, dataclasses.replace(
-                params, num_leaves=near.num_leaves, num_leaves_to_search=near.num_leaves_to_search,
-                reorder=near.reorder))
+            index = build_scann_index(
+                vectors,
+                dataclasses.replace(
+                    params,
+                    num_leaves=near.num_leaves,
+                    num_leaves_to_search=near.num_leaves_to_search,
+                    reorder=near.reorder,
+                ),
+            )
         chosen = near
     if (chosen.num_leaves_to_search, chosen.reorder) != (index.params.num_leaves_to_search, index.params.reorder):
         # The on-device index is only read back as arrays (read_searcher): no need to reload it.
-        index = with_search_defaults(index, chosen.num_leaves_to_search, chosen.reorder,
-                                     reload=not params.for_ondevice)
+        index = with_search_defaults(index, chosen.num_leaves_to_search, chosen.reorder, reload=not params.for_ondevice)
     return TuningResult(
         index=index,
         trials=trials,

@@ -5,6 +5,7 @@ rows (image-to-image). Text-query neighbourhoods sit differently in the space (m
 row-tuned on-device index 0.879 recall@10 on captions, text-tuned 0.917), so users who can list
 typical searches get an index tuned for what it will really answer.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,7 +27,7 @@ def read_query_texts(path: str) -> list[str]:
     try:
         with FileSystems.open(path) as handle:
             data = handle.read()
-    except Exception as error:  # noqa: BLE001 - any filesystem's "cannot open"
+    except Exception as error:
         raise TuningQueriesError(f"cannot read {path}: {error}") from error
     try:
         text = data.decode("utf-8")
@@ -35,7 +36,8 @@ def read_query_texts(path: str) -> list[str]:
     queries = [line.strip() for line in text.splitlines() if line.strip()]
     if len(queries) < MIN_QUERIES:
         raise TuningQueriesError(
-            f"{path} has {len(queries)} non-blank lines; give at least {MIN_QUERIES} typical queries, one per line")
+            f"{path} has {len(queries)} non-blank lines; give at least {MIN_QUERIES} typical queries, one per line"
+        )
     return queries
 
 

@@ -12,6 +12,7 @@ Expectations hold for decode_image's default limits (DEFAULT_MAX_BYTES,
 DEFAULT_MAX_PIXELS); every embeddable file here is tiny, and the smaller bomb
 is sized just above DEFAULT_MAX_PIXELS.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,14 +20,14 @@ import io
 import math
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
 
-from transforms import reject_reasons
-from transforms.image_decode import DEFAULT_MAX_PIXELS
+from images import reject_reasons
+from images.decoding import DEFAULT_MAX_PIXELS
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -148,7 +149,10 @@ def _catalog() -> dict[str, tuple[Callable[[], bytes], Expectation]]:
             embedded(24, 16, "GIF", "two frames: red then blue; the first (red) is used"),
         ),
         "bmp_rgb.bmp": (lambda: _save(_noise(30, 20), "BMP"), embedded(30, 20, "BMP", "24-bit")),
-        "tiff_rgb.tif": (lambda: _save(_noise(30, 20), "TIFF", compression="tiff_lzw"), embedded(30, 20, "TIFF", "LZW")),
+        "tiff_rgb.tif": (
+            lambda: _save(_noise(30, 20), "TIFF", compression="tiff_lzw"),
+            embedded(30, 20, "TIFF", "LZW"),
+        ),
         "tiff_16bit_gray.tif": (
             lambda: _save(Image.fromarray(_sixteen_bit_ramp(), mode="I;16"), "TIFF"),
             embedded(3, 4, "TIFF", "I;16 columns 65535, 32768, 0"),
@@ -175,13 +179,17 @@ def _catalog() -> dict[str, tuple[Callable[[], bytes], Expectation]]:
             rejected(reject_reasons.UNSUPPORTED_FORMAT, "plain text named .jpg"),
         ),
         "error_page.jpg": (
-            lambda: b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
-            b"<body><h1>Not Found</h1></body></html>\n",
+            lambda: (
+                b"<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head>"
+                b"<body><h1>Not Found</h1></body></html>\n"
+            ),
             rejected(reject_reasons.UNSUPPORTED_FORMAT, "an HTML error page saved as .jpg"),
         ),
         "vector.svg": (
-            lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
-            b'<rect width="10" height="10" fill="red"/></svg>\n',
+            lambda: (
+                b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+                b'<rect width="10" height="10" fill="red"/></svg>\n'
+            ),
             rejected(reject_reasons.UNSUPPORTED_FORMAT, "SVG vector image"),
         ),
         "document.pdf": (lambda: _pdf_bytes(), rejected(reject_reasons.UNSUPPORTED_FORMAT, "PDF document")),

@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+
 from __future__ import annotations
 
 # Real object-storage servers on loopback (GCS emulator, moto S3) as session fixtures.

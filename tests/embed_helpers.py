@@ -1,4 +1,5 @@
 """Helpers for the embedding-job tests: tiny catalogs and output readers."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from sample_catalog.generate import CatalogSettings, generate_item
 
 
 def write_catalog(directory: Path, count: int, seed: int = 42, image_size: int = 96) -> Path:
@@ -28,7 +29,9 @@ def write_catalog(directory: Path, count: int, seed: int = 42, image_size: int =
 
 
 def read_parquet_dir(output_dir: str, kind: str) -> pa.Table:
-    paths = sorted(m.path for m in FileSystems.match([FileSystems.join(output_dir, kind, "part-*.parquet")])[0].metadata_list)
+    paths = sorted(
+        m.path for m in FileSystems.match([FileSystems.join(output_dir, kind, "part-*.parquet")])[0].metadata_list
+    )
     tables = []
     for path in paths:
         with FileSystems.open(path) as handle:

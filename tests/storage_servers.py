@@ -10,6 +10,7 @@ The environment variables they set (STORAGE_EMULATOR_HOST, AWS_*) are inherited
 by Beam's multi-processing workers, which is what makes those workers reach the
 servers too. Both handles also give the pipeline options that say the same thing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,11 +52,7 @@ def environment(values: Mapping[str, str]) -> Iterator[None]:
 def local_files(directory: Path) -> list[tuple[Path, str]]:
     """Every file below directory with its relative posix path, in a stable order."""
     directory = Path(directory)
-    return [
-        (path, path.relative_to(directory).as_posix())
-        for path in sorted(directory.rglob("*"))
-        if path.is_file()
-    ]
+    return [(path, path.relative_to(directory).as_posix()) for path in sorted(directory.rglob("*")) if path.is_file()]
 
 
 def _object_name(prefix: str, relative: str) -> str:

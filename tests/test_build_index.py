@@ -1,4 +1,5 @@
 """End to end: embeddings -> build_index -> server ScaNN, index.ldb, Task Library searchers, search CLI."""
+
 from __future__ import annotations
 
 import json
@@ -24,18 +25,41 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("index")
     manifest = write_catalog(base / "catalog", 400, seed=77, image_size=128)
     embed_images.run(["--manifest", str(manifest), "--output_dir", str(base / "run")])
-    result = build_index.run(["--embeddings", str(base / "run" / "embeddings" / "*.parquet"),
-                              "--output_dir", str(base / "index"), "--eval_queries", "200"])
+    result = build_index.run(
+        [
+            "--embeddings",
+            str(base / "run" / "embeddings" / "*.parquet"),
+            "--output_dir",
+            str(base / "index"),
+            "--eval_queries",
+            "200",
+        ]
+    )
     table = read_parquet_dir(str(base / "run"), "embeddings").to_pydict()
-    return {"base": base, "index": base / "index", "result": result, "manifest": manifest,
-            "uris": table["uri"], "captions": table["caption"],
-            "vectors": np.asarray(table["embedding"], np.float32)}
+    return {
+        "base": base,
+        "index": base / "index",
+        "result": result,
+        "manifest": manifest,
+        "uris": table["uri"],
+        "captions": table["caption"],
+        "vectors": np.asarray(table["embedding"], np.float32),
+    }
 
 
 def test_index_directory_contract(built: dict) -> None:
     index = built["index"]
-    for name in ("scann", "ids.parquet", "text_searcher.tflite", "image_searcher.tflite", "index.ldb",
-                 "index_config.json", "eval.json", "MANIFEST.json", "_SUCCESS"):
+    for name in (
+        "scann",
+        "ids.parquet",
+        "text_searcher.tflite",
+        "image_searcher.tflite",
+        "index.ldb",
+        "index_config.json",
+        "eval.json",
+        "MANIFEST.json",
+        "_SUCCESS",
+    ):
         assert (index / name).exists(), name
     manifest = json.loads((index / "MANIFEST.json").read_text())["files"]
     assert manifest["index.ldb"]["bytes"] == (index / "index.ldb").stat().st_size
@@ -100,8 +124,23 @@ def test_task_library_image_searcher_agrees_with_exact_search(built: dict) -> No
 
 def test_search_cli_finds_the_captioned_image(built: dict) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.search", "--index", str(built["index"]), "--text", built["captions"][3],
-         "--k", "10", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.search",
+            "--index",
+            str(built["index"]),
+            "--text",
+            built["captions"][3],
+            "--k",
+            "10",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     hits = json.loads(result.stdout)["results"]
     assert len(hits) == 10 and built["uris"][3] in [h["uri"] for h in hits]
@@ -122,28 +161,44 @@ def test_mismatched_model_or_bad_embeddings_stop_before_training(built: dict, tm
     (model / "model_config.json").write_text(json.dumps(config))
 
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "beam_jobs.build_index", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "beam_jobs.build_index", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     result = run("--embeddings", embeddings, "--output_dir", str(tmp_path / "out"), "--model_dir", str(model))
     assert result.returncode == 2 and "someone-elses-model" in result.stderr
     result = run("--embeddings", str(tmp_path / "none" / "*.parquet"), "--output_dir", str(tmp_path / "out"))
     assert result.returncode == 2 and "--embeddings" in result.stderr
     (tmp_path / "few.txt").write_text("a red circle\n\n  \na blue star\n")
-    result = run("--embeddings", embeddings, "--output_dir", str(tmp_path / "out"), "--tuning_queries",
-                 str(tmp_path / "few.txt"))
+    result = run(
+        "--embeddings", embeddings, "--output_dir", str(tmp_path / "out"), "--tuning_queries", str(tmp_path / "few.txt")
+    )
     assert result.returncode == 2 and "--tuning_queries" in result.stderr and "2 non-blank lines" in result.stderr
     assert not (tmp_path / "out" / "_SUCCESS").exists()
 
 
 def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp_path: Path) -> None:
     from encoders import model_config
-    from transforms.sample_catalog.generate import sample_captions
+    from sample_catalog.generate import sample_captions
 
     texts = sample_captions(seed=4242, count=40)
     (tmp_path / "queries.txt").write_text("\n".join(texts) + "\n")
-    build_index.run(["--embeddings", str(built["base"] / "run" / "embeddings" / "*.parquet"), "--output_dir",
-                     str(tmp_path / "index"), "--eval_queries", "100", "--tuning_queries", str(tmp_path / "queries.txt")])
+    build_index.run(
+        [
+            "--embeddings",
+            str(built["base"] / "run" / "embeddings" / "*.parquet"),
+            "--output_dir",
+            str(tmp_path / "index"),
+            "--eval_queries",
+            "100",
+            "--tuning_queries",
+            str(tmp_path / "queries.txt"),
+        ]
+    )
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     assert config["tuning_queries"]["count"] == 40
     assert config["ondevice"]["tuning"]["num_queries"] == 0  # no database rows were used as queries
@@ -151,14 +206,20 @@ def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp
     queries = np.stack([encoder.embed(t) for t in texts])
     chosen = config["server"]["tuning"]["chosen"]
     searcher = scann_ops_pybind.load_searcher(str(tmp_path / "index" / "scann"))
-    found, _ = searcher.search_batched(queries, final_num_neighbors=10, leaves_to_search=chosen["num_leaves_to_search"],
-                                       pre_reorder_num_neighbors=max(chosen["reorder"], 10) if chosen["reorder"] else -1)
+    found, _ = searcher.search_batched(
+        queries,
+        final_num_neighbors=10,
+        leaves_to_search=chosen["num_leaves_to_search"],
+        pre_reorder_num_neighbors=max(chosen["reorder"], 10) if chosen["reorder"] else -1,
+    )
     true_ids, _ = exact_top_k(queries, built["vectors"], 10)
     assert recall_at_k(np.asarray(found), true_ids, 10) == pytest.approx(chosen["recall"], abs=1e-6)
 
 
 @pytest.mark.task_library
-def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbours(built: dict, tmp_path: Path) -> None:
+def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbours(
+    built: dict, tmp_path: Path
+) -> None:
     """Train on a 300-row sample, encode all rows in Beam workers; duplicates across shards dropped once."""
     import shutil
 
@@ -169,8 +230,20 @@ def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbo
     for shard in shards:
         shutil.copy(shard, tmp_path / shard.name)
     shutil.copy(shards[0], tmp_path / "zz-repeated.parquet")  # every id of shard 0 again, later in sorted order
-    build_index.run(["--embeddings", str(tmp_path / "*.parquet"), "--output_dir", str(tmp_path / "index"),
-                     "--eval_queries", "100", "--ondevice_encoding", "beam", "--training_sample_size", "300"])
+    build_index.run(
+        [
+            "--embeddings",
+            str(tmp_path / "*.parquet"),
+            "--output_dir",
+            str(tmp_path / "index"),
+            "--eval_queries",
+            "100",
+            "--ondevice_encoding",
+            "beam",
+            "--training_sample_size",
+            "300",
+        ]
+    )
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     assert config["ondevice"]["encoding"] == "beam" and config["duplicates_dropped"] > 0
     assert config["ondevice"]["training_rows"] == 300 and config["ondevice"]["calibration_on_all_rows"]
@@ -192,13 +265,26 @@ def test_beam_encoded_index_is_calibrated_on_the_tuning_queries(built: dict, tmp
     """Calibration reuses the server tuner's exact neighbours of the tuning queries: its recall must be theirs."""
     from encoders import model_config
     from index_builder.ondevice.reference_search import ReferenceSearcher
-    from transforms.sample_catalog.generate import sample_captions
+    from sample_catalog.generate import sample_captions
 
     texts = sample_captions(seed=4343, count=60)
     (tmp_path / "queries.txt").write_text("\n".join(texts) + "\n")
-    build_index.run(["--embeddings", str(built["base"] / "run" / "embeddings" / "*.parquet"), "--output_dir",
-                     str(tmp_path / "index"), "--eval_queries", "100", "--ondevice_encoding", "beam",
-                     "--training_sample_size", "300", "--tuning_queries", str(tmp_path / "queries.txt")])
+    build_index.run(
+        [
+            "--embeddings",
+            str(built["base"] / "run" / "embeddings" / "*.parquet"),
+            "--output_dir",
+            str(tmp_path / "index"),
+            "--eval_queries",
+            "100",
+            "--ondevice_encoding",
+            "beam",
+            "--training_sample_size",
+            "300",
+            "--tuning_queries",
+            str(tmp_path / "queries.txt"),
+        ]
+    )
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     leaves = config["ondevice"]["num_leaves_to_search"]
     trial = next(t for t in config["ondevice"]["calibration_on_all_rows"] if t["num_leaves_to_search"] == leaves)

@@ -1,4 +1,5 @@
 """decode_image on real awkward files: what gets embedded looks right, everything else is rejected with a reason."""
+
 from __future__ import annotations
 
 import io
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
+from images import formats, reject_reasons
+from images.decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image, resize_for_model
+from images.reject_reasons import ImageRejected
 from tests import awkward_files
 from tests.awkward_files import Expectation, write_awkward_catalog
-from transforms import image_formats, reject_reasons
-from transforms.image_decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image, resize_for_model
-from transforms.reject_reasons import ImageRejected
 
 ROOT = Path(__file__).resolve().parents[1]
 DECODING_ERROR_TYPES = {
@@ -81,7 +82,7 @@ def test_catalog_exercises_every_decoding_error_type_and_every_supported_format(
 ) -> None:
     _, expectations = catalog
     assert {e.error_type for e in expectations.values() if not e.embed} == DECODING_ERROR_TYPES
-    assert {e.format for e in expectations.values() if e.embed} == set(image_formats.PILLOW_FORMATS)
+    assert {e.format for e in expectations.values() if e.embed} == set(formats.PILLOW_FORMATS)
 
 
 def test_rejection_messages_say_what_the_file_is(catalog: tuple[Path, dict[str, Expectation]]) -> None:
@@ -241,8 +242,8 @@ def test_pillows_bomb_warning_turned_into_an_error_is_classified_too_large() -> 
 PEAK_MEMORY_PROBE = textwrap.dedent(
     """
     import sys
-    from transforms.image_decode import decode_image
-    from transforms.reject_reasons import ImageRejected
+    from images.decoding import decode_image
+    from images.reject_reasons import ImageRejected
 
     def peak_kib():
         # VmHWM belongs to this process image; ru_maxrss survives execve and would start
@@ -272,7 +273,11 @@ def peak_memory_growth_mb(path: Path, max_pixels: int) -> tuple[str, float]:
     """
     result = subprocess.run(
         [sys.executable, "-c", PEAK_MEMORY_PROBE, str(path), str(max_pixels)],
-        cwd=ROOT, capture_output=True, text=True, check=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     outcome, growth = result.stdout.split()
     return outcome, float(growth)
@@ -298,7 +303,9 @@ def test_bombs_are_rejected_without_allocating_their_pixels(
 # Draft decoding and resizing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("width", "height", "target"), [(1000, 600, 64), (1000, 600, 150), (640, 64, 64), (97, 300, 13)])
+@pytest.mark.parametrize(
+    ("width", "height", "target"), [(1000, 600, 64), (1000, 600, 150), (640, 64, 64), (97, 300, 13)]
+)
 def test_draft_decoding_keeps_both_sides_at_least_the_target(width: int, height: int, target: int) -> None:
     data = awkward_files._save(awkward_files._noise(width, height), "JPEG", quality=90)
     full = decode_image(data, max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
@@ -403,10 +410,10 @@ def test_truncated_images_are_never_silently_accepted(
 
 
 def test_sniffing_looks_at_content_not_names() -> None:
-    assert image_formats.sniff(b"\xef\xbb\xbf  <html><body>oops</body></html>").name == "HTML"
-    assert image_formats.sniff('{"error": "quota exceeded"}'.encode()).name == "JSON"
-    assert image_formats.sniff(b"PK\x03\x04" + bytes(40)).kind is image_formats.Kind.NOT_IMAGE
-    assert image_formats.sniff(b"\x00\x00\x00\x1cftypavif" + bytes(20)).kind is image_formats.Kind.SUPPORTED_IMAGE
+    assert formats.sniff(b"\xef\xbb\xbf  <html><body>oops</body></html>").name == "HTML"
+    assert formats.sniff(b'{"error": "quota exceeded"}').name == "JSON"
+    assert formats.sniff(b"PK\x03\x04" + bytes(40)).kind is formats.Kind.NOT_IMAGE
+    assert formats.sniff(b"\x00\x00\x00\x1cftypavif" + bytes(20)).kind is formats.Kind.SUPPORTED_IMAGE
     png = io.BytesIO()
     Image.new("RGB", (2, 2)).save(png, "PNG")
-    assert image_formats.sniff(png.getvalue()).name == "PNG"
+    assert formats.sniff(png.getvalue()).name == "PNG"

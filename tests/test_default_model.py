@@ -1,4 +1,5 @@
 """The bundled dual encoder: shapes, norms, TFLite/Keras agreement, tokenization, Task Library interop."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ from encoders import model_config, tokens
 from encoders.tflite_export import run_tflite
 from encoders.tflite_metadata import read_associated_files, read_metadata
 from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file, tokenize_like_task_library
+from images.decoding import decode_image, resize_for_model
 from tests.embed_helpers import write_catalog
-from transforms.encoding import load_encoder
-from transforms.image_decode import decode_image, resize_for_model
+from transforms.embedding.encoding import load_encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = model_config.DEFAULT_MODEL_DIR
@@ -91,7 +92,9 @@ def test_transform_ids_match_the_device_tokenizer(config: model_config.ModelConf
 def test_tflite_text_encoder_agrees_with_keras_text_tower_and_ranks_the_right_image(
     config: model_config.ModelConfig, images: list[Path]
 ) -> None:
-    manifest_captions = [json.loads(line)["caption"] for line in (images[0].parent.parent / "manifest.jsonl").read_text().splitlines()]
+    manifest_captions = [
+        json.loads(line)["caption"] for line in (images[0].parent.parent / "manifest.jsonl").read_text().splitlines()
+    ]
     ids = np.stack([device_ids(c, config) for c in manifest_captions])
     text_vectors = tflite_run(MODEL / model_config.TEXT_TFLITE_FILE, ids)
     np.testing.assert_allclose(np.linalg.norm(text_vectors, axis=1), 1.0, atol=1e-4)
@@ -108,7 +111,10 @@ def test_tflite_files_carry_task_library_metadata() -> None:
     files = read_associated_files(text)
     assert parse_vocab_file(files["vocab.txt"]) == parse_vocab_file((MODEL / model_config.VOCAB_FILE).read_bytes())
     image_metadata = read_metadata((MODEL / model_config.IMAGE_TFLITE_FILE).read_bytes())
-    assert type(image_metadata.subgraph_metadata[0].input_tensor_metadata[0].process_units[0].options).__name__ == "NormalizationOptions"
+    assert (
+        type(image_metadata.subgraph_metadata[0].input_tensor_metadata[0].process_units[0].options).__name__
+        == "NormalizationOptions"
+    )
 
 
 @pytest.mark.task_library
@@ -121,8 +127,11 @@ def test_task_library_embedders_match_our_embeddings(config: model_config.ModelC
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
     assert cosine.min() >= 0.99, cosine
 
-    image = {"embeddings": task_library_searcher.image_embed(MODEL / model_config.IMAGE_TFLITE_FILE,
-                                                             [str(p) for p in images])}
+    image = {
+        "embeddings": task_library_searcher.image_embed(
+            MODEL / model_config.IMAGE_TFLITE_FILE, [str(p) for p in images]
+        )
+    }
     theirs = np.asarray(image["embeddings"], np.float32)
     ours = load_encoder(str(MODEL)).embed(pixels_of(images, config.image_size))
     cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)
@@ -133,20 +142,30 @@ def test_missing_model_file_is_named(tmp_path: Path) -> None:
     for name in model_config.REQUIRED_FILES:
         (tmp_path / name).write_bytes((MODEL / name).read_bytes())
     (tmp_path / model_config.TEXT_TFLITE_FILE).unlink()
-    with pytest.raises(model_config.ModelDirError, match="text_encoder.tflite"):
+    with pytest.raises(model_config.ModelDirError, match=r"text_encoder\.tflite"):
         model_config.validate_model_dir(tmp_path)
 
 
 def test_train_refuses_a_malformed_manifest_naming_the_line(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"uri": "/a.jpg", "caption": "a red circle"}\n{"uri": "/b.jpg"}\n')
-    result = subprocess.run([sys.executable, "-m", "encoders.train", "--manifest", str(manifest), "--output_dir",
-                             str(tmp_path / "model")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "encoders.train", "--manifest", str(manifest), "--output_dir", str(tmp_path / "model")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "line 2" in result.stderr and "caption" in result.stderr
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    result = subprocess.run([sys.executable, "-m", "encoders.train", "--manifest", str(empty), "--output_dir",
-                             str(tmp_path / "model")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "encoders.train", "--manifest", str(empty), "--output_dir", str(tmp_path / "model")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "no rows" in result.stderr
 
 
@@ -154,9 +173,29 @@ def test_training_command_writes_a_working_model_directory(tmp_path: Path) -> No
     manifest = write_catalog(tmp_path / "train", 320, seed=5, image_size=64)
     out = tmp_path / "model"
     result = subprocess.run(
-        [sys.executable, "-m", "encoders.train", "--manifest", str(manifest), "--output_dir", str(out),
-         "--holdout", "64", "--epochs", "1", "--batch_size", "64", "--embedding_dim", "32", "--image_size", "32"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "encoders.train",
+            "--manifest",
+            str(manifest),
+            "--output_dir",
+            str(out),
+            "--holdout",
+            "64",
+            "--epochs",
+            "1",
+            "--batch_size",
+            "64",
+            "--embedding_dim",
+            "32",
+            "--image_size",
+            "32",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     config = model_config.validate_model_dir(out)

@@ -1,4 +1,5 @@
 """End to end: the embedding job on local disk, a GCS emulator and an S3 server."""
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,12 @@ from apache_beam.utils import shared
 
 from beam_jobs import embed_images, launcher
 from encoders import model_config
-from transforms import encoding, run_outputs
-from transforms.embedding_pipeline import encoder_threads
-from transforms.parquet_shards import WriteParquetShards, WrittenFile, publish, write_table
 from tests.awkward_files import write_awkward_catalog
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
+from transforms.embedding import encoding
+from transforms.embedding_pipeline import encoder_threads
+from transforms.outputs import run_outputs
+from transforms.outputs.parquet_shards import WriteParquetShards, WrittenFile, publish, write_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,9 +121,22 @@ def test_manifest_with_missing_file_and_duplicate(catalog: Path, tmp_path: Path)
 def test_multiprocessing_runner(catalog: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.embed_images", "--manifest", str(catalog), "--output_dir", str(out),
-         "--direct_num_workers=2", "--direct_running_mode=multi_processing"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.embed_images",
+            "--manifest",
+            str(catalog),
+            "--output_dir",
+            str(out),
+            "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["embedded"] == 40
@@ -166,7 +181,10 @@ def test_s3_input_and_output(catalog: Path, s3_server, tmp_path: Path) -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "beam_jobs.embed_images", *args], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-m", "beam_jobs.embed_images", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
 
@@ -191,39 +209,57 @@ def test_bad_flags_and_models_stop_before_any_work(catalog: Path, tmp_path: Path
 
 def test_dataflow_dry_run_translates_the_job(catalog: Path, gcs_emulator) -> None:
     gcs_emulator.bucket("dataflow-bucket")
-    summary = embed_images.run([
-        "--input_pattern", "gs://dataflow-bucket/images/*.jpg", "--output_dir", "gs://dataflow-bucket/out",
-        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=test-project", "--region=us-central1",
-        "--temp_location=gs://dataflow-bucket/tmp", "--sdk_location=container",
-        "--setup_file", str(ROOT / "setup.py"),
-    ])
+    summary = embed_images.run(
+        [
+            "--input_pattern",
+            "gs://dataflow-bucket/images/*.jpg",
+            "--output_dir",
+            "gs://dataflow-bucket/out",
+            "--runner=DataflowRunner",
+            "--dry_run=True",
+            "--no_auth",
+            "--project=test-project",
+            "--region=us-central1",
+            "--temp_location=gs://dataflow-bucket/tmp",
+            "--sdk_location=container",
+            "--setup_file",
+            str(ROOT / "setup.py"),
+        ]
+    )
     assert summary["dry_run"] is True
     steps = summary["dataflow_steps"]
     assert any("Encode" in name for name in steps) and any("WriteEmbeddings" in name for name in steps)
 
 
-SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False),
-                    pa.field("embedding", pa.list_(pa.float32()), nullable=False)])
+SCHEMA = pa.schema(
+    [pa.field("id", pa.string(), nullable=False), pa.field("embedding", pa.list_(pa.float32()), nullable=False)]
+)
 
 
 def write_with_beam(rows: list[dict], directory: Path, rows_per_shard: int, row_group_rows: int = 10_000) -> None:
     options = launcher.default_to_direct_runner(PipelineOptions([]))
     with beam.Pipeline(options=options) as pipeline:
-        _ = pipeline | beam.Create(rows) | WriteParquetShards(
-            str(directory), SCHEMA, key="id", rows_per_shard=rows_per_shard, row_group_rows=row_group_rows)
+        _ = (
+            pipeline
+            | beam.Create(rows)
+            | WriteParquetShards(
+                str(directory), SCHEMA, key="id", rows_per_shard=rows_per_shard, row_group_rows=row_group_rows
+            )
+        )
 
 
 def test_shards_are_bounded_complete_and_in_key_order(tmp_path: Path) -> None:
-    rows = [{"id": f"r{i:03d}", "embedding": np.full(4, i, np.float32) if i % 2 else [float(i)] * 4}
-            for i in range(50)]
+    rows = [{"id": f"r{i:03d}", "embedding": np.full(4, i, np.float32) if i % 2 else [float(i)] * 4} for i in range(50)]
     random.Random(3).shuffle(rows)
     write_with_beam(rows, tmp_path / "out", rows_per_shard=8, row_group_rows=3)
     files = sorted((tmp_path / "out").iterdir())
     assert len(files) >= math.ceil(50 / 8)
     assert [f.name for f in files] == [f"part-{i:05d}-of-{len(files):05d}.parquet" for i in range(len(files))]
     for file in files:
-        groups = [pq.ParquetFile(file).read_row_group(i).column("id").to_pylist()
-                  for i in range(pq.ParquetFile(file).num_row_groups)]
+        groups = [
+            pq.ParquetFile(file).read_row_group(i).column("id").to_pylist()
+            for i in range(pq.ParquetFile(file).num_row_groups)
+        ]
         assert all(0 < len(ids) <= 3 and ids == sorted(ids) for ids in groups)
         assert 0 < sum(len(ids) for ids in groups) <= 8
     smallest = [min(pq.read_table(f).column("id").to_pylist()) for f in files]
@@ -268,9 +304,11 @@ def test_encoder_threads_split_the_cores_between_local_worker_processes() -> Non
 
 
 def test_pinned_threads_reach_tensorflow_in_a_fresh_process() -> None:
-    script = ("from transforms.encoding import load_encoder; import tensorflow as tf; load_encoder(None, 1); "
-              "print(tf.config.threading.get_intra_op_parallelism_threads(), "
-              "tf.config.threading.get_inter_op_parallelism_threads())")
+    script = (
+        "from transforms.embedding.encoding import load_encoder; import tensorflow as tf; load_encoder(None, 1); "
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads())"
+    )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "1"]
@@ -304,12 +342,17 @@ def test_clearing_outputs_removes_a_crashed_runs_temporary_shards(tmp_path: Path
 
 def test_padding_a_batch_leaves_the_real_rows_unchanged() -> None:
     assert [len(encoding.padded_batch(np.ones((n, 2, 2, 3), np.uint8))) for n in (1, 16, 17, 64, 65)] == [
-        16, 16, 32, 64, 128]
+        16,
+        16,
+        32,
+        64,
+        128,
+    ]
     encoder = encoding.load_encoder(None)
     size = encoder.config.image_size
     pixels = np.random.default_rng(5).integers(0, 256, (40, size, size, 3), dtype=np.uint8)
     whole = encoder.embed(pixels)  # padded to 64 rows inside
     for start in (0, 7, 33):
-        part = encoder.embed(pixels[start:start + 7])  # padded to 16 rows inside
+        part = encoder.embed(pixels[start : start + 7])  # padded to 16 rows inside
         assert part.shape == (7, encoder.config.embedding_dim)
-        assert float(np.abs(part - whole[start:start + 7]).max()) < 1e-5
+        assert float(np.abs(part - whole[start : start + 7]).max()) < 1e-5

@@ -108,8 +108,12 @@ def test_no_matching_files_is_an_error(tmp_path: Path) -> None:
 
 def test_zero_rows_is_an_error(tmp_path: Path) -> None:
     empty = pa.table(
-        {"id": pa.array([], pa.string()), "uri": pa.array([], pa.string()),
-         "embedding": pa.array([], pa.list_(pa.float32())), "model_id": pa.array([], pa.string())}
+        {
+            "id": pa.array([], pa.string()),
+            "uri": pa.array([], pa.string()),
+            "embedding": pa.array([], pa.list_(pa.float32())),
+            "model_id": pa.array([], pa.string()),
+        }
     )
     pq.write_table(empty, tmp_path / "part-0.parquet")
     assert "zero rows" in _error(str(tmp_path / "*.parquet"))
@@ -131,8 +135,13 @@ def test_mixed_dimensions_inside_a_file_names_the_file(tmp_path: Path) -> None:
 
 def test_mixed_model_ids_across_files(tmp_path: Path) -> None:
     write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
-    write_shard(tmp_path / "part-1.parquet", ["b"], unit_rows(1), model_ids=["other-model"],
-                metadata={"model_id": "other-model"})
+    write_shard(
+        tmp_path / "part-1.parquet",
+        ["b"],
+        unit_rows(1),
+        model_ids=["other-model"],
+        metadata={"model_id": "other-model"},
+    )
     message = _error(str(tmp_path / "*.parquet"))
     assert "part-1.parquet" in message and "other-model" in message
 
@@ -181,7 +190,7 @@ def test_missing_column_names_file_and_column(tmp_path: Path, column: str) -> No
 
 def test_requested_extra_column_missing(tmp_path: Path) -> None:
     write_shard(tmp_path / "part-0.parquet", ["a"], unit_rows(1))
-    with pytest.raises(EmbeddingsError, match="part-0.parquet.*'license'"):
+    with pytest.raises(EmbeddingsError, match=r"part-0\.parquet.*'license'"):
         load_embeddings(str(tmp_path / "*.parquet"), extra_columns=["license"])
 
 

@@ -2,6 +2,7 @@
 
 The gcs_emulator and s3_server fixtures come from tests/storage_servers.py.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,10 +22,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import uris
-from transforms.listing import CatalogItem, MatchInputs, fingerprint_of
-from transforms.manifest import ManifestError, ReadManifest, validate_manifest_path
-from transforms.reading import (
+from transforms.catalog import uris
+from transforms.catalog.listing import MatchInputs
+from transforms.catalog.manifest import ManifestError, ReadManifest, validate_manifest_path
+from transforms.catalog.reading import (
     NOT_FOUND,
     READ_ERROR,
     TOO_LARGE,
@@ -35,6 +36,7 @@ from transforms.reading import (
     read_bytes_with_retry,
     storage_io,
 )
+from transforms.items import CatalogItem, fingerprint_of
 
 # A nested catalog: images at the top and three folders deep, plus a non-image.
 TREE = {
@@ -68,11 +70,7 @@ def run_and_collect(
     pipeline = beam.Pipeline(options=PipelineOptions(list(options)))
     outputs = build(pipeline)
     for name, pcoll in outputs.items():
-        (
-            pcoll
-            | f"Json{name}" >> beam.Map(_to_json)
-            | f"Write{name}" >> beam.io.WriteToText(str(out_dir / name))
-        )
+        (pcoll | f"Json{name}" >> beam.Map(_to_json) | f"Write{name}" >> beam.io.WriteToText(str(out_dir / name)))
     result = pipeline.run()
     result.wait_until_finish()
     collected = {}
@@ -199,7 +197,7 @@ def test_listing_from_gcs_emulator_with_multiprocessing_workers(gcs_emulator, tm
     """Worker subprocesses reach the emulator through the inherited environment."""
     local = write_tree(tmp_path / "catalog")
     gcs_emulator.upload_directory(local, "multiproc-bucket", "cat")
-    options = gcs_emulator.beam_options() + ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    options = [*gcs_emulator.beam_options(), "--direct_num_workers=2", "--direct_running_mode=multi_processing"]
 
     collected, _ = _listing_case("gs://multiproc-bucket/cat", tmp_path / "out", options)
 
@@ -272,7 +270,7 @@ def test_csv_manifest_keeps_quoted_commas_and_rejects_rows_without_uri(tmp_path:
     write_tree(tmp_path / "images")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text(
-        'uri,id,caption\n'
+        "uri,id,caption\n"
         'images/top.jpg,img-1,"a small red circle, a large blue square"\n'
         ',img-2,"a row, without a uri"\n'
     )
@@ -394,7 +392,7 @@ class CountingStream:
     """A real file whose reads are counted, to show a huge object is not pulled whole."""
 
     def __init__(self, path: str) -> None:
-        self.handle = open(path, "rb")
+        self.handle = open(path, "rb")  # noqa: SIM115 - the test closes it
         self.bytes_returned = 0
 
     def read(self, size: int = -1) -> bytes:
@@ -486,7 +484,9 @@ def test_overlapping_patterns_list_each_file_once_when_deduplicating(tmp_path: P
     plain_uris = [item["uri"] for item in plain["items"]]
     assert len(plain_uris) == 12  # 4 + 4 + 4 matches: without dedupe the overlaps come through
     uris_once = [item["uri"] for item in deduped["items"]]
-    expected = {f"{root}/{name}" for name in ("top.jpg", "a/one.jpg", "a/b/two.jpg", "a/b/c/three.png", "a/b/c/four.jpg")}
+    expected = {
+        f"{root}/{name}" for name in ("top.jpg", "a/one.jpg", "a/b/two.jpg", "a/b/c/three.png", "a/b/c/four.jpg")
+    }
     assert sorted(uris_once) == sorted(expected)
     assert counter(result, "duplicate_uris_dropped") == len(plain_uris) - len(expected)
 

@@ -1,4 +1,5 @@
 """Freed heap pages go back to the OS (ScaNN's serialize leaves GBs of them otherwise)."""
+
 from __future__ import annotations
 
 import numpy as np

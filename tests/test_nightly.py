@@ -1,4 +1,5 @@
 """Nightly incremental rebuild: diffing, the validation gate, crash recovery, atomic publish (local and GCS)."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,11 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import nightly
+from nightly import incremental
+from nightly import workspace as publish
+from sample_catalog.generate import CatalogSettings, generate_item
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
-from transforms import incremental, publish
-from transforms.listing import CatalogItem
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
+from transforms.items import CatalogItem
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED, SIZE, COUNT = 11, 64, 300  # build_index needs >= 256 rows
@@ -38,8 +40,9 @@ def write_rows(manifest: Path, rows: list[dict]) -> None:
 
 
 def night(manifest: Path, workspace: Path, run_id: str, *extra: str) -> dict:
-    return nightly.run(["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", run_id,
-                        *BUILD_FLAGS, *extra])
+    return nightly.run(
+        ["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", run_id, *BUILD_FLAGS, *extra]
+    )
 
 
 def latest(workspace: Path) -> dict:
@@ -150,9 +153,23 @@ def test_half_the_catalog_gone_is_refused(tmp_path: Path) -> None:
     before = (ws / "LATEST").read_bytes()
     write_rows(manifest, manifest_rows(manifest)[: COUNT // 2])
     result = subprocess.run(
-        [sys.executable, "-m", "beam_jobs.nightly", "--manifest", str(manifest), "--workspace", str(ws),
-         "--run_id", "n2", *BUILD_FLAGS],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        [
+            sys.executable,
+            "-m",
+            "beam_jobs.nightly",
+            "--manifest",
+            str(manifest),
+            "--workspace",
+            str(ws),
+            "--run_id",
+            "n2",
+            *BUILD_FLAGS,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 3, result.stderr[-3000:]
     assert "max_shrink" in result.stderr and f"{COUNT} -> {COUNT // 2}" in result.stderr
@@ -222,8 +239,14 @@ def test_gcs_workspace(tmp_path: Path, gcs_emulator) -> None:
     gcs_emulator.bucket("nightly-bucket")
     gcs_emulator.upload_directory(manifest.parent / "images", "nightly-bucket", "photos")
     ws = "gs://nightly-bucket/ws"
-    args = ["--input_pattern", "gs://nightly-bucket/photos/*.jpg", "--workspace", ws, *BUILD_FLAGS,
-            *gcs_emulator.beam_options()]
+    args = [
+        "--input_pattern",
+        "gs://nightly-bucket/photos/*.jpg",
+        "--workspace",
+        ws,
+        *BUILD_FLAGS,
+        *gcs_emulator.beam_options(),
+    ]
     first = nightly.run([*args, "--run_id", "g1"])
     assert first["exit_code"] == 0 and first["new"] == COUNT
     state = publish.read_latest(ws)

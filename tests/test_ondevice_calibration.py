@@ -1,4 +1,5 @@
 """Leaves-to-search re-checked on the full encoded index, with a matmul twin of the runtime's search."""
+
 from __future__ import annotations
 
 import io
@@ -25,14 +26,23 @@ from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, onde
 def encoded():
     """A quantizer trained on 3,000 rows, all 8,000 rows encoded, written in index order."""
     vectors = clustered_unit_vectors(8_000, 32, rows_per_cluster=40, noise=0.15, seed=5)
-    artifacts = read_searcher(build_ondevice_searcher(
-        vectors[:3000], ondevice_builder_config(vectors[:3000], num_leaves=60, num_leaves_to_search=2)))
+    artifacts = read_searcher(
+        build_ondevice_searcher(
+            vectors[:3000], ondevice_builder_config(vectors[:3000], num_leaves=60, num_leaves_to_search=2)
+        )
+    )
     quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
     assignment, codes = quantizer.assign(vectors), quantizer.encode(vectors)
     buffer = io.BytesIO()
     summary = write_ondevice_index(
-        buffer, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=assignment, codes=codes, num_leaves_to_search=2, lookup_type="FLOAT")
+        buffer,
+        partition_centroids=quantizer.partition_centroids,
+        codebooks=list(quantizer.codebooks),
+        partition_assignment=assignment,
+        codes=codes,
+        num_leaves_to_search=2,
+        lookup_type="FLOAT",
+    )
     order = summary.item_order  # item g is row order[g]
     return vectors, quantizer, assignment[order], codes[order], order, buffer.getvalue()
 
@@ -43,8 +53,9 @@ def unclustered():
     then flips with float summation order (even with the batch a query is scored in)."""
     vectors = np.random.default_rng(8).standard_normal((4_000, 32)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    artifacts = read_searcher(build_ondevice_searcher(
-        vectors, ondevice_builder_config(vectors, num_leaves=40, num_leaves_to_search=5)))
+    artifacts = read_searcher(
+        build_ondevice_searcher(vectors, ondevice_builder_config(vectors, num_leaves=40, num_leaves_to_search=5))
+    )
     return vectors, artifacts, OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
 
 
@@ -52,13 +63,24 @@ def test_matmul_twin_returns_what_the_runtime_twin_returns(unclustered) -> None:
     vectors, artifacts, quantizer = unclustered
     buffer = io.BytesIO()
     summary = write_ondevice_index(
-        buffer, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=artifacts.partition_assignment, codes=artifacts.codes, num_leaves_to_search=5,
-        lookup_type="FLOAT")
+        buffer,
+        partition_centroids=quantizer.partition_centroids,
+        codebooks=list(quantizer.codebooks),
+        partition_assignment=artifacts.partition_assignment,
+        codes=artifacts.codes,
+        num_leaves_to_search=5,
+        lookup_type="FLOAT",
+    )
     order = summary.item_order
     queries = vectors[::100]
-    fast = searched_top_k(queries, reconstruct(quantizer, artifacts.codes[order]),
-                          artifacts.partition_assignment[order], quantizer.partition_centroids, 5, 10)
+    fast = searched_top_k(
+        queries,
+        reconstruct(quantizer, artifacts.codes[order]),
+        artifacts.partition_assignment[order],
+        quantizer.partition_centroids,
+        5,
+        10,
+    )
     runtime = ReferenceSearcher(buffer.getvalue())
     slow = [[hit.global_index for hit in runtime.search(q, 10, 5)] for q in queries]
     assert np.mean([len(set(f) & set(s)) / 10 for f, s in zip(fast.tolist(), slow)]) >= 0.99
@@ -82,8 +104,9 @@ def calibrate(encoded, start: int, target_recall: float):
     vectors, quantizer, assignment, codes, rows, _ = encoded
     queries = vectors[::40]
     true_ids, _ = exact_top_k(queries, vectors, 10)
-    return calibrate_leaves_to_search(quantizer, assignment, codes, queries, true_ids, rows,
-                                      start=start, target_recall=target_recall)
+    return calibrate_leaves_to_search(
+        quantizer, assignment, codes, queries, true_ids, rows, start=start, target_recall=target_recall
+    )
 
 
 def test_calibration_searches_more_leaves_when_the_start_misses_the_target(encoded) -> None:

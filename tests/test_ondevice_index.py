@@ -20,7 +20,8 @@ from index_builder.ondevice.index_file import (
     write_ondevice_index,
 )
 from index_builder.ondevice.leveldb_reader import LevelDBTableReader
-from index_builder.ondevice.protos import index_config_pb2, scann_ondevice_config_pb2 as pb
+from index_builder.ondevice.protos import index_config_pb2
+from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import NotOnDeviceCompatibleError, read_searcher
 from index_builder.scann_import import scann_ops_pybind
@@ -142,9 +143,7 @@ def test_search_fraction_makes_runtime_search_exactly_k_leaves() -> None:
 def test_file_holds_exactly_the_expected_keys_in_byte_order(index_bytes) -> None:
     data, _ = index_bytes
     keys = list(LevelDBTableReader(data).keys())
-    expected = (
-        [b"E_%d" % p for p in range(LEAVES)] + [b"INDEX_CONFIG", b"USER_INFO"] + [b"M_%d" % i for i in range(N)]
-    )
+    expected = [b"E_%d" % p for p in range(LEAVES)] + [b"INDEX_CONFIG", b"USER_INFO"] + [b"M_%d" % i for i in range(N)]
     assert keys == sorted(expected)
 
 
@@ -189,9 +188,7 @@ def test_float_lookup_over_all_leaves_equals_exact_search_on_decoded_vectors(sea
     convert.artifacts_to_ondevice_index(
         artifacts, out, metadata=[f"row-{i}" for i in range(N)], lookup_type="FLOAT", num_leaves_to_search=LEAVES
     )
-    decoded = np.concatenate(
-        [book[artifacts.codes[:, i]] for i, book in enumerate(artifacts.codebooks)], axis=1
-    )
+    decoded = np.concatenate([book[artifacts.codes[:, i]] for i, book in enumerate(artifacts.codebooks)], axis=1)
     reference = ReferenceSearcher(out.getvalue())
     for query in queries[:30]:
         assert _rows(reference.search(query, 10)) == _exact_top_k(decoded, query, 10)
@@ -213,8 +210,7 @@ def test_recall_against_exact_search(database, queries) -> None:
     convert.convert_searcher(searcher, out, metadata=[f"row-{i}" for i in range(N)])
     reference = ReferenceSearcher(out.getvalue())
     recalls = [
-        len(set(_rows(reference.search(query, 10))) & set(_exact_top_k(database, query, 10))) / 10
-        for query in queries
+        len(set(_rows(reference.search(query, 10))) & set(_exact_top_k(database, query, 10))) / 10 for query in queries
     ]
     assert np.mean(recalls) >= 0.9
 
@@ -265,8 +261,9 @@ def test_batched_search_returns_exactly_what_the_runtime_search_returns(lookup_t
     if not partitioned:
         arrays["partition_centroids"] = arrays["partition_assignment"] = None
     out = io.BytesIO()
-    write_ondevice_index(out, **arrays, num_leaves_to_search=2 if partitioned else 1, lookup_type=lookup_type,
-                         distance=distance)
+    write_ondevice_index(
+        out, **arrays, num_leaves_to_search=2 if partitioned else 1, lookup_type=lookup_type, distance=distance
+    )
     reference = ReferenceSearcher(out.getvalue())
     queries = np.random.default_rng(4).normal(size=(40, 6)).astype(np.float32)
     for k, count in ((10, 40), (700, 4)):  # k=700 > 600 items: fewer hits than k, padded with -1
@@ -335,7 +332,9 @@ def test_incompatible_scann_configs_are_rejected_or_rewritten(database) -> None:
 
 def test_converting_a_residual_quantized_searcher_is_refused(database) -> None:
     residual_config = (
-        scann_ops_pybind.builder(database, 10, "dot_product").tree(LEAVES, LEAVES_TO_SEARCH).score_ah(2, hash_type="lut256")
+        scann_ops_pybind.builder(database, 10, "dot_product")
+        .tree(LEAVES, LEAVES_TO_SEARCH)
+        .score_ah(2, hash_type="lut256")
     ).create_config()
     residual_searcher = scann_ops_pybind.create_searcher(database, residual_config)
     with pytest.raises(NotOnDeviceCompatibleError, match="use_residual_quantization"):
@@ -412,4 +411,3 @@ def test_task_library_image_searcher_returns_reference_results(tmp_path, artifac
             assert [m for m, _ in device] == [n.metadata.decode() for n in expected]
         else:
             assert device[0][0] == expected[0].metadata.decode() or device[0][1] == device[1][1]
-

@@ -1,4 +1,5 @@
 """The numpy twin of ScaNN's database-side encoding that Beam workers run (partition + AH codes)."""
+
 from __future__ import annotations
 
 import io
@@ -19,17 +20,26 @@ LEAVES, SEARCHED = 80, 8
 @pytest.fixture(scope="module")
 def trained():
     vectors = clustered_unit_vectors(12_000, 64, rows_per_cluster=40, noise=0.1, seed=11)
-    searcher = build_ondevice_searcher(vectors, ondevice_builder_config(
-        vectors, num_leaves=LEAVES, num_leaves_to_search=SEARCHED, anisotropic_quantization_threshold=0.2))
+    searcher = build_ondevice_searcher(
+        vectors,
+        ondevice_builder_config(
+            vectors, num_leaves=LEAVES, num_leaves_to_search=SEARCHED, anisotropic_quantization_threshold=0.2
+        ),
+    )
     return vectors, read_searcher(searcher)
 
 
 def ondevice_recall(vectors: np.ndarray, artifacts, codes: np.ndarray) -> float:
     buffer = io.BytesIO()
     summary = write_ondevice_index(
-        buffer, partition_centroids=artifacts.partition_centroids, codebooks=artifacts.codebooks,
-        partition_assignment=artifacts.partition_assignment, codes=codes, num_leaves_to_search=SEARCHED,
-        lookup_type="FLOAT")
+        buffer,
+        partition_centroids=artifacts.partition_centroids,
+        codebooks=artifacts.codebooks,
+        partition_assignment=artifacts.partition_assignment,
+        codes=codes,
+        num_leaves_to_search=SEARCHED,
+        lookup_type="FLOAT",
+    )
     searcher = ReferenceSearcher(buffer.getvalue())
     queries = vectors[::60][:200]
     found = [[summary.item_order[hit.global_index] for hit in searcher.search(q, 10)] for q in queries]
@@ -67,7 +77,9 @@ def test_encoding_is_row_independent(trained) -> None:
     vectors, artifacts = trained
     quantizer = OnDeviceQuantizer.from_artifacts(artifacts, 0.2)
     whole = quantizer.encode(vectors[:700], chunk_rows=256)
-    np.testing.assert_array_equal(whole, np.concatenate([quantizer.encode(vectors[i:i + 100]) for i in range(0, 700, 100)]))
+    np.testing.assert_array_equal(
+        whole, np.concatenate([quantizer.encode(vectors[i : i + 100]) for i in range(0, 700, 100)])
+    )
     with pytest.raises(ValueError, match="dimensions"):
         quantizer.encode(vectors[:5, :32])
 
@@ -76,12 +88,20 @@ def test_unequal_blocks_encode_to_the_nearest_centers() -> None:
     """D=5 in blocks of 2, 2, 1 (ScaNN's last chunk when D is odd): the per-block path."""
     rng = np.random.default_rng(6)
     books = (rng.standard_normal((16, 2)), rng.standard_normal((16, 2)), rng.standard_normal((16, 1)))
-    quantizer = OnDeviceQuantizer(rng.standard_normal((4, 5)).astype(np.float32),
-                                  tuple(b.astype(np.float32) for b in books), anisotropic_threshold=0.0)
+    quantizer = OnDeviceQuantizer(
+        rng.standard_normal((4, 5)).astype(np.float32),
+        tuple(b.astype(np.float32) for b in books),
+        anisotropic_threshold=0.0,
+    )
     vectors = rng.standard_normal((50, 5)).astype(np.float32)
     bounds = (0, 2, 4, 5)
-    expected = np.stack([np.argmin(((vectors[:, None, bounds[b]:bounds[b + 1]] - books[b][None]) ** 2).sum(-1), axis=1)
-                         for b in range(3)], axis=1)
+    expected = np.stack(
+        [
+            np.argmin(((vectors[:, None, bounds[b] : bounds[b + 1]] - books[b][None]) ** 2).sum(-1), axis=1)
+            for b in range(3)
+        ],
+        axis=1,
+    )
     np.testing.assert_array_equal(quantizer.encode(vectors), expected)
     anisotropic = OnDeviceQuantizer(quantizer.partition_centroids, quantizer.codebooks, 0.2).encode(vectors)
     assert anisotropic.shape == (50, 3) and anisotropic.max() < 16

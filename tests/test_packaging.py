@@ -1,4 +1,5 @@
 """The Dataflow worker image must run the same stack as setup.py pins."""
+
 from __future__ import annotations
 
 import ast
@@ -23,7 +24,9 @@ def install_requires() -> dict[str, str]:
 
 def test_every_runtime_requirement_is_pinned_exactly() -> None:
     pins = install_requires()
-    assert {"tensorflow", "apache-beam", "tensorflow-transform", "scann", "pyarrow", "google-cloud-storage"} <= set(pins)
+    assert {"tensorflow", "apache-beam", "tensorflow-transform", "scann", "pyarrow", "google-cloud-storage"} <= set(
+        pins
+    )
     assert all(re.fullmatch(r"\d+(\.\d+)+", version) for version in pins.values()), pins
 
 

@@ -1,4 +1,5 @@
 """The Beam stage that encodes every row for the on-device index: local run and Dataflow translation."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,9 @@ def test_every_row_lands_in_its_partition_file_in_id_order(tmp_path: Path) -> No
     files = sorted(str(p) for p in (tmp_path / "embeddings").glob("*.parquet"))
     quantizer = quantizer_for(vectors)
     with beam.Pipeline(options=launcher.default_to_direct_runner(PipelineOptions([]))) as pipeline:
-        parallel_encode.encode_pipeline(pipeline, files, quantizer, ["uri"], str(tmp_path / "parts"),
-                                        has_duplicates=False)
+        parallel_encode.encode_pipeline(
+            pipeline, files, quantizer, ["uri"], str(tmp_path / "parts"), has_duplicates=False
+        )
     expected_partition = quantizer.assign(vectors)
     expected_codes = quantizer.encode(vectors)
     seen = 0
@@ -54,10 +56,19 @@ def test_dataflow_dry_run_translates_the_encode_stage(tmp_path: Path, gcs_emulat
     vectors = clustered_unit_vectors(600, 128, rows_per_cluster=30, seed=3)
     write_embeddings(tmp_path / "embeddings", vectors, "model-x")
     files = sorted(str(p) for p in (tmp_path / "embeddings").glob("*.parquet"))
-    options = PipelineOptions([
-        "--runner=DataflowRunner", "--dry_run=True", "--no_auth", "--project=test-project", "--region=us-central1",
-        "--temp_location=gs://index-bucket/tmp", "--sdk_location=container", "--setup_file", str(ROOT / "setup.py"),
-    ])
+    options = PipelineOptions(
+        [
+            "--runner=DataflowRunner",
+            "--dry_run=True",
+            "--no_auth",
+            "--project=test-project",
+            "--region=us-central1",
+            "--temp_location=gs://index-bucket/tmp",
+            "--sdk_location=container",
+            "--setup_file",
+            str(ROOT / "setup.py"),
+        ]
+    )
     pipeline = beam.Pipeline(options=options)
     parallel_encode.encode_pipeline(pipeline, files, quantizer_for(vectors), ["uri"], "gs://index-bucket/parts")
     steps = launcher.dataflow_step_names(pipeline.run())

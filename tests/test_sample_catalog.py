@@ -1,4 +1,5 @@
 """The synthetic catalog: deterministic, diverse, fully described by its captions."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from transforms.sample_catalog import attributes
-from transforms.sample_catalog.captions import caption
-from transforms.sample_catalog.generate import CatalogSettings, generate_item
-from transforms.sample_catalog.scenes import sample_scene, scene_rng
+from sample_catalog import attributes
+from sample_catalog.captions import caption
+from sample_catalog.generate import CatalogSettings, generate_item
+from sample_catalog.scenes import sample_scene, scene_rng
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_job(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "beam_jobs.make_sample_catalog", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

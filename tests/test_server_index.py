@@ -15,16 +15,16 @@ from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder import evaluation
 from index_builder.evaluation import evaluate, exact_top_k, recall_at_k
 from index_builder.scann_import import hash_pb2, scann_ops_pybind, scann_pb2
-from index_builder.server_index import (
+from index_builder.scann_index import (
     CONFIG_TEXT_FILE,
     IndexParams,
-    build_server_index,
+    build_scann_index,
     load_server_index,
     ondevice_config_text,
     save_server_index,
     with_search_defaults,
 )
-from index_builder.tuning import TuningOptions, sample_query_rows, tune_server_index
+from index_builder.tuning import TuningOptions, sample_query_rows, tune_scann_index
 
 NUM_ROWS, DIM = 10_000, 32
 
@@ -36,12 +36,12 @@ def vectors() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def built(vectors: np.ndarray):
-    return build_server_index(vectors, IndexParams(num_leaves=100, num_leaves_to_search=10, reorder=50, seed=1))
+    return build_scann_index(vectors, IndexParams(num_leaves=100, num_leaves_to_search=10, reorder=50, seed=1))
 
 
 @pytest.fixture(scope="module")
 def tuned(vectors: np.ndarray):
-    return tune_server_index(vectors, IndexParams(seed=1), TuningOptions(target_recall=0.95, num_queries=300))
+    return tune_scann_index(vectors, IndexParams(seed=1), TuningOptions(target_recall=0.95, num_queries=300))
 
 
 def brute_force_neighbors(queries: np.ndarray, db: np.ndarray, k: int) -> np.ndarray:
@@ -92,7 +92,7 @@ def test_ondevice_variant_is_lut256_without_residuals_or_reordering(vectors, tmp
     assert ah.lookup_type == hash_pb2.AsymmetricHasherConfig.INT8
     assert config.partitioning.num_children == 64
 
-    index = build_server_index(vectors, params)
+    index = build_scann_index(vectors, params)
     assert parse(index.config_text) == config
     save_server_index(index, str(tmp_path / "ondevice"))
     assert "dataset.npy" not in os.listdir(tmp_path / "ondevice")  # no float copy: nothing to reorder with
@@ -117,10 +117,15 @@ def test_tuning_meets_target_recall_on_held_out_queries(tuned, vectors) -> None:
     # The chosen trial is the fastest meeting the target, unless a trial on the same index
     # searching no more leaves with no deeper reorder also met it (then the faster one was noise).
     undominated = [
-        t for t in tuned.trials
-        if t.meets_target and not any(
-            o.meets_target and o is not t and o.num_leaves == t.num_leaves
-            and o.num_leaves_to_search <= t.num_leaves_to_search and o.reorder <= t.reorder
+        t
+        for t in tuned.trials
+        if t.meets_target
+        and not any(
+            o.meets_target
+            and o is not t
+            and o.num_leaves == t.num_leaves
+            and o.num_leaves_to_search <= t.num_leaves_to_search
+            and o.reorder <= t.reorder
             for o in tuned.trials
         )
     ]
@@ -152,7 +157,7 @@ def test_evaluation_recall_matches_recomputation(tuned, vectors, tmp_path: Path)
 
 
 def test_fixed_leaves_only_sweeps_leaves_to_search(vectors) -> None:
-    result = tune_server_index(
+    result = tune_scann_index(
         vectors, IndexParams(num_leaves=80, reorder=50), TuningOptions(num_queries=100, latency_queries=20)
     )
     assert {t.num_leaves for t in result.trials} == {80}
@@ -162,7 +167,7 @@ def test_fixed_leaves_only_sweeps_leaves_to_search(vectors) -> None:
 
 def test_fixed_everything_just_evaluates(vectors) -> None:
     params = IndexParams(num_leaves=80, num_leaves_to_search=4, reorder=20)
-    result = tune_server_index(vectors, params, TuningOptions(num_queries=100, latency_queries=20))
+    result = tune_scann_index(vectors, params, TuningOptions(num_queries=100, latency_queries=20))
     assert len(result.trials) == 1
     trial = result.trials[0]
     assert (trial.num_leaves, trial.num_leaves_to_search, trial.reorder) == (80, 4, 20)
@@ -181,8 +186,11 @@ def test_with_search_defaults_changes_query_knobs_without_retraining(built, vect
 
 
 def test_ondevice_tuning_records_its_choice_without_reloading_the_searcher(vectors) -> None:
-    result = tune_server_index(vectors, IndexParams(num_leaves=80, for_ondevice=True, seed=1),
-                               TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20))
+    result = tune_scann_index(
+        vectors,
+        IndexParams(num_leaves=80, for_ondevice=True, seed=1),
+        TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20),
+    )
     chosen = result.chosen.num_leaves_to_search
     assert result.params.num_leaves_to_search == chosen
     assert f"max_spill_centers: {chosen}" in result.index.config_text
@@ -227,7 +235,7 @@ def test_recall_at_k_counts_overlap() -> None:
 
 def test_bad_params_are_refused(vectors) -> None:
     with pytest.raises(ValueError, match="exceeds the 10000 database rows"):
-        build_server_index(vectors, IndexParams(num_leaves=20_000))
+        build_scann_index(vectors, IndexParams(num_leaves=20_000))
     with pytest.raises(ValueError, match="distance"):
         IndexParams(distance="cosine")
     with pytest.raises(ValueError, match="num_leaves_to_search"):
@@ -238,13 +246,17 @@ def test_tuning_on_given_queries_measures_recall_on_those_queries(vectors) -> No
     rng = np.random.default_rng(3)
     queries = vectors[rng.choice(NUM_ROWS, 150, replace=False)] + 0.1 * rng.standard_normal((150, DIM))
     queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
-    result = tune_server_index(vectors, IndexParams(num_leaves=80, reorder=0, seed=1),
-                               TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20), queries=queries)
+    result = tune_scann_index(
+        vectors,
+        IndexParams(num_leaves=80, reorder=0, seed=1),
+        TuningOptions(target_recall=0.8, num_queries=100, latency_queries=20),
+        queries=queries,
+    )
     assert len(result.queries_idx) == 0 and result.true_ids.shape[0] == 150
     found = result.index.search_batched(queries, 10)
     assert recall_at_k(found, exact_top_k(queries, vectors, 10)[0], 10) == pytest.approx(result.chosen.recall)
     with pytest.raises(ValueError, match="tuning queries"):
-        tune_server_index(vectors, IndexParams(num_leaves=80), TuningOptions(), queries=queries[:, :8])
+        tune_scann_index(vectors, IndexParams(num_leaves=80), TuningOptions(), queries=queries[:, :8])
 
 
 # With the leaf count free and tolerance 0.05 the near-best trial is on another tree than the most
@@ -253,7 +265,7 @@ def test_tuning_on_given_queries_measures_recall_on_those_queries(vectors) -> No
 def test_unreachable_target_takes_the_cheapest_trial_near_the_best_recall(vectors, num_leaves, tolerance) -> None:
     params = IndexParams(num_leaves=num_leaves, for_ondevice=True, dims_per_block=8, seed=1)
     options = TuningOptions(target_recall=1.0, num_queries=200, latency_queries=20, ceiling_tolerance=tolerance)
-    result = tune_server_index(vectors, params, options)
+    result = tune_scann_index(vectors, params, options)
     best = max(t.recall for t in result.trials)
     assert not result.target_met and best < 1.0
     assert result.chosen.recall >= best - tolerance

@@ -1,4 +1,5 @@
 """Our TFLite Metadata writer/reader: round trips and model surgery (interop is in test_default_model)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 `options` is any object with the embed_images flags (EmbedImagesOptions or a view of it).
 """
+
 from __future__ import annotations
 
 import os
@@ -13,17 +14,14 @@ from apache_beam.options.pipeline_options import DirectOptions
 from apache_beam.utils import shared
 
 from encoders import model_config
-from transforms import embedding_schema, run_outputs
-from transforms.decoding_fn import DecodeForModel
-from transforms.encoding import EncodeBatches, WarmUpEncoder
-from transforms.listing import MatchInputs
-from transforms.manifest import ReadManifest
-from transforms.parquet_shards import WriteParquetShards
-from transforms.reading import ReadImageBytes
-
-
-def absolute(path: str) -> str:
-    return path if "://" in path else os.path.abspath(path)
+from transforms.catalog import uris
+from transforms.catalog.listing import MatchInputs
+from transforms.catalog.manifest import ReadManifest
+from transforms.catalog.reading import ReadImageBytes
+from transforms.embedding.decoding_fn import DecodeForModel
+from transforms.embedding.encoding import EncodeBatches, WarmUpEncoder
+from transforms.outputs import embedding_schema, run_outputs
+from transforms.outputs.parquet_shards import WriteParquetShards
 
 
 def encoder_threads(options: Any) -> int | None:
@@ -46,9 +44,9 @@ def encoder_threads(options: Any) -> int | None:
 def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection, beam.PCollection]:
     """The catalog as CatalogItems (one per uri) plus listing-stage rejections."""
     if options.manifest:
-        manifest = pipeline | "ReadManifest" >> ReadManifest(absolute(options.manifest))
+        manifest = pipeline | "ReadManifest" >> ReadManifest(uris.absolutize_local(options.manifest))
         return manifest.items, manifest.rejected
-    patterns = [absolute(p) for p in options.input_pattern]
+    patterns = [uris.absolutize_local(p) for p in options.input_pattern]
     items = pipeline | "MatchInputs" >> MatchInputs(patterns, deduplicate=True)
     return items, pipeline | "NoListingRejections" >> beam.Create([])
 
@@ -79,8 +77,8 @@ def embed_items(
         # A fixed size: the encoder's cost per image does not depend on it past a few dozen, and
         # every new size costs memory (see encoding.padded_batch).
         | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
-        | "Encode" >> beam.ParDo(EncodeBatches(model_dir, model, threads)).with_outputs(
-            EncodeBatches.REJECTED, main="rows")
+        | "Encode"
+        >> beam.ParDo(EncodeBatches(model_dir, model, threads)).with_outputs(EncodeBatches.REJECTED, main="rows")
     )
     rows = encoded.rows | "ToRows" >> beam.Map(embedding_schema.output_row, carried)
     return rows, [read[ReadImageBytes.REJECTED], decoded[DecodeForModel.REJECTED], encoded[EncodeBatches.REJECTED]]
@@ -98,16 +96,22 @@ def write_outputs(
     _ = (
         tuple(rows)
         | "MergeRows" >> beam.Flatten()
-        | "WriteEmbeddings" >> WriteParquetShards(
-            FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR), schema, key="id",
+        | "WriteEmbeddings"
+        >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR),
+            schema,
+            key="id",
             rows_per_shard=options.rows_per_shard,
         )
     )
     _ = (
         tuple(rejections)
         | "AllRejections" >> beam.Flatten()
-        | "WriteRejected" >> WriteParquetShards(
-            FileSystems.join(output_dir, run_outputs.REJECTED_DIR), embedding_schema.REJECTED_SCHEMA, key="uri",
+        | "WriteRejected"
+        >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.REJECTED_DIR),
+            embedding_schema.REJECTED_SCHEMA,
+            key="uri",
             rows_per_shard=options.rows_per_shard,
         )
     )

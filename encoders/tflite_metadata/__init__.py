@@ -3,6 +3,7 @@
 tflite-support cannot be a dependency (protobuf<4 vs TF 2.21), so the metadata
 flatbuffer, the model surgery and the associated-files zip are implemented here.
 """
+
 from __future__ import annotations
 
 from encoders.tflite_metadata.associated_files import read_associated_files

@@ -10,6 +10,7 @@ zipfile in append mode):
   extractor expects the end record in the last 22 bytes).
 Entries get a fixed timestamp so the same inputs give byte-identical models.
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ unchanged: a RegexTokenizer on the text model's single int32 input, RGB image pr
 plus normalization on the image model's float32 input, and (for searchers) the ScaNN
 index as a SCANN_INDEX_FILE associated file on the output tensor.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,7 +75,7 @@ def add_text_embedder_metadata(
     *,
     version: str | None = None,
     author: str | None = None,
-    license: str | None = None,  # noqa: A002 (the schema's field name)
+    license: str | None = None,
 ) -> bytes:
     """Returns the text model with RegexTokenizer metadata and vocab.txt (replacing any metadata).
 
@@ -127,7 +128,7 @@ def add_image_embedder_metadata(
     *,
     version: str | None = None,
     author: str | None = None,
-    license: str | None = None,  # noqa: A002 (the schema's field name)
+    license: str | None = None,
 ) -> bytes:
     """Returns the image model with RGB image properties and normalization (replacing any metadata).
 

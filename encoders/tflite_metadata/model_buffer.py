@@ -6,6 +6,7 @@ with TF's own generated schema module, swap or add that buffer and repack. Repac
 yields the bare flatbuffer: any associated-files zip that followed it is dropped here and
 re-appended by the caller (see `associated_files`).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,9 +21,7 @@ TFLITE_FILE_IDENTIFIER = b"TFL3"
 # TFLite's schema declares Buffer.data with force_align: 16; the generated Python Pack()
 # ignores it, so we align the vector ourselves to keep constant tensors aligned for kernels.
 _BUFFER_ALIGNMENT = 16
-_TENSOR_TYPE_NAMES = {
-    value: name for name, value in vars(tflite_schema.TensorType).items() if not name.startswith("_")
-}
+_TENSOR_TYPE_NAMES = {value: name for name, value in vars(tflite_schema.TensorType).items() if not name.startswith("_")}
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,7 @@ def read_metadata_buffer(model: bytes) -> bytes | None:
 class _AlignedBufferT(tflite_schema.BufferT):
     """BufferT whose data vector honours the schema's 16-byte alignment."""
 
-    def Pack(self, builder: flatbuffers.Builder) -> int:  # noqa: N802 (generated-code API)
+    def Pack(self, builder: flatbuffers.Builder) -> int:
         data_offset = None
         if self.data is not None:
             data = np.asarray(self.data, dtype=np.uint8).tobytes()

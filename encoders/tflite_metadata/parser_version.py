@@ -10,6 +10,7 @@ Only members that the C++ rule inspects count; e.g. the vocab file inside
 RegexTokenizerOptions is not visited (the tokenizer itself already implies 1.2.1).
 Empty lists are never serialized, so they count as absent here too.
 """
+
 from __future__ import annotations
 
 from encoders.tflite_metadata.schema import (

@@ -5,6 +5,7 @@ computed and stamped, the metadata buffer goes into the model, and the associate
 follow the flatbuffer as a stored zip. Unlike the populator, the caller hands over the
 complete file set each time, so re-attaching is "read, edit, populate again".
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,6 +5,7 @@ Covers every field `writer` can write, so metadata can be read, edited and re-at
 schema that we never write (tensor groups, custom metadata, other union members) are
 reported as an error rather than silently dropped, since re-attaching would lose them.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -87,9 +88,7 @@ class _TableReader:
         if offset == 0:
             return []
         start, length = self.table.Vector(offset), self.table.VectorLen(offset)
-        return [
-            parse(_TableReader(Table(self.table.Bytes, self.table.Indirect(start + 4 * i)))) for i in range(length)
-        ]
+        return [parse(_TableReader(Table(self.table.Bytes, self.table.Indirect(start + 4 * i)))) for i in range(length)]
 
     def strings(self, slot: int) -> list[str]:
         offset = self._offset(slot)

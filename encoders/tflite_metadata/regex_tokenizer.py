@@ -14,6 +14,7 @@ cc/task/processor/regex_preprocessor.cc):
 - Vocab file: one "token id" per line split on a single space, blank lines skipped, later
   lines win; several tokens may share an id (we use that for case variants).
 """
+
 from __future__ import annotations
 
 import re
@@ -108,7 +109,9 @@ def vocab_file_bytes(vocab: Mapping[str, int]) -> bytes:
     lines = []
     for token, token_id in vocab.items():
         if not token or any(ch.isspace() for ch in token):
-            raise ValueError(f"vocab token {token!r} is empty or contains whitespace; the vocab file format cannot hold it")
+            raise ValueError(
+                f"vocab token {token!r} is empty or contains whitespace; the vocab file format cannot hold it"
+            )
         if not isinstance(token_id, int) or token_id < 0:
             raise ValueError(f"vocab id for {token!r} must be a non-negative int, got {token_id!r}")
         lines.append(f"{token} {token_id}\n")

@@ -8,11 +8,11 @@ The `*Field` enums give each table field its vtable slot. Slots follow declarati
 in the .fbs and a union field takes two slots (its `_type` byte, then the value), so
 they must never be renumbered: the Task Library reads fields by slot, not by name.
 """
+
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 FILE_IDENTIFIER = b"M001"
 # Name of the model-level metadata entry that points at the metadata buffer.
@@ -170,7 +170,7 @@ class ValueRange:
     max: int
 
 
-ContentProperties = Union[FeatureProperties, ImageProperties]
+ContentProperties = FeatureProperties | ImageProperties
 
 
 @dataclass
@@ -191,7 +191,7 @@ class RegexTokenizerOptions:
     vocab_file: list[AssociatedFile] = field(default_factory=list)
 
 
-ProcessUnitOptions = Union[NormalizationOptions, RegexTokenizerOptions]
+ProcessUnitOptions = NormalizationOptions | RegexTokenizerOptions
 
 
 @dataclass

@@ -5,6 +5,7 @@ are not installable next to TF 2.21. Children are built before their parent tabl
 flatbuffers rule: no nested construction), and empty lists / None fields are left out,
 which parsers read as "absent".
 """
+
 from __future__ import annotations
 
 import enum

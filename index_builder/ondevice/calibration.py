@@ -15,6 +15,7 @@ overall best items are ranked once (``rank_candidates``), and a setting's top k 
 INT8 tables round the scores slightly; the final on-device recall in eval.json is measured with
 the runtime's own arithmetic (ReferenceSearcher).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,19 +48,20 @@ def reconstruct(quantizer: OnDeviceQuantizer, codes: np.ndarray) -> np.ndarray:
     return decode_codes(quantizer.codebooks, codes)
 
 
-def searched_top_k(queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray,
-                   centroids: np.ndarray, leaves: int, k: int) -> np.ndarray:
+def searched_top_k(
+    queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray, leaves: int, k: int
+) -> np.ndarray:
     """[Q, k] item indices the runtime would return (float LUT, dot product), best first."""
     found = np.zeros((len(queries), k), np.int64)
     for start in range(0, len(queries), _QUERY_CHUNK):
-        chunk = queries[start:start + _QUERY_CHUNK]
+        chunk = queries[start : start + _QUERY_CHUNK]
         top_leaves = np.argsort(-(chunk @ centroids.T), axis=1, kind="stable")[:, :leaves]
         searched = np.zeros((len(chunk), len(centroids)), bool)
         np.put_along_axis(searched, top_leaves, True, axis=1)
         scores = np.where(searched[:, assignment], chunk @ decoded.T, -np.inf)
         best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-        found[start:start + len(chunk)] = np.take_along_axis(best, order, axis=1)
+        found[start : start + len(chunk)] = np.take_along_axis(best, order, axis=1)
     return found
 
 
@@ -77,27 +79,35 @@ class RankedCandidates:
     leaf_rank: np.ndarray  # [Q, depth] rank of each item's leaf for its query (0 = nearest)
 
 
-def rank_candidates(queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray,
-                    centroids: np.ndarray, depth: int) -> RankedCandidates:
+def rank_candidates(
+    queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray, depth: int
+) -> RankedCandidates:
     depth = min(depth, len(decoded))
     items = np.zeros((len(queries), depth), np.int64)
     leaf_rank = np.zeros((len(queries), depth), np.int64)
     for start in range(0, len(queries), _QUERY_CHUNK):
-        chunk = queries[start:start + _QUERY_CHUNK]
+        chunk = queries[start : start + _QUERY_CHUNK]
         scores = chunk @ decoded.T
-        top = np.argpartition(scores, len(decoded) - depth, axis=1)[:, len(decoded) - depth:]
+        top = np.argpartition(scores, len(decoded) - depth, axis=1)[:, len(decoded) - depth :]
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
         best = np.take_along_axis(top, order, axis=1)
         leaf_order = np.argsort(-(chunk @ centroids.T), axis=1, kind="stable")
         rank_of_leaf = np.empty_like(leaf_order)
         np.put_along_axis(rank_of_leaf, leaf_order, np.arange(len(centroids))[None, :], axis=1)
-        items[start:start + len(chunk)] = best
-        leaf_rank[start:start + len(chunk)] = np.take_along_axis(rank_of_leaf, assignment[best], axis=1)
+        items[start : start + len(chunk)] = best
+        leaf_rank[start : start + len(chunk)] = np.take_along_axis(rank_of_leaf, assignment[best], axis=1)
     return RankedCandidates(items, leaf_rank)
 
 
-def top_k_within_leaves(ranked: RankedCandidates, leaves: int, k: int, queries: np.ndarray,
-                        decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+def top_k_within_leaves(
+    ranked: RankedCandidates,
+    leaves: int,
+    k: int,
+    queries: np.ndarray,
+    decoded: np.ndarray,
+    assignment: np.ndarray,
+    centroids: np.ndarray,
+) -> np.ndarray:
     """[Q, k] what ``searched_top_k`` returns for ``leaves``, mostly read off ``ranked``."""
     searched = ranked.leaf_rank < leaves
     enough = searched.sum(axis=1) >= k
@@ -110,8 +120,16 @@ def top_k_within_leaves(ranked: RankedCandidates, leaves: int, k: int, queries: 
 
 
 def calibrate_leaves_to_search(
-    quantizer: OnDeviceQuantizer, assignment: np.ndarray, codes: np.ndarray, queries: np.ndarray,
-    true_ids: np.ndarray, item_rows: np.ndarray, *, start: int, target_recall: float, k: int = 10,
+    quantizer: OnDeviceQuantizer,
+    assignment: np.ndarray,
+    codes: np.ndarray,
+    queries: np.ndarray,
+    true_ids: np.ndarray,
+    item_rows: np.ndarray,
+    *,
+    start: int,
+    target_recall: float,
+    k: int = 10,
     confidence_z: float = 1.64,
 ) -> tuple[int, list[CalibrationTrial]]:
     """The fewest leaves near ``start`` whose recall@k meets the target, else the most accurate tried.

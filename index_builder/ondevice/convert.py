@@ -11,7 +11,8 @@ Callers that compute AH codes themselves (Beam-scale builds) call
 from __future__ import annotations
 
 import os
-from typing import BinaryIO, Sequence
+from collections.abc import Sequence
+from typing import BinaryIO
 
 from index_builder.ondevice.index_file import OnDeviceIndexSummary, write_ondevice_index
 from index_builder.ondevice.leveldb_table import Compression

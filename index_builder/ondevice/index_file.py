@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -224,9 +225,13 @@ def write_ondevice_index(
             raise ValueError("partition_assignment is required with partition_centroids")
         assignment = np.asarray(partition_assignment)
         if assignment.shape != (num_items,) or not np.issubdtype(assignment.dtype, np.integer):
-            raise ValueError(f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}")
+            raise ValueError(
+                f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}"
+            )
         if num_items and (assignment.min() < 0 or assignment.max() >= num_partitions):
-            raise ValueError(f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]")
+            raise ValueError(
+                f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
+            )
     if not 1 <= num_leaves_to_search <= num_partitions:
         raise ValueError(f"num_leaves_to_search must be in [1, {num_partitions}], got {num_leaves_to_search}")
     if metadata is not None and len(metadata) != num_items:

@@ -13,7 +13,8 @@ import bisect
 import io
 import os
 import struct
-from typing import BinaryIO, Iterator
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import google_crc32c
 
@@ -95,7 +96,7 @@ class LevelDBTableReader:
             self._file: BinaryIO = io.BytesIO(bytes(source))
             self._owns_file = True
         elif isinstance(source, (str, os.PathLike)):
-            self._file = open(source, "rb")
+            self._file = open(source, "rb")  # noqa: SIM115 - closed by close() / __exit__
             self._owns_file = True
         else:
             self._file = source

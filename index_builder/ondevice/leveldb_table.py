@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import enum
 import struct
+from collections.abc import Iterable
 from types import TracebackType
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import google_crc32c
 
@@ -260,9 +261,7 @@ def _parse_compression(compression: Compression | str) -> Compression:
     try:
         return names[str(compression).lower()]
     except KeyError:
-        raise ValueError(
-            f"unknown compression {compression!r}: use one of {sorted(names)}"
-        ) from None
+        raise ValueError(f"unknown compression {compression!r}: use one of {sorted(names)}") from None
 
 
 def write_table(

@@ -8,11 +8,12 @@ and each partition is written as one small Parquet file (ids, codes, metadata in
 ``load_embeddings`` gives the in-process build).
 ``collect_partitions`` reads them back in partition order and ``write_index`` writes index.ldb.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -77,8 +78,10 @@ class WritePartition(beam.DoFn):
     def process(self, element: tuple[int, list[tuple]]) -> Iterator[int]:
         partition, members = element
         members = sorted(members, key=lambda member: member[1])  # id order: load_embeddings' row order
-        table = pa.table({"id": [m[1] for m in members], "code": [m[2] for m in members],
-                          "metadata": [m[3] for m in members]}, schema=PARTITION_SCHEMA)
+        table = pa.table(
+            {"id": [m[1] for m in members], "code": [m[2] for m in members], "metadata": [m[3] for m in members]},
+            schema=PARTITION_SCHEMA,
+        )
         with FileSystems.create(partition_file(self._directory, partition)) as handle:
             pq.write_table(table, handle)
         yield len(members)
@@ -92,8 +95,14 @@ def _first_occurrence(records: Sequence[tuple]) -> tuple:
     return min(records, key=lambda record: record[0])
 
 
-def encode_pipeline(pipeline: beam.Pipeline, files: Sequence[str], quantizer: OnDeviceQuantizer,
-                    metadata_columns: Sequence[str], directory: str, has_duplicates: bool = True) -> None:
+def encode_pipeline(
+    pipeline: beam.Pipeline,
+    files: Sequence[str],
+    quantizer: OnDeviceQuantizer,
+    metadata_columns: Sequence[str],
+    directory: str,
+    has_duplicates: bool = True,
+) -> None:
     """Adds the stage to ``pipeline``; running it fills ``directory`` with one file per non-empty partition.
 
     ``has_duplicates=False`` (the launcher's loader counted none) skips the shuffle by id.
@@ -152,10 +161,25 @@ def collect_partitions(directory: str, num_partitions: int, num_blocks: int) -> 
     )
 
 
-def write_index(items: EncodedItems, quantizer: OnDeviceQuantizer, out: str | os.PathLike[str], *,
-                num_leaves_to_search: int, lookup_type: str, user_info: bytes = b"") -> OnDeviceIndexSummary:
+def write_index(
+    items: EncodedItems,
+    quantizer: OnDeviceQuantizer,
+    out: str | os.PathLike[str],
+    *,
+    num_leaves_to_search: int,
+    lookup_type: str,
+    user_info: bytes = b"",
+) -> OnDeviceIndexSummary:
     """index.ldb from collected items (dot-product search, as build_index configures ScaNN)."""
     return write_ondevice_index(
-        out, partition_centroids=quantizer.partition_centroids, codebooks=list(quantizer.codebooks),
-        partition_assignment=items.assignment, codes=items.codes, metadata=items.metadata, user_info=user_info,
-        num_leaves_to_search=num_leaves_to_search, distance="dot_product", lookup_type=lookup_type)
+        out,
+        partition_centroids=quantizer.partition_centroids,
+        codebooks=list(quantizer.codebooks),
+        partition_assignment=items.assignment,
+        codes=items.codes,
+        metadata=items.metadata,
+        user_info=user_info,
+        num_leaves_to_search=num_leaves_to_search,
+        distance="dot_product",
+        lookup_type=lookup_type,
+    )

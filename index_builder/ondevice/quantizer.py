@@ -10,6 +10,7 @@ Beam workers can encode millions of rows with the trained parameters as a side i
   ``eta = (D - 1) * (T^2 / ||x||^2) / (1 - T^2 / ||x||^2)`` for threshold ``T``: errors parallel
   to the datapoint move inner products, so they cost more than orthogonal ones.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,11 @@ class OnDeviceQuantizer:
 
     @classmethod
     def from_artifacts(cls, artifacts: ScannOnDeviceArtifacts, anisotropic_threshold: float) -> OnDeviceQuantizer:
-        return cls(np.asarray(artifacts.partition_centroids, np.float32),
-                   tuple(np.asarray(b, np.float32) for b in artifacts.codebooks), anisotropic_threshold)
+        return cls(
+            np.asarray(artifacts.partition_centroids, np.float32),
+            tuple(np.asarray(b, np.float32) for b in artifacts.codebooks),
+            anisotropic_threshold,
+        )
 
     def assign(self, vectors: np.ndarray) -> np.ndarray:
         """[N] int32 leaf of each row: argmin ||x - c||^2 (= argmax x.c - ||c||^2 / 2)."""
@@ -43,10 +47,13 @@ class OnDeviceQuantizer:
         """[N, num_blocks] uint8 AH codes (rows in cache-sized chunks)."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if sum(book.shape[1] for book in self.codebooks) != x.shape[1]:
-            raise ValueError(f"codebooks cover {sum(b.shape[1] for b in self.codebooks)} dimensions, "
-                             f"vectors have {x.shape[1]}")
-        return np.concatenate([self._encode_chunk(x[i:i + chunk_rows]) for i in range(0, len(x), chunk_rows)]
-                              or [np.zeros((0, len(self.codebooks)), np.uint8)])
+            raise ValueError(
+                f"codebooks cover {sum(b.shape[1] for b in self.codebooks)} dimensions, vectors have {x.shape[1]}"
+            )
+        return np.concatenate(
+            [self._encode_chunk(x[i : i + chunk_rows]) for i in range(0, len(x), chunk_rows)]
+            or [np.zeros((0, len(self.codebooks)), np.uint8)]
+        )
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
         squared, along = self._block_terms(x)  # [B, n, C]; squared is off by a per-(block, row) constant
@@ -54,7 +61,7 @@ class OnDeviceQuantizer:
         if self.anisotropic_threshold <= 0:
             return codes.astype(np.uint8)
         norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
-        ratio = np.minimum(self.anisotropic_threshold ** 2 / norms, 0.999999)
+        ratio = np.minimum(self.anisotropic_threshold**2 / norms, 0.999999)
         eta = (x.shape[1] - 1) * ratio / (1 - ratio)
         weight = ((eta - 1) / norms).astype(np.float32)[:, None]
         # Changing block b's center leaves the other blocks' residual terms fixed, so per row the loss is
@@ -76,7 +83,7 @@ class OnDeviceQuantizer:
                 constant = fixed[b] if everyone else fixed[b][active]
                 current = codes[active, b]
                 base_dot = (residual_dot if everyone else residual_dot[active]) - al[local, current]
-                loss = np.multiply(twice_weight * base_dot[:, None], al, out=buffer[:len(active)])
+                loss = np.multiply(twice_weight * base_dot[:, None], al, out=buffer[: len(active)])
                 loss += constant
                 best = np.argmin(loss, axis=1)
                 codes[active, b] = best
@@ -100,7 +107,7 @@ class OnDeviceQuantizer:
             xx = np.einsum("bnd,bnd->bn", xb, xb)[:, :, None]
         else:  # ScaNN's last chunk is narrower when D is not a multiple of dims_per_block
             bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
-            parts = [x[:, bounds[i]:bounds[i + 1]] for i in range(len(self.codebooks))]
+            parts = [x[:, bounds[i] : bounds[i + 1]] for i in range(len(self.codebooks))]
             dots = np.stack([p @ book.T for p, book in zip(parts, self.codebooks)])
             xx = np.stack([np.einsum("nd,nd->n", p, p) for p in parts])[:, :, None]
         along = xx - dots

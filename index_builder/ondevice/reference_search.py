@@ -21,8 +21,9 @@ Brute-force (FLOAT) indexes skip step 2 and score raw float32 embeddings.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Sequence
+from typing import BinaryIO
 
 import numpy as np
 
@@ -70,9 +71,7 @@ class ReferenceSearcher:
             sum(book.shape[1] for book in self.codebooks) if self.uses_hashing else self.index.values_per_item
         )
         leaves = scann.partitioner.leaf
-        self.centroids = (
-            np.array([list(leaf.dimension) for leaf in leaves], dtype=np.float32) if leaves else None
-        )
+        self.centroids = np.array([list(leaf.dimension) for leaf in leaves], dtype=np.float32) if leaves else None
         self.default_leaves_to_search = leaves_searched_by_runtime(self.index.config)
         self.offsets = list(self.index.config.global_partition_offsets)
         self._partition_cache: dict[int, np.ndarray] = {}
@@ -146,10 +145,7 @@ class ReferenceSearcher:
         all_ids = np.concatenate(ids)
         all_distances = np.concatenate(distances)
         best = np.lexsort((all_ids, all_distances))[:k]
-        return [
-            Neighbor(int(all_ids[i]), float(all_distances[i]), self.index.metadata(int(all_ids[i])))
-            for i in best
-        ]
+        return [Neighbor(int(all_ids[i]), float(all_distances[i]), self.index.metadata(int(all_ids[i]))) for i in best]
 
     def search_many(self, queries: np.ndarray, k: int = 10, num_leaves_to_search: int | None = None) -> np.ndarray:
         """[Q, k] global indices; row q equals ``[n.global_index for n in search(queries[q], k)]`` (-1 pads).
@@ -178,8 +174,9 @@ class ReferenceSearcher:
                 found[start + row, : len(best)] = best
         return found
 
-    def _rescored_top_k(self, query: np.ndarray, approximate: np.ndarray, items: _AllItems, leaves: int,
-                        k: int) -> np.ndarray:
+    def _rescored_top_k(
+        self, query: np.ndarray, approximate: np.ndarray, items: _AllItems, leaves: int, k: int
+    ) -> np.ndarray:
         searched = np.zeros(items.num_partitions, dtype=bool)
         searched[self.partitions_to_search(query, leaves)] = True
         in_search = searched[items.partition]
@@ -212,11 +209,14 @@ class ReferenceSearcher:
                 decoded = all_stored.astype(np.float32)
             squared_norms = np.einsum("nd,nd->n", decoded, decoded)
             self._all = _AllItems(
-                decoded=np.ascontiguousarray(decoded), squared_norms=squared_norms,
+                decoded=np.ascontiguousarray(decoded),
+                squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
                 partition=np.concatenate([np.full(len(part), p) for p, part in enumerate(stored)]),
                 global_ids=np.concatenate([offsets[p] + np.arange(len(part)) for p, part in enumerate(stored)]),
-                stored=all_stored, num_partitions=num_partitions)
+                stored=all_stored,
+                num_partitions=num_partitions,
+            )
         return self._all
 
 

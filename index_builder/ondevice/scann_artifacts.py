@@ -135,9 +135,7 @@ def read_serialized_searcher(artifacts_dir: str | os.PathLike[str]) -> ScannOnDe
     def path(name: str) -> str:
         full = os.path.join(artifacts_dir, name)
         if not os.path.exists(full):
-            raise FileNotFoundError(
-                f"{full} missing: is {artifacts_dir} a serialized tree + AH ScaNN searcher?"
-            )
+            raise FileNotFoundError(f"{full} missing: is {artifacts_dir} a serialized tree + AH ScaNN searcher?")
         return full
 
     with open(path("scann_config.pb"), "rb") as f:

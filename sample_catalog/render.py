@@ -1,4 +1,5 @@
 """Renders a scene to an RGB image with Pillow."""
+
 from __future__ import annotations
 
 import math
@@ -6,8 +7,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from transforms.sample_catalog import attributes
-from transforms.sample_catalog.scenes import Scene, SceneObject
+from sample_catalog import attributes
+from sample_catalog.scenes import Scene, SceneObject
 
 
 def _background(scene: Scene, size: int) -> Image.Image:

@@ -4,6 +4,7 @@ Counts come from the written files themselves (Parquet footers and the small
 rejected table), not from runner metrics, so the summary is exact on any runner
 and can be recomputed by anyone who doubts it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.parquet_shards import TEMP_PREFIX, remove_temp_dir
+from transforms.catalog import uris
+from transforms.outputs.parquet_shards import TEMP_PREFIX, remove_temp_dir
 
 EMBEDDINGS_DIR = "embeddings"
 REJECTED_DIR = "rejected"
@@ -38,8 +40,11 @@ def clear_outputs(output_dir: str) -> int:
     for temp_dir in temp_dirs:
         remove_temp_dir(temp_dir)
     stale = shard_files(output_dir, EMBEDDINGS_DIR) + shard_files(output_dir, REJECTED_DIR)
-    stale += [p for p in (FileSystems.join(output_dir, SUCCESS_FILE), FileSystems.join(output_dir, SUMMARY_FILE))
-              if FileSystems.exists(p)]
+    stale += [
+        p
+        for p in (FileSystems.join(output_dir, SUCCESS_FILE), FileSystems.join(output_dir, SUMMARY_FILE))
+        if FileSystems.exists(p)
+    ]
     if stale:
         FileSystems.delete(stale)
     return len(stale) + len(temp_dirs)
@@ -51,12 +56,12 @@ def stale_temp_dirs(output_dir: str) -> list[str]:
     for kind in (EMBEDDINGS_DIR, REJECTED_DIR):
         folder = FileSystems.join(output_dir, kind)
         pattern = FileSystems.join(folder, f"{TEMP_PREFIX}*")
-        if "://" not in output_dir:
+        if uris.is_local(output_dir):
             found.update(glob.glob(pattern))  # Beam's local match skips empty folders
         for result in FileSystems.match([pattern, FileSystems.join(pattern, "*")]):
             for metadata in result.metadata_list:
                 if metadata.path.startswith(folder + "/"):
-                    found.add(FileSystems.join(folder, metadata.path[len(folder) + 1:].split("/")[0]))
+                    found.add(FileSystems.join(folder, metadata.path[len(folder) + 1 :].split("/")[0]))
     return sorted(found)
 
 

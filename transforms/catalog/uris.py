@@ -6,6 +6,7 @@ misses `images/top.jpg`. Users expect the shell's globstar meaning (`**/`
 matches zero or more folders), so patterns are matched here with that meaning
 while Beam only does the listing.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,12 @@ def is_local(uri: str) -> bool:
     return scheme_of(uri) in ("", "file")
 
 
+def is_gcs(uri: str) -> bool:
+    return scheme_of(uri) == "gs"
+
+
 def strip_file_scheme(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def absolutize_local(path: str, base_dir: str | None = None) -> str:
@@ -99,16 +104,16 @@ def glob_regex(pattern: str) -> re.Pattern[str]:
             i += 1
         elif char == "[":
             body_start = i + 1
-            if pattern[body_start: body_start + 1] == "!":
+            if pattern[body_start : body_start + 1] == "!":
                 body_start += 1
-            if pattern[body_start: body_start + 1] == "]":
+            if pattern[body_start : body_start + 1] == "]":
                 body_start += 1  # a leading ']' is a literal member of the class
             end = pattern.find("]", body_start)
             if end == -1:
                 parts.append(re.escape(char))
                 i += 1
                 continue
-            body = pattern[i + 1: end]
+            body = pattern[i + 1 : end]
             if body.startswith("!"):
                 body = "^" + body[1:]
             elif body.startswith("^"):

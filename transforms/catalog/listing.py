@@ -6,68 +6,23 @@ first worker starts. Here the launcher only ships the patterns; workers list,
 and a Reshuffle spreads the matched files so reads run in parallel (without it
 every file of a pattern would be read by the worker that listed it).
 """
+
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms import uris
+from transforms.catalog import uris
+from transforms.catalog.reading import DedupeByUri
+from transforms.items import CatalogItem, item_from_metadata
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "listing"
-
-
-@dataclass(frozen=True)
-class CatalogItem:
-    """One input object to embed.
-
-    `extra` carries manifest columns other than uri/id (e.g. caption) through to
-    the outputs unchanged.
-    """
-
-    uri: str
-    id: str
-    fingerprint: str
-    size: int
-    extra: Mapping[str, Any] = field(default_factory=dict)
-
-
-def fingerprint_of(size: int, last_updated_seconds: float) -> str:
-    """Identify this version of an object from listing metadata alone.
-
-    Nightly rebuilds compare fingerprints to skip unchanged images, so the
-    fingerprint must come from the listing itself: reading millions of objects
-    just to hash them would cost as much as re-embedding them. Size plus
-    modification time changes whenever an object is rewritten. (GCS object
-    generations would be stronger but Beam's match does not expose them.)
-    The time is printed with fixed microsecond precision so the same metadata
-    always gives the same string.
-    """
-    return f"size={int(size)};mtime={float(last_updated_seconds or 0.0):.6f}"
-
-
-def item_from_metadata(
-    metadata: FileMetadata, item_id: str | None = None, extra: Mapping[str, Any] | None = None
-) -> CatalogItem:
-    return CatalogItem(
-        uri=metadata.path,
-        id=item_id if item_id else metadata.path,
-        fingerprint=fingerprint_of(metadata.size_in_bytes, metadata.last_updated_in_seconds),
-        size=int(metadata.size_in_bytes),
-        extra=dict(extra or {}),
-    )
-
-
-def rejection(uri: str, stage: str, error_type: str, error_message: str) -> dict[str, str]:
-    """A record for OUT/rejected: the shape every stage uses."""
-    return {"uri": uri, "stage": stage, "error_type": error_type, "error_message": error_message}
 
 
 class ListingFailed(RuntimeError):
@@ -80,12 +35,10 @@ def normalize_patterns(patterns: Sequence[str] | str) -> list[str]:
         patterns = [patterns]
     cleaned = [pattern.strip() for pattern in patterns if pattern and pattern.strip()]
     if not cleaned:
-        raise ValueError(
-            "No input pattern given: pass at least one path or glob, e.g. 'gs://bucket/images/**/*.jpg'."
-        )
+        raise ValueError("No input pattern given: pass at least one path or glob, e.g. 'gs://bucket/images/**/*.jpg'.")
     for pattern in cleaned:
         scheme = uris.scheme_of(pattern)
-        if scheme not in ("", "file") + uris.REMOTE_SCHEMES:
+        if scheme not in ("", "file", *uris.REMOTE_SCHEMES):
             raise ValueError(
                 f"Unsupported input pattern {pattern!r}: use a local path, gs://bucket/... or s3://bucket/..."
             )
@@ -140,7 +93,7 @@ class MatchInputs(beam.PTransform):
 
     Overlapping patterns can yield the same file twice. With `deduplicate`, the
     output has one item per URI: several patterns go through
-    `transforms.reading.DedupeByUri`, whose shuffle also spreads the files over
+    `transforms.catalog.reading.DedupeByUri`, whose shuffle also spreads the files over
     workers, in place of the plain Reshuffle; a single pattern needs no dedupe,
     because one listing names each object once.
     """
@@ -159,7 +112,5 @@ class MatchInputs(beam.PTransform):
             | "Match" >> beam.ParDo(MatchPatternFn())
         )
         if self.deduplicate and len(self.patterns) > 1:
-            from transforms.reading import DedupeByUri  # reading imports this module
-
             return matched | "DedupeByUri" >> DedupeByUri()
         return matched | "SpreadFiles" >> beam.Reshuffle()

@@ -14,6 +14,7 @@ edit is picked up without re-encoding) and embedding, fingerprint, width,
 height, model_id from the previous run. Ids follow embed_images' rule (the
 listing decides them), so they stay stable across nights.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import embedding_pipeline, embedding_schema, run_outputs
-from transforms.listing import CatalogItem
+from transforms import embedding_pipeline
+from transforms.items import CatalogItem
+from transforms.outputs import embedding_schema, run_outputs
 
 NEW, CHANGED, UNCHANGED, DELETED = "new", "changed", "unchanged", "deleted"
 KINDS = (NEW, CHANGED, UNCHANGED, DELETED)
@@ -71,7 +73,7 @@ class DiffAgainstPrevious(beam.DoFn):
 
 
 def _write_counts(counts: list[tuple[str, int]], path: str) -> None:
-    content = {kind: 0 for kind in KINDS}
+    content = dict.fromkeys(KINDS, 0)
     content.update(dict(counts))
     run_outputs.write_json(path, content)
 
@@ -107,8 +109,10 @@ def build_incremental_pipeline(
             "previous": previous | "KeyPrevious" >> beam.Map(lambda row: (row["uri"], row)),
         }
         | "JoinByUri" >> beam.CoGroupByKey()
-        | "Diff" >> beam.ParDo(DiffAgainstPrevious(config.model_id, carried_columns)).with_outputs(
-            DiffAgainstPrevious.CARRIED, DiffAgainstPrevious.KIND, main="to_encode")
+        | "Diff"
+        >> beam.ParDo(DiffAgainstPrevious(config.model_id, carried_columns)).with_outputs(
+            DiffAgainstPrevious.CARRIED, DiffAgainstPrevious.KIND, main="to_encode"
+        )
     )
     _ = (
         diff[DiffAgainstPrevious.KIND]
@@ -117,10 +121,12 @@ def build_incremental_pipeline(
         | "WriteDiffCounts" >> beam.Map(_write_counts, FileSystems.join(output_dir, DIFF_FILE))
     )
 
-    new_rows, rejections = embedding_pipeline.embed_items(
-        diff.to_encode, options, config, carried_columns, model_dir
-    )
+    new_rows, rejections = embedding_pipeline.embed_items(diff.to_encode, options, config, carried_columns, model_dir)
     embedding_pipeline.write_outputs(
-        [new_rows, diff[DiffAgainstPrevious.CARRIED]], [listing_rejections, *rejections],
-        options, config, carried_columns, output_dir,
+        [new_rows, diff[DiffAgainstPrevious.CARRIED]],
+        [listing_rejections, *rejections],
+        options,
+        config,
+        carried_columns,
+        output_dir,
     )

@@ -1,4 +1,5 @@
 """The visual vocabulary of generated scenes: every attribute a caption can name."""
+
 from __future__ import annotations
 
 # Well-separated object colors (sRGB).

@@ -4,19 +4,20 @@ Every input of the embedding job ends up either embedded or in `rejected/` with
 one of these `error_type` values, so run summaries can count rejections by
 cause and users can filter them without parsing free-text messages.
 """
+
 from __future__ import annotations
 
-# Decoding stage (transforms.image_decode).
+# Decoding stage (images.decoding).
 EMPTY = "empty"
 TOO_LARGE = "too_large"
 UNSUPPORTED_FORMAT = "unsupported_format"
 UNDECODABLE = "undecodable"
-# Reading stage (transforms.reading): reserved here so the set stays closed in one place.
+# Reading stage (transforms.catalog.reading): reserved here so the set stays closed in one place.
 NOT_FOUND = "not_found"
 READ_ERROR = "read_error"
-# Manifest stage (transforms.manifest): a row without a usable uri.
+# Manifest stage (transforms.catalog.manifest): a row without a usable uri.
 INVALID_MANIFEST_ROW = "invalid_manifest_row"
-# Encoding stage (transforms.encoding): the model produced a non-finite or zero vector.
+# Encoding stage (transforms.embedding.encoding): the model produced a non-finite or zero vector.
 ENCODE_ERROR = "encode_error"
 
 ERROR_TYPES: frozenset[str] = frozenset(

@@ -6,6 +6,7 @@ photos. Looking at magic bytes (never at the file name) lets the decoder say
 image file", and lets it refuse formats we do not decode before handing the
 bytes to Pillow's many plugins.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -80,7 +81,9 @@ def _sniff_binary(head: bytes) -> Sniffed | None:
             return _image("AVIF")
         if brand in _HEIF_BRANDS:
             return _unsupported("HEIF/HEIC", "convert it to JPEG")
-        return _not_image("ISO-BMFF", f"ISO media file (brand {brand.decode('latin-1')!r}: video or audio), not an image")
+        return _not_image(
+            "ISO-BMFF", f"ISO media file (brand {brand.decode('latin-1')!r}: video or audio), not an image"
+        )
     if head.startswith((b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51")):
         return _unsupported("JPEG 2000", "convert it to JPEG")
     if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
@@ -114,7 +117,9 @@ def _sniff_text(head: bytes) -> Sniffed | None:
     if "<svg" in lowered[:2048] and lowered.startswith(("<svg", "<?xml", "<!doctype svg", "<!--")):
         return _not_image("SVG", "SVG vector image, not a raster image (rasterize it to PNG first)")
     if lowered.startswith(("<!doctype html", "<html", "<head", "<body")) or "<html" in lowered[:512]:
-        return _not_image("HTML", "HTML document, not an image (often a web server's error page saved under an image name)")
+        return _not_image(
+            "HTML", "HTML document, not an image (often a web server's error page saved under an image name)"
+        )
     if lowered.startswith("<?xml"):
         return _not_image("XML", "XML document, not an image")
     if lowered.startswith(("{", "[")):

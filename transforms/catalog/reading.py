@@ -5,6 +5,7 @@ re-reads every image of the bundle and, after a few failures, fails the whole
 job; one flaky object read must cost one extra request, and one missing object
 must become one rejection record while the job goes on.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,9 +22,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import RuntimeValueProvider
 
-from transforms import uris
-from transforms.listing import CatalogItem, rejection
-from transforms.reject_reasons import NOT_FOUND, READ_ERROR, TOO_LARGE  # the one closed set of error types
+from images.reject_reasons import NOT_FOUND, READ_ERROR, TOO_LARGE  # the one closed set of error types
+from transforms.catalog import uris
+from transforms.items import CatalogItem, rejection
 
 READ_STAGE = "read"
 METRICS_NAMESPACE = "reading"
@@ -140,9 +141,7 @@ def http_status(error: BaseException) -> int | None:
 
 
 def is_not_found(error: BaseException) -> bool:
-    return any(
-        isinstance(cause, FileNotFoundError) or http_status(cause) == 404 for cause in _causes(error)
-    )
+    return any(isinstance(cause, FileNotFoundError) or http_status(cause) == 404 for cause in _causes(error))
 
 
 def is_transient(error: BaseException) -> bool:
@@ -168,7 +167,7 @@ def is_transient(error: BaseException) -> bool:
 
 def backoff_delay(retry_number: int, base_delay: float) -> float:
     """Exponential backoff with jitter, so many workers hitting one throttled bucket spread out."""
-    return min(_MAX_DELAY_SECONDS, base_delay * (2 ** retry_number)) * random.uniform(0.5, 1.5)
+    return min(_MAX_DELAY_SECONDS, base_delay * (2**retry_number)) * random.uniform(0.5, 1.5)
 
 
 def _read_limited(stream: IO[bytes], max_bytes: int | None) -> bytes:

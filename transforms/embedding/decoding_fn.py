@@ -1,4 +1,5 @@
-"""Beam stage around transforms.image_decode: bytes in, model-sized pixels out."""
+"""Beam stage around images.decoding: bytes in, model-sized pixels out."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -7,9 +8,9 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from transforms import image_decode
-from transforms.listing import CatalogItem, rejection
-from transforms.reject_reasons import ImageRejected
+from images import decoding
+from images.reject_reasons import ImageRejected
+from transforms.items import CatalogItem, rejection
 
 DECODE_STAGE = "decode"
 
@@ -34,14 +35,14 @@ class DecodeForModel(beam.DoFn):
     def process(self, element: tuple[CatalogItem, bytes]) -> Iterator[Any]:
         item, data = element
         try:
-            decoded = image_decode.decode_image(
+            decoded = decoding.decode_image(
                 data,
                 max_bytes=self._max_bytes,
                 max_pixels=self._max_pixels,
                 uri=item.uri,
                 target_size=self._image_size,
             )
-            pixels = image_decode.resize_for_model(decoded.rgb, self._image_size, mode=self._resize)
+            pixels = decoding.resize_for_model(decoded.rgb, self._image_size, mode=self._resize)
         except ImageRejected as rejected:
             self._rejected.inc()
             beam.metrics.Metrics.counter("decode", f"rejected_{rejected.error_type}").inc()

@@ -1,13 +1,14 @@
 """One catalog entry: sample scene i, render it, caption it, encode the image file."""
+
 from __future__ import annotations
 
 import dataclasses
 import io
 from typing import Any
 
-from transforms.sample_catalog.captions import caption
-from transforms.sample_catalog.render import render
-from transforms.sample_catalog.scenes import sample_scene, scene_rng
+from sample_catalog.captions import caption
+from sample_catalog.render import render
+from sample_catalog.scenes import sample_scene, scene_rng
 
 FORMATS = {"jpeg": ".jpg", "png": ".png"}
 

@@ -1,9 +1,10 @@
 """Captions that name every object (size, color, shape, position) in varied phrasings."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from transforms.sample_catalog.scenes import Scene, SceneObject
+from sample_catalog.scenes import Scene, SceneObject
 
 _SIZE_WORDS = {"small": ("small", "small", "little", "tiny"), "large": ("large", "large", "big", "huge")}
 

@@ -3,6 +3,7 @@
 Keras and TFLite load from local paths only; workers (and the launcher's
 validation) copy a gs:// or s3:// model directory once per process.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,19 +14,16 @@ from pathlib import Path
 from apache_beam.io.filesystems import FileSystems
 
 from encoders import model_config
+from transforms.catalog import uris
 
 _LOCK = threading.Lock()
 _STAGED: dict[str, Path] = {}
 
 
-def is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def stage_model_dir(model_dir: str | None, files: tuple[str, ...] = model_config.REQUIRED_FILES) -> Path:
     """Returns a local directory holding the model's files (the directory itself when local)."""
     resolved = str(model_config.resolve_model_dir(model_dir))
-    if not is_remote(resolved):
+    if uris.is_local(resolved):
         return Path(resolved)
     with _LOCK:
         if resolved in _STAGED:

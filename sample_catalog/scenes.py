@@ -1,11 +1,12 @@
 """Deterministic scene sampling: scene i of seed s is the same on every machine and run."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import numpy as np
 
-from transforms.sample_catalog import attributes
+from sample_catalog import attributes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,9 +28,7 @@ class Scene:
 
     def attributes(self) -> dict:
         return {
-            "objects": [
-                {"color": o.color, "shape": o.shape, "size": o.size, "region": o.region} for o in self.objects
-            ],
+            "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "region": o.region} for o in self.objects],
             "background": self.background,
             "background_tint": self.tint,
         }

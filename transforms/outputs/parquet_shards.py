@@ -14,6 +14,7 @@ and so the order of rows across files, follows the runner's bundling. The shard
 count scales with the data: at least ceil(rows / rows_per_shard) files, and at
 least one per non-empty bundle.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -28,6 +29,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.catalog import uris
 
 TEMP_PREFIX = "tmp-"
 _BATCH_ROWS = 512  # rows converted to Arrow at a time: bounds the Python-object buffer
@@ -165,7 +168,7 @@ def remove_temp_dir(temp_dir: str) -> None:
     leftovers = [m.path for m in FileSystems.match([FileSystems.join(temp_dir, "*")])[0].metadata_list]
     if leftovers:
         FileSystems.delete(leftovers)
-    if "://" not in temp_dir and FileSystems.exists(temp_dir):
+    if uris.is_local(temp_dir) and FileSystems.exists(temp_dir):
         FileSystems.delete([temp_dir])
 
 
@@ -195,8 +198,8 @@ class WriteParquetShards(beam.PTransform):
         directory, schema = self._directory, self._schema
         return (
             rows
-            | "WriteBundleFiles" >> beam.ParDo(_WriteBundleFiles(
-                temp_dir, schema, self._key, self._rows_per_shard, self._row_group_rows))
+            | "WriteBundleFiles"
+            >> beam.ParDo(_WriteBundleFiles(temp_dir, schema, self._key, self._rows_per_shard, self._row_group_rows))
             | "GatherFiles" >> beam.combiners.ToList()
             | "Publish" >> beam.FlatMap(publish, directory, temp_dir, schema)
         )

@@ -16,6 +16,7 @@ is caught by `validate_manifest_path` in the launcher, before any work.
 CSV rows are parsed one line at a time (quoted commas are fine, quoted
 newlines are not), because that is what lets ReadFromText split the file.
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,9 +32,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from transforms import uris
-from transforms.listing import CatalogItem, item_from_metadata, rejection
-from transforms.reading import (
+from transforms.catalog import uris
+from transforms.catalog.reading import (
     NOT_FOUND,
     READ_ERROR,
     DedupeByUri,
@@ -42,7 +42,7 @@ from transforms.reading import (
     is_transient,
     stat_object,
 )
-
+from transforms.items import CatalogItem, item_from_metadata, rejection
 
 JSONL, CSV, PARQUET = "jsonl", "csv", "parquet"
 _EXTENSIONS = {".jsonl": JSONL, ".ndjson": JSONL, ".json": JSONL, ".csv": CSV, ".parquet": PARQUET}
@@ -233,9 +233,7 @@ class ParseRowFn(beam.DoFn):
             yield entry_from_row(row, self.base_dir)
         except InvalidRow as problem:
             self.invalid_rows.inc()
-            yield beam.pvalue.TaggedOutput(
-                self.REJECTED, rejection("", MANIFEST_STAGE, INVALID_ROW, str(problem))
-            )
+            yield beam.pvalue.TaggedOutput(self.REJECTED, rejection("", MANIFEST_STAGE, INVALID_ROW, str(problem)))
 
 
 class LookupMetadataFn(beam.DoFn):

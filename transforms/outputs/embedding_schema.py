@@ -1,4 +1,5 @@
 """The stable Parquet schemas of OUT/embeddings and OUT/rejected (DESIGN.md "Data contracts")."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ white (the usual page background), grayscale is replicated to three channels,
 and 16-bit data is rescaled (Pillow's own `convert("L")` clips 16-bit values
 at 255, which turns most 16-bit photos into a white sheet).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,13 +5,14 @@ rotation, CMYK print JPEGs, 16-bit PNGs, transparent logos, animated GIFs, but
 also error pages saved as `.jpg`, empty uploads and decompression bombs. These
 functions are plain Python (no Beam) so a DoFn, the encoder training and tests
 share exactly the same pixels. Everything that cannot become an image raises
-`ImageRejected` with an `error_type` from `transforms.reject_reasons`; any
+`ImageRejected` with an `error_type` from `images.reject_reasons`; any
 other exception means a bug here or an invalid argument, not a bad file.
 
 Thread safety: Pillow releases the GIL while decoding and nothing here touches
 global state (no `warnings.catch_warnings`, no `Image.MAX_IMAGE_PIXELS`
 changes), so many threads may decode at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,10 @@ from PIL import Image, ImageFile, ImageOps
 from PIL import AvifImagePlugin, BmpImagePlugin, GifImagePlugin, JpegImagePlugin  # noqa: F401  isort: skip
 from PIL import PngImagePlugin, TiffImagePlugin, WebPImagePlugin  # noqa: F401  isort: skip
 
-from transforms import image_formats, reject_reasons
-from transforms.image_formats import Kind
-from transforms.reject_reasons import ImageRejected
-from transforms.rgb_pixels import UnsupportedPixelMode, to_rgb_array
+from images import formats, reject_reasons
+from images.formats import Kind
+from images.reject_reasons import ImageRejected
+from images.rgb_pixels import UnsupportedPixelMode, to_rgb_array
 
 # Defaults for callers without their own limits. 80 MP covers 48/50/64 MP phone
 # photos and stays below Pillow's own bomb threshold (Image.MAX_IMAGE_PIXELS,
@@ -88,12 +89,14 @@ def decode_image(
     _check_arguments(data, max_bytes, max_pixels, target_size)
     where = f"{uri}: " if uri else ""
     if not data:
-        raise ImageRejected(reject_reasons.EMPTY, f"{where}zero bytes: the file is empty (an interrupted upload or copy?)")
+        raise ImageRejected(
+            reject_reasons.EMPTY, f"{where}zero bytes: the file is empty (an interrupted upload or copy?)"
+        )
     if len(data) > max_bytes:
         raise ImageRejected(
             reject_reasons.TOO_LARGE, f"{where}{len(data)} bytes exceeds the limit of max_bytes={max_bytes}"
         )
-    sniffed = image_formats.sniff(data)
+    sniffed = formats.sniff(data)
     if sniffed.kind in (Kind.NOT_IMAGE, Kind.UNSUPPORTED_IMAGE):
         raise ImageRejected(reject_reasons.UNSUPPORTED_FORMAT, f"{where}{sniffed.description}")
 
@@ -153,10 +156,10 @@ def _check_arguments(data: bytes, max_bytes: int, max_pixels: int, target_size: 
         raise ValueError(f"target_size must be a positive int or None, got {target_size!r}")
 
 
-def _open_lazily(data: bytes, sniffed: image_formats.Sniffed, where: str) -> Image.Image:
+def _open_lazily(data: bytes, sniffed: formats.Sniffed, where: str) -> Image.Image:
     """Reads only the header; Pillow's own bomb check also runs here and is mapped to too_large."""
     try:
-        return Image.open(io.BytesIO(data), formats=image_formats.PILLOW_FORMATS)
+        return Image.open(io.BytesIO(data), formats=formats.PILLOW_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         # The warning only arrives as an exception when warnings are turned into errors (e.g. pytest -W error).
         raise ImageRejected(reject_reasons.TOO_LARGE, f"{where}{_bomb_message(error)}") from None
@@ -176,7 +179,9 @@ def _open_lazily(data: bytes, sniffed: image_formats.Sniffed, where: str) -> Ima
 
 def _check_dimensions(width: int, height: int, max_pixels: int, image_format: str, where: str) -> None:
     if width <= 0 or height <= 0:
-        raise ImageRejected(reject_reasons.UNDECODABLE, f"{where}{image_format} header declares {width}x{height} pixels")
+        raise ImageRejected(
+            reject_reasons.UNDECODABLE, f"{where}{image_format} header declares {width}x{height} pixels"
+        )
     if width * height > max_pixels:
         raise ImageRejected(
             reject_reasons.TOO_LARGE,

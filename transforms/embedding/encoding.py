@@ -8,6 +8,7 @@ first encoder batch. And with several worker processes on one machine, each
 TensorFlow is pinned to its share of the cores: every process defaulting to all
 cores oversubscribes the CPU and slows all of them.
 """
+
 from __future__ import annotations
 
 import gc
@@ -23,9 +24,9 @@ import numpy as np
 from apache_beam.utils import shared
 
 from encoders import model_config
-from transforms import model_staging
-from transforms.listing import rejection
-from transforms.reject_reasons import ENCODE_ERROR
+from images.reject_reasons import ENCODE_ERROR
+from transforms.embedding import model_staging
+from transforms.items import rejection
 
 LOG = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from google.protobuf import text_format
 
 from index_builder.memory import return_freed_memory_to_os
 from index_builder.scann_import import scann_ops_pybind, scann_pb2
+from transforms.catalog import uris
 
 CONFIG_TEXT_FILE = "scann_config.pbtxt"
 _SERIALIZED_CONFIG_FILE = "scann_config.pb"  # what searcher.serialize writes and load_searcher reads
@@ -80,9 +81,7 @@ class IndexParams:
                 f"{num_rows} rows cannot train AH codebooks of {codebook_size} centers per block: "
                 f"index at least {codebook_size} rows"
             )
-        return dataclasses.replace(
-            self, num_leaves=num_leaves, num_leaves_to_search=leaves_to_search, reorder=reorder
-        )
+        return dataclasses.replace(self, num_leaves=num_leaves, num_leaves_to_search=leaves_to_search, reorder=reorder)
 
 
 @dataclass
@@ -118,7 +117,7 @@ def default_num_leaves(num_rows: int) -> int:
 
 def scann_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     """The ScaNN config (text proto) for ``params`` on a database shaped like ``vectors``."""
-    num_rows, dim = vectors.shape
+    num_rows = vectors.shape[0]
     p = params.resolved(num_rows)
     sample = min(p.training_sample_size, num_rows)
     ah_sample = min(p.ah_training_sample_size, num_rows)
@@ -159,7 +158,7 @@ def ondevice_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     return scann_config_text(vectors, dataclasses.replace(params, for_ondevice=True, reorder=0))
 
 
-def build_server_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> BuiltIndex:
+def build_scann_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> BuiltIndex:
     """Trains a ScaNN searcher over ``vectors`` (row i of the result is row i of the input)."""
     vectors = _as_float32_matrix(vectors)
     resolved = params.resolved(vectors.shape[0])
@@ -214,7 +213,7 @@ def save_server_index(index: BuiltIndex, output_dir: str) -> list[str]:
     ScaNN itself only writes local files, so remote targets are staged in a
     temp dir and copied. Returns the written file names.
     """
-    if _is_local(output_dir):
+    if uris.is_local(output_dir):
         local_dir = output_dir.removeprefix("file://")
         os.makedirs(local_dir, exist_ok=True)
         return _serialize_local(index, local_dir)
@@ -223,16 +222,17 @@ def save_server_index(index: BuiltIndex, output_dir: str) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="scann_save_") as tmp:
         names = _serialize_local(index, tmp)
         for name in names:
-            with open(os.path.join(tmp, name), "rb") as src, FileSystems.create(
-                FileSystems.join(output_dir, name)
-            ) as dst:
+            with (
+                open(os.path.join(tmp, name), "rb") as src,
+                FileSystems.create(FileSystems.join(output_dir, name)) as dst,
+            ):
                 shutil.copyfileobj(src, dst, length=16 << 20)
     return names
 
 
 def load_server_index(index_dir: str) -> scann_ops_pybind.ScannSearcher:
     """Loads a saved searcher from a local or remote (gs://, s3://) directory."""
-    if _is_local(index_dir):
+    if uris.is_local(index_dir):
         return scann_ops_pybind.load_searcher(index_dir.removeprefix("file://"))
     from apache_beam.io.filesystems import FileSystems
 
@@ -279,7 +279,3 @@ def _as_float32_matrix(vectors: np.ndarray) -> np.ndarray:
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         raise ValueError(f"expected a non-empty [N, D] matrix, got shape {array.shape}")
     return array
-
-
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")

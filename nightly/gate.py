@@ -1,0 +1,65 @@
+"""The validation gate: checks a run must pass before LATEST may name it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float
+    message: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "passed": self.passed,
+            "value": self.value,
+            "threshold": self.threshold,
+            "message": self.message,
+        }
+
+
+def shrink_check(items: int, previous_items: int | None, max_shrink: float) -> Check:
+    if not previous_items:
+        return Check("max_shrink", True, None, max_shrink, "no published run to compare with")
+    shrink = (previous_items - items) / previous_items
+    passed = shrink <= max_shrink
+    return Check(
+        "max_shrink",
+        passed,
+        round(shrink, 6),
+        max_shrink,
+        f"item count {previous_items} -> {items} (shrink {shrink:.1%}, allowed {max_shrink:.1%})",
+    )
+
+
+def rejected_check(rejected: int, matched: int, max_fraction: float) -> Check:
+    fraction = rejected / matched if matched else 0.0
+    return Check(
+        "max_rejected_fraction",
+        fraction <= max_fraction,
+        round(fraction, 6),
+        max_fraction,
+        f"{rejected} of {matched} inputs rejected ({fraction:.1%}, allowed {max_fraction:.1%})",
+    )
+
+
+def recall_check(recall: float | None, min_recall: float) -> Check:
+    if recall is None:
+        return Check("min_recall", False, None, min_recall, "eval.json has no server recall@10")
+    return Check(
+        "min_recall",
+        recall >= min_recall,
+        round(recall, 6),
+        min_recall,
+        f"server recall@10 {recall:.4f} (required {min_recall:.4f})",
+    )
+
+
+def describe_failures(checks: list[Check]) -> str:
+    return "; ".join(f"{c.name}: {c.message}" for c in checks if not c.passed)
