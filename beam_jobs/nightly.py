@@ -30,8 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import build_index, embed_images, launcher
 from beam_jobs.common_options import CommonJobOptions
 from beam_jobs.job_logging import configure_logging
-from nightly import incremental
-from nightly import workspace as publish
+from nightly import gate, incremental, latest_file, layout
 from transforms.catalog import uris
 from transforms.outputs import run_outputs
 
@@ -102,7 +101,7 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
             raise launcher.UsageError(f"{flag} must be in [0, 1], got {value}")
     if nightly.keep_runs < 1:
         raise launcher.UsageError(f"--keep_runs must be at least 1, got {nightly.keep_runs}")
-    run_id = nightly.run_id or publish.utc_run_id()
+    run_id = nightly.run_id or layout.utc_run_id()
     if "/" in run_id or run_id in (".", "..") or not run_id.strip():
         raise launcher.UsageError(f"--run_id {run_id!r} must be a plain name")
     return uris.absolutize_local(nightly.workspace), run_id
@@ -113,7 +112,7 @@ def clear_run(run_path: str) -> None:
     run_outputs.clear_outputs(run_path)
     stale = [
         FileSystems.join(run_path, name, run_outputs.SUCCESS_FILE)
-        for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, publish.INDEX_DIR)
+        for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, layout.INDEX_DIR)
     ]
     stale.append(FileSystems.join(run_path, incremental.DIFF_FILE))
     stale = [p for p in stale if FileSystems.exists(p)]
@@ -121,11 +120,11 @@ def clear_run(run_path: str) -> None:
         FileSystems.delete(stale)
 
 
-def previous_embeddings(latest: publish.LatestState) -> str | None:
+def previous_embeddings(latest: latest_file.LatestState) -> str | None:
     if not latest.record:
         return None
     directory = latest.record.get("embeddings")
-    if not directory or not publish.has_success(directory):
+    if not directory or not layout.has_success(directory):
         LOG.warning(
             "LATEST names run %s but its embeddings %s lack _SUCCESS: re-encoding everything", latest.run_id, directory
         )
@@ -136,7 +135,7 @@ def previous_embeddings(latest: publish.LatestState) -> str | None:
     return FileSystems.join(directory, "part-*.parquet")
 
 
-def previous_item_count(latest: publish.LatestState) -> int | None:
+def previous_item_count(latest: latest_file.LatestState) -> int | None:
     if not latest.record:
         return None
     if "num_items" in latest.record:
@@ -175,7 +174,7 @@ def build_argv(argv: list[str], run_path: str) -> list[str]:
         "--embeddings",
         FileSystems.join(run_path, run_outputs.EMBEDDINGS_DIR, "part-*.parquet"),
         "--output_dir",
-        FileSystems.join(run_path, publish.INDEX_DIR),
+        FileSystems.join(run_path, layout.INDEX_DIR),
     ]
 
 
@@ -187,9 +186,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     with launcher.usage_errors_exit():
         workspace, run_id = validate(options, argv)
         FileSystems.set_options(options)
-        run_path = publish.run_dir(workspace, run_id)
+        run_path = layout.run_dir(workspace, run_id)
         options.view_as(CommonJobOptions).output_dir = run_path  # embed_images.validate checks and probes it
-        latest = publish.read_latest(workspace)
+        latest = latest_file.read_latest(workspace)
         if latest.run_id == run_id:
             raise launcher.UsageError(f"--run_id {run_id} is the published run; pick another")
     previous = previous_embeddings(latest)
@@ -235,16 +234,16 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     maybe_crash("after_embeddings")
 
     checks = [
-        publish.shrink_check(outputs["embedded"], previous_item_count(latest), nightly.max_shrink),
-        publish.rejected_check(outputs["rejected"], outputs["matched"], nightly.max_rejected_fraction),
+        gate.shrink_check(outputs["embedded"], previous_item_count(latest), nightly.max_shrink),
+        gate.rejected_check(outputs["rejected"], outputs["matched"], nightly.max_rejected_fraction),
     ]
-    index_path = FileSystems.join(run_path, publish.INDEX_DIR)
+    index_path = FileSystems.join(run_path, layout.INDEX_DIR)
     if all(c.passed for c in checks) or nightly.force:
         index_started = time.perf_counter()
         result = build_index.run(build_argv(argv, run_path))
         summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
         maybe_crash("after_index")
-        checks.append(publish.recall_check(result["server"].get("recall@10"), nightly.min_recall))
+        checks.append(gate.recall_check(result["server"].get("recall@10"), nightly.min_recall))
         summary["index"] = {
             "server_recall@10": result["server"].get("recall@10"),
             "ondevice_recall@10": result["ondevice"].get("recall@10"),
@@ -265,17 +264,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     run_outputs.write_success(run_path)
 
     if not publishing:
-        message = f"validation gate refused run {run_id}: {publish.describe_failures(checks)}; LATEST untouched"
+        message = f"validation gate refused run {run_id}: {gate.describe_failures(checks)}; LATEST untouched"
         LOG.error(message)
         print(f"error: {message}", file=sys.stderr)
         return {**summary, "published": False, "exit_code": EXIT_REFUSED, "message": message}
     if not passed:
-        LOG.warning(
-            "--force: publishing run %s although the gate failed: %s", run_id, publish.describe_failures(checks)
-        )
+        LOG.warning("--force: publishing run %s although the gate failed: %s", run_id, gate.describe_failures(checks))
 
     maybe_crash("before_latest")
-    publish.check_outputs_complete(run_path)
+    layout.check_outputs_complete(run_path)
     record = {
         "run_id": run_id,
         "index": index_path,
@@ -289,19 +286,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         "forced": not passed,
         "previous_run_id": latest.run_id,
     }
-    lock = publish.acquire_lock(workspace) if publish.is_local(workspace) else None
+    lock = latest_file.acquire_lock(workspace) if uris.is_local(workspace) else None
     try:
-        publish.write_latest(workspace, record, latest)
+        latest_file.write_latest(workspace, record, latest)
         summary["published"] = True
-        deleted = publish.apply_retention(workspace, nightly.keep_runs, protect={run_id})
+        deleted = layout.apply_retention(workspace, nightly.keep_runs, protect={run_id})
     finally:
         if lock:
-            publish.release_lock(lock)
+            latest_file.release_lock(lock)
     LOG.info(
         "published run %s (%d items) to %s; retention deleted %s",
         run_id,
         outputs["embedded"],
-        FileSystems.join(workspace, publish.LATEST_FILE),
+        FileSystems.join(workspace, layout.LATEST_FILE),
         deleted or "nothing",
     )
     return {**summary, "exit_code": 0, "latest": record, "retention_deleted": deleted}
@@ -311,10 +308,10 @@ def main() -> None:
     configure_logging()
     try:
         summary = run()
-    except publish.PublishConflict as error:
+    except latest_file.PublishConflict as error:
         print(f"error: publish conflict: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFLICT)
-    except publish.WorkspaceError as error:
+    except layout.WorkspaceError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     keys = ("run_id", "published", *incremental.KINDS, "rejected", "images_encoded")

@@ -16,8 +16,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import nightly
-from nightly import incremental
-from nightly import workspace as publish
+from nightly import gate, incremental, latest_file, layout
 from sample_catalog.generate import CatalogSettings, generate_item
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
 from transforms.items import CatalogItem
@@ -69,10 +68,10 @@ def test_classify_rules() -> None:
 
 
 def test_gate_checks() -> None:
-    assert publish.shrink_check(95, 100, 0.10).passed and not publish.shrink_check(89, 100, 0.10).passed
-    assert publish.shrink_check(5, None, 0.10).passed
-    assert not publish.rejected_check(6, 100, 0.05).passed and publish.rejected_check(5, 100, 0.05).passed
-    failed = publish.recall_check(0.5, 0.9)
+    assert gate.shrink_check(95, 100, 0.10).passed and not gate.shrink_check(89, 100, 0.10).passed
+    assert gate.shrink_check(5, None, 0.10).passed
+    assert not gate.rejected_check(6, 100, 0.05).passed and gate.rejected_check(5, 100, 0.05).passed
+    failed = gate.recall_check(0.5, 0.9)
     assert not failed.passed and "0.5000" in failed.message
 
 
@@ -205,21 +204,21 @@ def test_crashes_leave_latest_alone_and_reruns_publish(tmp_path: Path, monkeypat
         assert latest(ws)["run_id"] == run_id and index_ids(latest(ws)["index"]) == catalog_ids
         published = run_id
     assert sorted(os.listdir(ws / "runs")) == ["a2", "a3"]  # --keep_runs 2
-    assert not (ws / publish.LOCK_FILE).exists()
+    assert not (ws / layout.LOCK_FILE).exists()
 
 
 def test_lock_and_concurrent_publish_fail_loudly(tmp_path: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    start = publish.read_latest(str(ws))
+    start = latest_file.read_latest(str(ws))
     assert start.record is None
-    lock = publish.acquire_lock(str(ws))
-    with pytest.raises(publish.PublishConflict, match="stale lock"):
-        publish.acquire_lock(str(ws))
-    publish.release_lock(lock)
-    publish.write_latest(str(ws), {"run_id": "winner"}, start)
-    with pytest.raises(publish.PublishConflict, match="another nightly published"):
-        publish.write_latest(str(ws), {"run_id": "loser"}, start)
+    lock = latest_file.acquire_lock(str(ws))
+    with pytest.raises(latest_file.PublishConflict, match="stale lock"):
+        latest_file.acquire_lock(str(ws))
+    latest_file.release_lock(lock)
+    latest_file.write_latest(str(ws), {"run_id": "winner"}, start)
+    with pytest.raises(latest_file.PublishConflict, match="another nightly published"):
+        latest_file.write_latest(str(ws), {"run_id": "loser"}, start)
     assert latest(ws)["run_id"] == "winner"
     assert not [p for p in os.listdir(ws) if p.endswith(".tmp")]
 
@@ -249,7 +248,7 @@ def test_gcs_workspace(tmp_path: Path, gcs_emulator) -> None:
     ]
     first = nightly.run([*args, "--run_id", "g1"])
     assert first["exit_code"] == 0 and first["new"] == COUNT
-    state = publish.read_latest(ws)
+    state = latest_file.read_latest(ws)
     assert state.run_id == "g1" and state.generation > 0
 
     bucket = gcs_emulator.client().bucket("nightly-bucket")
@@ -258,12 +257,12 @@ def test_gcs_workspace(tmp_path: Path, gcs_emulator) -> None:
     gcs_emulator.upload_bytes("nightly-bucket", f"photos/{row['id']}.jpg", data)
     second = nightly.run([*args, "--run_id", "g2"])
     assert (second["new"], second["changed"], second["deleted"], second["images_encoded"]) == (1, 0, 1, 1)
-    after = publish.read_latest(ws)
+    after = latest_file.read_latest(ws)
     assert after.run_id == "g2"
     with FileSystems.open(after.record["index"] + "/ids.parquet") as handle:
         ids = set(pq.read_table(pa.BufferReader(handle.read())).column("id").to_pylist())
     assert len(ids) == COUNT and all(i.startswith("gs://nightly-bucket/photos/") for i in ids)
     assert "gs://nightly-bucket/photos/s11-0000005.jpg" not in ids
-    with pytest.raises(publish.PublishConflict):
-        publish.write_latest(ws, {"run_id": "stale"}, state)  # started from g1's generation
-    assert publish.read_latest(ws).run_id == "g2"
+    with pytest.raises(latest_file.PublishConflict):
+        latest_file.write_latest(ws, {"run_id": "stale"}, state)  # started from g1's generation
+    assert latest_file.read_latest(ws).run_id == "g2"

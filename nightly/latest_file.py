@@ -20,7 +20,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from nightly.workspace import LATEST_FILE, LOCK_FILE, WorkspaceError, join
+from nightly.layout import LATEST_FILE, LOCK_FILE, WorkspaceError, join
 from transforms.catalog.uris import is_gcs, is_local
 
 LOG = logging.getLogger("nightly.latest")
