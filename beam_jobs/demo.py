@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 Demo finished.
   catalog:     {catalog}/manifest.jsonl ({args.num_images} images)
   embeddings:  {run_dir}/embeddings ({summary["embedded"]} embedded, {summary["rejected"]} rejected)
-  index:       {index_dir} (server recall@10 {result["server"]["recall@10"]:.3f}, on-device recall@10 {result["ondevice"]["recall@10"]:.3f})
+  index:       {index_dir} (server recall@10 {result.server["recall@10"]:.3f}, on-device recall@10 {result.ondevice["recall@10"]:.3f})
   searchers:   {index_dir}/text_searcher.tflite, {index_dir}/image_searcher.tflite
   gallery:     {gallery}
 Try: .venv/bin/python -m beam_jobs.search --index {index_dir} --text "a small red ring at the top"

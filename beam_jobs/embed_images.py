@@ -30,7 +30,7 @@ from transforms import embedding_pipeline
 from transforms.catalog import uris
 from transforms.catalog.manifest import ManifestError, validate_manifest_path
 from transforms.embedding.encoding import freeze_long_lived_objects, load_encoder
-from transforms.outputs import embedding_schema, run_outputs
+from transforms.outputs import embedding_schema, markers, run_outputs
 
 LOG = logging.getLogger("embed_images")
 
@@ -179,8 +179,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "counters": counters(result),
     }
-    run_outputs.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
-    run_outputs.write_success(output_dir)
+    markers.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
+    markers.write_success(output_dir)
     LOG.info(
         "embedded %d, rejected %d %s in %.1f s; outputs in %s",
         summary["embedded"],

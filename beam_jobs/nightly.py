@@ -32,7 +32,7 @@ from beam_jobs.common_options import CommonJobOptions
 from beam_jobs.job_logging import configure_logging
 from nightly import gate, incremental, latest_file, layout
 from transforms.catalog import uris
-from transforms.outputs import run_outputs
+from transforms.outputs import markers, run_outputs
 
 LOG = logging.getLogger("nightly")
 
@@ -111,7 +111,7 @@ def clear_run(run_path: str) -> None:
     """A rerun of the same run_id must never mix with the crashed attempt's files."""
     run_outputs.clear_outputs(run_path)
     stale = [
-        FileSystems.join(run_path, name, run_outputs.SUCCESS_FILE)
+        FileSystems.join(run_path, name, markers.SUCCESS_FILE)
         for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, layout.INDEX_DIR)
     ]
     stale.append(FileSystems.join(run_path, incremental.DIFF_FILE))
@@ -124,7 +124,7 @@ def previous_embeddings(latest: latest_file.LatestState) -> str | None:
     if not latest.record:
         return None
     directory = latest.record.get("embeddings")
-    if not directory or not layout.has_success(directory):
+    if not directory or not markers.has_success(directory):
         LOG.warning(
             "LATEST names run %s but its embeddings %s lack _SUCCESS: re-encoding everything", latest.run_id, directory
         )
@@ -160,7 +160,7 @@ def run_embedding(options: PipelineOptions, run_path: str, previous: str | None)
     seconds = time.perf_counter() - started
     counters = embed_images.counters(result)
     for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR):
-        run_outputs.write_success(FileSystems.join(run_path, name))
+        markers.write_success(FileSystems.join(run_path, name))
     return {"config": config, "seconds": seconds, "counters": counters}
 
 
@@ -243,10 +243,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         result = build_index.run(build_argv(argv, run_path))
         summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
         maybe_crash("after_index")
-        checks.append(gate.recall_check(result["server"].get("recall@10"), nightly.min_recall))
+        checks.append(gate.recall_check(result.server.get("recall@10"), nightly.min_recall))
         summary["index"] = {
-            "server_recall@10": result["server"].get("recall@10"),
-            "ondevice_recall@10": result["ondevice"].get("recall@10"),
+            "server_recall@10": result.server.get("recall@10"),
+            "ondevice_recall@10": result.ondevice.get("recall@10"),
         }
     else:
         LOG.info("gate already failed: index not built")
@@ -260,8 +260,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # Written before LATEST, so it records the decision; the returned dict says whether LATEST was written.
     summary["will_publish"] = publishing
     summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
-    run_outputs.write_json(FileSystems.join(run_path, run_outputs.SUMMARY_FILE), summary)
-    run_outputs.write_success(run_path)
+    markers.write_json(FileSystems.join(run_path, run_outputs.SUMMARY_FILE), summary)
+    markers.write_success(run_path)
 
     if not publishing:
         message = f"validation gate refused run {run_id}: {gate.describe_failures(checks)}; LATEST untouched"

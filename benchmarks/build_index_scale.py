@@ -88,12 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "num_rows": args.num_rows,
         "wall_seconds": round(wall, 1),
-        "timings": {k: round(v, 1) for k, v in result["timings"].items()},
-        "server_recall@10": result["server"]["recall@10"],
-        "ondevice_recall@10": result["ondevice"]["recall@10"],
+        "timings": {k: round(v, 1) for k, v in result.timings.items()},
+        "server_recall@10": result.server["recall@10"],
+        "ondevice_recall@10": result.ondevice["recall@10"],
         "ondevice_encoding": index_config["ondevice"]["encoding"],
         "ondevice_leaves": index_config["ondevice"]["num_partitions"],
-        "ondevice_bytes_per_item": result["ondevice"]["bytes_per_item_total"],
+        "ondevice_bytes_per_item": result.ondevice["bytes_per_item_total"],
         "peak_rss_mib_launcher": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     print(json.dumps(report, indent=2))

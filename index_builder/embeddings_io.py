@@ -19,17 +19,14 @@ same catalog; sorting makes the indexes trained on them identical.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import IO
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from transforms.catalog import uris
+from transforms.outputs.parquet_shards import open_parquet, parquet_row_count
 
 REQUIRED_COLUMNS = ("id", "uri", "embedding", "model_id")
 NORM_TOLERANCE = 1e-3
@@ -185,37 +182,15 @@ def match_files(pattern: str) -> list[str]:
     return files
 
 
-@contextlib.contextmanager
-def _open(path: str) -> Iterator[IO[bytes] | str]:
-    """A local path as is (pyarrow memory-maps it), anything else as a Beam file object."""
-    if uris.is_local(path):
-        yield path.removeprefix("file://")
-        return
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        yield handle
-
-
-@contextlib.contextmanager
-def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
-    """A ParquetFile on any Beam filesystem (local files memory-mapped)."""
-    with _open(path) as source:
-        yield pq.ParquetFile(source)
-
-
 def _footer_row_count(path: str) -> int:
     try:
-        with _open(path) as source:
-            return pq.ParquetFile(source).metadata.num_rows
+        return parquet_row_count(path)
     except (pa.ArrowInvalid, OSError) as error:
         raise EmbeddingsError(f"{path}: not a readable Parquet file ({error})") from error
 
 
 def _read_table(path: str, columns: list[str]) -> pa.Table:
-    with _open(path) as source:
-        parquet_file = pq.ParquetFile(source)
+    with open_parquet(path) as parquet_file:
         present = set(parquet_file.schema_arrow.names)
         missing = [c for c in columns if c not in present]
         if missing:

@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms import embedding_pipeline
 from transforms.items import CatalogItem
-from transforms.outputs import embedding_schema, run_outputs
+from transforms.outputs import embedding_schema, markers
 
 NEW, CHANGED, UNCHANGED, DELETED = "new", "changed", "unchanged", "deleted"
 KINDS = (NEW, CHANGED, UNCHANGED, DELETED)
@@ -75,7 +75,7 @@ class DiffAgainstPrevious(beam.DoFn):
 def _write_counts(counts: list[tuple[str, int]], path: str) -> None:
     content = dict.fromkeys(KINDS, 0)
     content.update(dict(counts))
-    run_outputs.write_json(path, content)
+    markers.write_json(path, content)
 
 
 def read_diff_counts(output_dir: str) -> dict[str, int]:

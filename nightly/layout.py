@@ -22,7 +22,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.catalog.uris import is_local
-from transforms.outputs import run_outputs
+from transforms.outputs import markers, run_outputs
 
 LOG = logging.getLogger("nightly.publish")
 
@@ -50,15 +50,11 @@ def utc_run_id(now: float | None = None) -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int((now % 1) * 1e6):06d}Z"
 
 
-def has_success(directory: str) -> bool:
-    return FileSystems.exists(join(directory, run_outputs.SUCCESS_FILE))
-
-
 def check_outputs_complete(run_path: str) -> None:
     missing = [
         d
         for d in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, INDEX_DIR)
-        if not has_success(join(run_path, d))
+        if not markers.has_success(join(run_path, d))
     ]
     if missing:
         raise RuntimeError(f"{run_path}: {', '.join(missing)} lack _SUCCESS; refusing to publish")

@@ -21,10 +21,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from index_builder.embeddings_io import embedding_matrix, open_parquet
+from index_builder.embeddings_io import embedding_matrix
 from index_builder.item_metadata import metadata_payload
 from index_builder.ondevice.index_file import OnDeviceIndexSummary, write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from transforms.outputs.parquet_shards import open_parquet
 
 PARTITION_SCHEMA = pa.schema([("id", pa.string()), ("code", pa.binary()), ("metadata", pa.binary())])
 

@@ -17,6 +17,7 @@ least one per non-empty bundle.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
@@ -203,3 +205,19 @@ class WriteParquetShards(beam.PTransform):
             | "GatherFiles" >> beam.combiners.ToList()
             | "Publish" >> beam.FlatMap(publish, directory, temp_dir, schema)
         )
+
+
+@contextlib.contextmanager
+def open_parquet(path: str) -> Iterator[pq.ParquetFile]:
+    """A ParquetFile on any Beam filesystem; local files are opened by path (no copy into memory)."""
+    if uris.is_local(path):
+        yield pq.ParquetFile(uris.strip_file_scheme(path))
+        return
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        yield pq.ParquetFile(handle)
+
+
+def parquet_row_count(path: str) -> int:
+    """Rows in a shard, from its footer alone."""
+    with open_parquet(path) as parquet_file:
+        return parquet_file.metadata.num_rows

@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import collections
 import glob
-import json
-import time
 from typing import Any
 
-import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.catalog import uris
-from transforms.outputs.parquet_shards import TEMP_PREFIX, remove_temp_dir
+from transforms.outputs.markers import SUCCESS_FILE
+from transforms.outputs.parquet_shards import TEMP_PREFIX, open_parquet, parquet_row_count, remove_temp_dir
 
 EMBEDDINGS_DIR = "embeddings"
 REJECTED_DIR = "rejected"
 SUMMARY_FILE = "run_summary.json"
-SUCCESS_FILE = "_SUCCESS"
 
 
 def shard_files(output_dir: str, kind: str) -> list[str]:
@@ -65,19 +62,12 @@ def stale_temp_dirs(output_dir: str) -> list[str]:
     return sorted(found)
 
 
-def _open_parquet(path: str) -> pq.ParquetFile:
-    with FileSystems.open(path) as handle:
-        data = handle.read()
-    import pyarrow as pa
-
-    return pq.ParquetFile(pa.BufferReader(data))
-
-
 def count_outputs(output_dir: str) -> dict[str, Any]:
-    embedded = sum(_open_parquet(p).metadata.num_rows for p in shard_files(output_dir, EMBEDDINGS_DIR))
+    embedded = sum(parquet_row_count(p) for p in shard_files(output_dir, EMBEDDINGS_DIR))
     by_type: collections.Counter[str] = collections.Counter()
     for path in shard_files(output_dir, REJECTED_DIR):
-        by_type.update(_open_parquet(path).read(columns=["error_type"]).column("error_type").to_pylist())
+        with open_parquet(path) as shard:
+            by_type.update(shard.read(columns=["error_type"]).column("error_type").to_pylist())
     rejected = sum(by_type.values())
     return {
         "matched": embedded + rejected,
@@ -85,18 +75,3 @@ def count_outputs(output_dir: str) -> dict[str, Any]:
         "rejected": rejected,
         "rejected_by_error_type": dict(sorted(by_type.items())),
     }
-
-
-def write_json(path: str, content: dict[str, Any]) -> None:
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write((json.dumps(content, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-
-
-def success_marker() -> bytes:
-    """Never empty: an empty object is a zero-part multipart upload on S3, which S3 rejects."""
-    return (json.dumps({"completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n").encode()
-
-
-def write_success(output_dir: str) -> None:
-    with FileSystems.create(FileSystems.join(output_dir, SUCCESS_FILE)) as handle:
-        handle.write(success_marker())

@@ -1,0 +1,1 @@
+"""The index build, step by step: inputs -> server index -> on-device index -> evaluation -> records."""

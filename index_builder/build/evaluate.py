@@ -1,0 +1,49 @@
+"""Step 3: eval.json's figures: both indexes against exact search on held-out database rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from index_builder import evaluation, tuning
+from index_builder.build.ondevice import OnDeviceBuild
+from index_builder.build.settings import BuildSettings
+from index_builder.ondevice.reference_search import ReferenceSearcher
+
+
+@dataclass
+class Evaluation:
+    server: dict[str, Any]
+    ondevice: dict[str, Any]
+    query_rows: np.ndarray
+
+
+def evaluate_indexes(
+    settings: BuildSettings,
+    vectors: np.ndarray,
+    server: tuning.TuningResult,
+    device: OnDeviceBuild,
+    index_bytes: bytes,
+) -> Evaluation:
+    """Queries are database rows the server tuning did not use; the on-device index is searched by the
+    numpy twin of the runtime (exactly its results), over index.ldb as written."""
+    num_rows = len(vectors)
+    queries_idx = tuning.sample_query_rows(
+        num_rows, settings.eval_queries, settings.seed + 1, exclude=server.queries_idx
+    )
+    true_ids, _ = evaluation.exact_top_k(vectors[queries_idx], vectors, min(100, num_rows))
+    server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
+    reference = ReferenceSearcher(index_bytes)
+    hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
+    device_found = np.where(hits >= 0, device.rows[hits], -1)
+    device_eval = {
+        "recall@10": evaluation.recall_at_k(device_found, true_ids, 10),
+        "num_queries": len(device_found),
+        "bytes_per_item_codes": reference.index.bytes_per_item,
+        "index_file_bytes": len(index_bytes),
+        "bytes_per_item_total": len(index_bytes) / num_rows,
+        "method": "numpy twin of the on-device search over index.ldb",
+    }
+    return Evaluation(server_eval, device_eval, queries_idx)

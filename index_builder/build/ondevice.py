@@ -1,0 +1,236 @@
+"""Step 2: the on-device index (index.ldb) and the Task Library searchers that carry it.
+
+Small catalogs are encoded by ScaNN in this process; above --training_sample_size
+rows the quantizer is trained on a sample and Beam workers assign and AH-encode
+every row (index_builder.ondevice.parallel_encode), then leaves-to-search is
+re-checked on all rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from encoders import model_config
+from index_builder import evaluation, tuning
+from index_builder.build.inputs import BuildInputs
+from index_builder.build.settings import BuildSettings
+from index_builder.embeddings_io import EmbeddingSet
+from index_builder.item_metadata import metadata_payload
+from index_builder.ondevice import parallel_encode
+from index_builder.ondevice.calibration import calibrate_leaves_to_search
+from index_builder.ondevice.convert import convert_searcher
+from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.scann_artifacts import read_searcher
+from index_builder.searcher_models import build_searcher_model
+
+LOG = logging.getLogger("build_index")
+INDEX_FILE = "index.ldb"
+
+
+@dataclass
+class OnDeviceBuild:
+    tuned: tuning.TuningResult
+    rows: np.ndarray  # rows[i] = embeddings row of the i-th item in index.ldb
+    details: dict[str, Any] = field(default_factory=dict)  # for index_config.json
+
+
+@dataclass(frozen=True)
+class ServerHints:
+    """What the server tuning already computed that the on-device calibration can reuse."""
+
+    tuning_truth: np.ndarray | None  # exact neighbours of the tuning queries (None: held-out rows)
+
+
+def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> list[bytes]:
+    def values(row: int) -> dict[str, Any]:
+        known = {"id": embeddings.ids[row], "uri": embeddings.uris[row]}
+        return {c: known[c] if c in known else embeddings.columns[c][row] for c in columns}
+
+    return [metadata_payload(list(columns), values(r)) for r in range(embeddings.num_rows)]
+
+
+def build_ondevice_index(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    tuning_queries: np.ndarray | None,
+    hints: ServerHints,
+    user_info: bytes,
+    work: Path,
+    pipeline_options: PipelineOptions | None,
+) -> OnDeviceBuild:
+    if settings.encodes_ondevice_in_beam(inputs.embeddings.num_rows):
+        return _build_in_beam(settings, inputs.embeddings, tuning_queries, hints, user_info, work, pipeline_options)
+    return _build_in_process(settings, inputs.embeddings, tuning_queries, user_info, work)
+
+
+def _build_in_process(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    tuning_queries: np.ndarray | None,
+    user_info: bytes,
+    work: Path,
+) -> OnDeviceBuild:
+    tuned = tuning.tune_scann_index(
+        embeddings.vectors, settings.ondevice_params(), settings.ondevice_tuning(), queries=tuning_queries
+    )
+    summary = convert_searcher(
+        tuned.index.searcher,
+        str(work / INDEX_FILE),
+        metadata=item_metadata(embeddings, settings.metadata_columns),
+        user_info=user_info,
+        num_leaves_to_search=tuned.chosen.num_leaves_to_search,
+        lookup_type=settings.ondevice_lookup,
+    )
+    details = {
+        "num_partitions": summary.num_partitions,
+        "encoding": "in_process",
+        "training_rows": min(settings.training_sample_size, embeddings.num_rows),
+        "num_leaves_to_search": tuned.chosen.num_leaves_to_search,
+    }
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), details)
+
+
+def _build_in_beam(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    tuning_queries: np.ndarray | None,
+    hints: ServerHints,
+    user_info: bytes,
+    work: Path,
+    pipeline_options: PipelineOptions | None,
+) -> OnDeviceBuild:
+    """Tunes and trains on a row sample, then encodes every row in Beam workers."""
+    params = settings.ondevice_params()
+    sample_size = min(settings.training_sample_size, embeddings.num_rows)
+    sample = np.sort(np.random.default_rng(params.seed).choice(embeddings.num_rows, sample_size, replace=False))
+    tuned = tuning.tune_scann_index(
+        embeddings.vectors[sample], params, settings.ondevice_tuning(), queries=tuning_queries
+    )
+    quantizer = OnDeviceQuantizer.from_artifacts(
+        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
+    )
+    LOG.info(
+        "on-device: trained on %d sampled rows (%d leaves); encoding all %d rows in Beam",
+        sample_size,
+        len(quantizer.partition_centroids),
+        embeddings.num_rows,
+    )
+    items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
+    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
+    started = time.perf_counter()
+    queries, true_ids = _calibration_queries(embeddings, sample, tuned, tuning_queries, hints)
+    leaves, calibration = params.num_leaves_to_search, []
+    if leaves is None:
+        leaves, trials = calibrate_leaves_to_search(
+            quantizer,
+            items.assignment,
+            items.codes,
+            queries,
+            true_ids,
+            rows,
+            start=tuned.chosen.num_leaves_to_search,
+            target_recall=settings.ondevice_target_recall,
+        )
+        calibration = [asdict(t) for t in trials]
+    LOG.info(
+        "on-device: calibrated leaves-to-search on all rows (%d settings tried) in %.1f s",
+        len(calibration),
+        time.perf_counter() - started,
+    )
+    if leaves != tuned.chosen.num_leaves_to_search:
+        LOG.info(
+            "on-device: %d leaves to search on all rows (the sample chose %d)",
+            leaves,
+            tuned.chosen.num_leaves_to_search,
+        )
+    summary = parallel_encode.write_index(
+        items,
+        quantizer,
+        work / INDEX_FILE,
+        num_leaves_to_search=leaves,
+        lookup_type=settings.ondevice_lookup,
+        user_info=user_info,
+    )
+    details = {
+        "num_partitions": summary.num_partitions,
+        "encoding": "beam",
+        "training_rows": sample_size,
+        "num_leaves_to_search": leaves,
+        "calibration_on_all_rows": calibration,
+    }
+    return OnDeviceBuild(tuned, rows, details)
+
+
+def _encode_all_rows(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    quantizer: OnDeviceQuantizer,
+    pipeline_options: PipelineOptions | None,
+) -> parallel_encode.EncodedItems:
+    temp_root = settings.temp_location
+    with contextlib.ExitStack() as cleanup:
+        directory = (
+            FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}")
+            if temp_root
+            else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ondevice_partitions_"))
+        )
+        started = time.perf_counter()
+        with beam.Pipeline(options=pipeline_options) as pipeline:
+            parallel_encode.encode_pipeline(
+                pipeline,
+                embeddings.files,
+                quantizer,
+                list(settings.metadata_columns),
+                directory,
+                has_duplicates=embeddings.duplicates_dropped > 0,
+            )
+        LOG.info(
+            "on-device: Beam encoded and grouped %d rows in %.1f s",
+            embeddings.num_rows,
+            time.perf_counter() - started,
+        )
+        items = parallel_encode.collect_partitions(
+            directory, len(quantizer.partition_centroids), len(quantizer.codebooks)
+        )
+        if temp_root:
+            FileSystems.delete([directory])
+    return items
+
+
+def _calibration_queries(
+    embeddings: EmbeddingSet,
+    sample: np.ndarray,
+    tuned: tuning.TuningResult,
+    tuning_queries: np.ndarray | None,
+    hints: ServerHints,
+    num_queries: int = 1000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's held-out queries (or the tuning queries) with their exact neighbours among all rows."""
+    if tuning_queries is not None and hints.tuning_truth is not None:
+        return tuning_queries[:num_queries], hints.tuning_truth[:num_queries, :10]
+    queries = embeddings.vectors[sample[tuned.queries_idx]][:num_queries]
+    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
+    return queries, true_ids
+
+
+def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> None:
+    """text_searcher.tflite and image_searcher.tflite: each encoder with index.ldb attached."""
+    for encoder, searcher in (
+        (model_config.TEXT_TFLITE_FILE, "text_searcher.tflite"),
+        (model_config.IMAGE_TFLITE_FILE, "image_searcher.tflite"),
+    ):
+        (work / searcher).write_bytes(
+            build_searcher_model(inputs.model_dir / encoder, index_bytes, inputs.embeddings.dim)
+        )

@@ -1,0 +1,68 @@
+"""Step 4: the index directory's records (ids.parquet, index_config.json, eval.json, MANIFEST.json,
+_SUCCESS) and the upload of a locally staged index to object storage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from index_builder import index_outputs, tuning
+from index_builder.build.evaluate import Evaluation
+from index_builder.build.inputs import BuildInputs
+from index_builder.build.ondevice import OnDeviceBuild
+from index_builder.build.settings import BuildSettings
+from transforms.outputs import markers
+
+
+def index_config(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    tuning_queries: np.ndarray | None,
+    server: tuning.TuningResult,
+    device: OnDeviceBuild,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    embeddings = inputs.embeddings
+    return {
+        "num_items": embeddings.num_rows,
+        "embedding_dim": embeddings.dim,
+        "model_id": inputs.config.model_id,
+        "embeddings": settings.embeddings,
+        "embedding_files": embeddings.files,
+        "duplicates_dropped": embeddings.duplicates_dropped,
+        "metadata_columns": list(settings.metadata_columns),
+        "tuning_queries": {
+            "source": settings.tuning_queries or "held-out database rows",
+            "count": len(tuning_queries) if tuning_queries is not None else None,
+        },
+        "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
+        "ondevice": {
+            **device.tuned.index.describe(),
+            "lookup_type": settings.ondevice_lookup,
+            **device.details,
+            "tuning": device.tuned.describe(),
+        },
+        "timings": timings,
+    }
+
+
+def write_records(work: Path, inputs: BuildInputs, config: dict[str, Any], evaluation: Evaluation) -> None:
+    index_outputs.write_ids(work / "ids.parquet", inputs.embeddings.ids, inputs.embeddings.uris)
+    markers.write_json(str(work / "index_config.json"), config)
+    markers.write_json(
+        str(work / "eval.json"),
+        {"server": evaluation.server, "ondevice": evaluation.ondevice, "query_rows": evaluation.query_rows.tolist()},
+    )
+
+
+def upload_tree(work: Path, output_dir: str) -> None:
+    """Copies a locally built index to any filesystem; _SUCCESS goes last."""
+    for path in sorted(p for p in work.rglob("*") if p.is_file()):
+        target_path = FileSystems.join(output_dir, path.relative_to(work).as_posix())
+        with path.open("rb") as source, FileSystems.create(target_path) as target:
+            while chunk := source.read(16 << 20):
+                target.write(chunk)
+    markers.write_success(output_dir)

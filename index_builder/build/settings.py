@@ -1,0 +1,69 @@
+"""Everything a build needs to know, as one frozen object made once from the job's flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from index_builder.scann_index import IndexParams
+from index_builder.tuning import TuningOptions
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    embeddings: str
+    output_dir: str
+    model_dir: str | None = None
+    seed: int = 0
+    target_recall: float = 0.95
+    num_leaves: int | None = None
+    num_leaves_to_search: int | None = None
+    reorder: int | None = None
+    dims_per_block: int = 2
+    training_sample_size: int = 250_000
+    eval_queries: int = 1000
+    tuning_queries: str | None = None
+    ondevice_target_recall: float = 0.9
+    ondevice_num_leaves: int | None = None
+    ondevice_num_leaves_to_search: int | None = None
+    ondevice_dims_per_block: int = 2
+    ondevice_lookup: str = "FLOAT"
+    ondevice_encoding: str = "auto"
+    metadata_columns: tuple[str, ...] = ("uri",)
+    # Where Beam workers write per-partition files (None: a local temporary folder).
+    temp_location: str | None = None
+
+    def server_params(self) -> IndexParams:
+        return IndexParams(
+            num_leaves=self.num_leaves,
+            num_leaves_to_search=self.num_leaves_to_search,
+            reorder=self.reorder,
+            dims_per_block=self.dims_per_block,
+            training_sample_size=self.training_sample_size,
+            seed=self.seed,
+        )
+
+    def ondevice_params(self) -> IndexParams:
+        return IndexParams(
+            num_leaves=self.ondevice_num_leaves,
+            num_leaves_to_search=self.ondevice_num_leaves_to_search,
+            dims_per_block=self.ondevice_dims_per_block,
+            training_sample_size=self.training_sample_size,
+            seed=self.seed,
+            for_ondevice=True,
+        )
+
+    def server_tuning(self) -> TuningOptions:
+        return TuningOptions(target_recall=self.target_recall, seed=self.seed)
+
+    def ondevice_tuning(self) -> TuningOptions:
+        return TuningOptions(target_recall=self.ondevice_target_recall, seed=self.seed)
+
+    def encodes_ondevice_in_beam(self, num_rows: int) -> bool:
+        """Beam workers encode when asked, or (auto) when the rows outnumber the training sample."""
+        if self.ondevice_encoding == "auto":
+            return num_rows > self.training_sample_size
+        return self.ondevice_encoding == "beam"
+
+    def extra_columns(self) -> list[str]:
+        """Metadata columns read from the shards besides id and uri."""
+        return [c for c in self.metadata_columns if c not in ("id", "uri")]
