@@ -18,38 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from benchmarks.server_index_bench import clustered_unit_vectors
 from encoders import model_config
-from transforms.outputs.embedding_schema import embeddings_schema
-
-ROWS_PER_SHARD = 100_000
-
-
-def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> None:
-    schema = embeddings_schema(vectors.shape[1], model_id)
-    directory.mkdir(parents=True, exist_ok=True)
-    for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
-        block = vectors[start : start + ROWS_PER_SHARD]
-        rows = range(start, start + len(block))
-        table = pa.table(
-            {
-                "id": [f"item-{i:09d}" for i in rows],
-                "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
-                    pa.list_(pa.float32())
-                ),
-                "fingerprint": ["0"] * len(block),
-                "model_id": [model_id] * len(block),
-                "width": pa.array([256] * len(block), pa.int32()),
-                "height": pa.array([256] * len(block), pa.int32()),
-            },
-            schema=schema,
-        )
-        pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=10_000)
+from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 
 
 def main(argv: list[str] | None = None) -> dict:

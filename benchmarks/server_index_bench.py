@@ -27,29 +27,7 @@ import time
 
 import numpy as np
 
-_CHUNK_ROWS = 131_072
-
-
-def clustered_unit_vectors(
-    num_rows: int, dim: int = 128, rows_per_cluster: int = 100, noise: float = 0.1, seed: int = 0
-) -> np.ndarray:
-    """[num_rows, dim] float32 L2-normalized vectors around random cluster centers.
-
-    Generated in chunks (so 1M x 128 costs its 512 MB and little more) and
-    deterministic for a given (num_rows, dim, rows_per_cluster, noise, seed).
-    """
-    rng = np.random.default_rng(seed)
-    num_clusters = max(1, num_rows // rows_per_cluster)
-    centers = rng.standard_normal((num_clusters, dim), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    vectors = np.empty((num_rows, dim), dtype=np.float32)
-    for start in range(0, num_rows, _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, num_rows)
-        chunk = centers[rng.integers(0, num_clusters, stop - start)]
-        chunk += noise * rng.standard_normal((stop - start, dim), dtype=np.float32)
-        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
-        vectors[start:stop] = chunk
-    return vectors
+from sample_catalog.vectors import clustered_unit_vectors
 
 
 def run(args: argparse.Namespace) -> dict:

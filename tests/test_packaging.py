@@ -5,9 +5,8 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
 
 
 def install_requires() -> dict[str, str]:

@@ -15,8 +15,7 @@ from sample_catalog import attributes
 from sample_catalog.captions import caption
 from sample_catalog.generate import CatalogSettings, generate_item
 from sample_catalog.scenes import sample_scene, scene_rng
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests import ROOT
 
 
 def run_job(*args: str) -> subprocess.CompletedProcess:

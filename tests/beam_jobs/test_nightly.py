@@ -18,10 +18,10 @@ from apache_beam.io.filesystems import FileSystems
 from beam_jobs import nightly
 from nightly import gate, incremental, latest_file, layout
 from sample_catalog.generate import CatalogSettings, generate_item
+from tests import ROOT
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
 from transforms.items import CatalogItem
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED, SIZE, COUNT = 11, 64, 300  # build_index needs >= 256 rows
 BUILD_FLAGS = ["--eval_queries", "50"]
 

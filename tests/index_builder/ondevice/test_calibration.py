@@ -7,7 +7,6 @@ import io
 import numpy as np
 import pytest
 
-from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder.evaluation import exact_top_k
 from index_builder.ondevice.calibration import (
     calibrate_leaves_to_search,
@@ -20,6 +19,7 @@ from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
+from sample_catalog.vectors import clustered_unit_vectors
 
 
 @pytest.fixture(scope="module")

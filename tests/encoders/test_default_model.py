@@ -15,10 +15,10 @@ from encoders.tflite_export import run_tflite
 from encoders.tflite_metadata import read_associated_files, read_metadata
 from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file, tokenize_like_task_library
 from images.decoding import decode_image, resize_for_model
+from tests import ROOT
 from tests.embed_helpers import write_catalog
 from transforms.embedding.encoding import load_encoder
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL = model_config.DEFAULT_MODEL_DIR
 CAPTIONS = [
     "a small red circle at the top left and a large blue square at the bottom",

@@ -19,10 +19,9 @@ from PIL import Image, ImageFile
 from images import formats, reject_reasons
 from images.decoding import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DecodedImage, decode_image, resize_for_model
 from images.reject_reasons import ImageRejected
-from tests import awkward_files
+from tests import ROOT, awkward_files
 from tests.awkward_files import Expectation, write_awkward_catalog
 
-ROOT = Path(__file__).resolve().parents[1]
 DECODING_ERROR_TYPES = {
     reject_reasons.EMPTY,
     reject_reasons.TOO_LARGE,

@@ -10,13 +10,11 @@ import pyarrow.parquet as pq
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
-from benchmarks.build_index_scale import write_embeddings
-from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder.ondevice import parallel_encode
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
-
-ROOT = Path(__file__).resolve().parents[1]
+from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
+from tests import ROOT
 
 
 def quantizer_for(vectors: np.ndarray) -> OnDeviceQuantizer:

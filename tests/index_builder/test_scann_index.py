@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder import evaluation
 from index_builder.evaluation import evaluate, exact_top_k, recall_at_k
 from index_builder.scann_import import hash_pb2, scann_ops_pybind, scann_pb2
@@ -25,6 +24,7 @@ from index_builder.scann_index import (
     with_search_defaults,
 )
 from index_builder.tuning import TuningOptions, sample_query_rows, tune_scann_index
+from sample_catalog.vectors import clustered_unit_vectors
 
 NUM_ROWS, DIM = 10_000, 32
 

@@ -7,12 +7,12 @@ import io
 import numpy as np
 import pytest
 
-from benchmarks.server_index_bench import clustered_unit_vectors
 from index_builder.evaluation import exact_top_k, recall_at_k
 from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
+from sample_catalog.vectors import clustered_unit_vectors
 
 LEAVES, SEARCHED = 80, 8
 

@@ -25,10 +25,11 @@ from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import NotOnDeviceCompatibleError, read_searcher
 from index_builder.scann_import import scann_ops_pybind
+from tests import ROOT
 
 N, D, LEAVES, LEAVES_TO_SEARCH = 3000, 32, 30, 10
-REPO = Path(__file__).resolve().parents[1]
-TASKLIB_PYTHON = REPO / ".venv-tasklib" / "bin" / "python"
+
+TASKLIB_PYTHON = ROOT / ".venv-tasklib" / "bin" / "python"
 
 
 def _clustered_unit_vectors(seed: int, count: int, noise: float = 1.0) -> np.ndarray:

@@ -15,9 +15,8 @@ from beam_jobs import build_index, embed_images
 from index_builder.evaluation import exact_top_k, recall_at_k
 from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
 from index_builder.scann_import import scann_ops_pybind
+from tests import ROOT
 from tests.embed_helpers import read_parquet_dir, write_catalog
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -20,14 +20,13 @@ from apache_beam.utils import shared
 
 from beam_jobs import embed_images, launcher
 from encoders import model_config
+from tests import ROOT
 from tests.awkward_files import write_awkward_catalog
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
 from transforms.embedding import encoding
 from transforms.embedding_pipeline import encoder_threads
 from transforms.outputs import run_outputs
 from transforms.outputs.parquet_shards import WriteParquetShards, WrittenFile, publish, write_table
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,59 @@
+"""Synthetic embedding sets for tests and benchmarks: clustered unit vectors, written as embedding shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from transforms.outputs.embedding_schema import embeddings_schema
+
+_CHUNK_ROWS = 131_072
+ROWS_PER_SHARD = 100_000
+
+
+def clustered_unit_vectors(
+    num_rows: int, dim: int = 128, rows_per_cluster: int = 100, noise: float = 0.1, seed: int = 0
+) -> np.ndarray:
+    """[num_rows, dim] float32 L2-normalized vectors around random cluster centers.
+
+    Generated in chunks (so 1M x 128 costs its 512 MB and little more) and
+    deterministic for a given (num_rows, dim, rows_per_cluster, noise, seed).
+    """
+    rng = np.random.default_rng(seed)
+    num_clusters = max(1, num_rows // rows_per_cluster)
+    centers = rng.standard_normal((num_clusters, dim), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    vectors = np.empty((num_rows, dim), dtype=np.float32)
+    for start in range(0, num_rows, _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, num_rows)
+        chunk = centers[rng.integers(0, num_clusters, stop - start)]
+        chunk += noise * rng.standard_normal((stop - start, dim), dtype=np.float32)
+        chunk /= np.linalg.norm(chunk, axis=1, keepdims=True)
+        vectors[start:stop] = chunk
+    return vectors
+
+
+def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> None:
+    schema = embeddings_schema(vectors.shape[1], model_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
+        block = vectors[start : start + ROWS_PER_SHARD]
+        rows = range(start, start + len(block))
+        table = pa.table(
+            {
+                "id": [f"item-{i:09d}" for i in rows],
+                "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
+                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
+                    pa.list_(pa.float32())
+                ),
+                "fingerprint": ["0"] * len(block),
+                "model_id": [model_id] * len(block),
+                "width": pa.array([256] * len(block), pa.int32()),
+                "height": pa.array([256] * len(block), pa.int32()),
+            },
+            schema=schema,
+        )
+        pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=10_000)
