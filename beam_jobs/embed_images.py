@@ -30,7 +30,7 @@ from transforms import embedding_pipeline
 from transforms.catalog import uris
 from transforms.catalog.manifest import ManifestError, validate_manifest_path
 from transforms.embedding.encoding import freeze_long_lived_objects, load_encoder
-from transforms.outputs import embedding_schema, markers, run_outputs
+from transforms.outputs import markers, run_outputs
 
 LOG = logging.getLogger("embed_images")
 
@@ -38,40 +38,24 @@ LOG = logging.getLogger("embed_images")
 class EmbedImagesOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument(
-            "--input_pattern",
-            action="append",
-            default=None,
-            help="glob of images (repeatable; recursive ** allowed), e.g. 'gs://bucket/photos/**/*.jpg'",
-        )
-        parser.add_argument("--manifest", default=None, help="JSONL, CSV or Parquet with a uri column (id optional)")
-        parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call")
-        parser.add_argument(
-            "--max_image_bytes",
-            type=int,
-            default=decoding.DEFAULT_MAX_BYTES,
-            help="larger objects are rejected as too_large without being read whole",
-        )
-        parser.add_argument(
-            "--max_image_pixels",
-            type=int,
-            default=decoding.DEFAULT_MAX_PIXELS,
-            help="decompression-bomb guard: images declaring more pixels are rejected",
-        )
-        parser.add_argument(
-            "--rows_per_shard",
-            type=int,
-            default=50_000,
-            help="most rows in one Parquet shard (each worker bundle writes at least one shard)",
-        )
-        parser.add_argument("--read_attempts", type=int, default=4, help="tries per object on transient errors")
-        parser.add_argument(
-            "--encoder_threads",
-            type=int,
-            default=0,
+        add = parser.add_argument
+        # A flag table reads best one flag per line.
+        # fmt: off
+        add("--input_pattern", action="append", default=None,
+            help="glob of images (repeatable; recursive ** allowed), e.g. 'gs://bucket/photos/**/*.jpg'")
+        add("--manifest", default=None, help="JSONL, CSV or Parquet with a uri column (id optional)")
+        add("--batch_size", type=int, default=64, help="images per encoder call")
+        add("--max_image_bytes", type=int, default=decoding.DEFAULT_MAX_BYTES,
+            help="larger objects are rejected as too_large without being read whole")
+        add("--max_image_pixels", type=int, default=decoding.DEFAULT_MAX_PIXELS,
+            help="decompression-bomb guard: images declaring more pixels are rejected")
+        add("--rows_per_shard", type=int, default=50_000,
+            help="most rows in one Parquet shard (each worker bundle writes at least one shard)")
+        add("--read_attempts", type=int, default=4, help="tries per object on transient errors")
+        add("--encoder_threads", type=int, default=0,
             help="TensorFlow threads per worker process; 0: the cores split between local worker processes "
-            "(--direct_running_mode=multi_processing), otherwise TensorFlow's default",
-        )
+            "(--direct_running_mode=multi_processing), otherwise TensorFlow's default")
+        # fmt: on
 
 
 def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tuple[str, ...]]:
@@ -106,37 +90,6 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
     return encoder.config, columns
 
 
-def build_pipeline(
-    pipeline: beam.Pipeline,
-    options: EmbedImagesOptions,
-    config: model_config.ModelConfig,
-    manifest_columns: tuple[str, ...],
-    output_dir: str,
-) -> None:
-    items, listing_rejections = embedding_pipeline.list_items(pipeline, options)
-    carried = embedding_schema.carried_column_names(manifest_columns)
-    rows, rejections = embedding_pipeline.embed_items(
-        items, options, config, carried, options.view_as(CommonJobOptions).model_dir
-    )
-    embedding_pipeline.write_outputs([rows], [listing_rejections, *rejections], options, config, carried, output_dir)
-
-
-def counters(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
-    try:
-        query = result.metrics().query()
-    except Exception:  # some runners cannot report metrics; the summary's counts do not depend on them
-        return {}
-    values = {
-        f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0) for c in query["counters"]
-    }
-    for distribution in query["distributions"]:
-        result_value = distribution.committed or distribution.attempted
-        if result_value is not None:
-            # e.g. embed.batch_encode_ms_sum: the encoder's own time, what incremental runs save.
-            values[f"{distribution.key.metric.namespace}.{distribution.key.metric.name}_sum"] = int(result_value.sum)
-    return values
-
-
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     options = launcher.default_to_direct_runner(EmbedImagesOptions(argv))
     started = time.perf_counter()
@@ -145,22 +98,15 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # validate() loaded TensorFlow here too; the local runner's bookkeeping runs in this process.
     freeze_long_lived_objects()
     output_dir = uris.absolutize_local(options.view_as(CommonJobOptions).output_dir)
-    LOG.info(
-        "embed_images: inputs=%s output_dir=%s model_id=%s (D=%d, %dpx) batch_size=%d runner=%s",
-        options.manifest or options.input_pattern,
-        output_dir,
-        config.model_id,
-        config.embedding_dim,
-        config.image_size,
-        options.batch_size,
-        options.view_as(beam.options.pipeline_options.StandardOptions).runner,
-    )
+    inputs = options.manifest or options.input_pattern
+    LOG.info("embed_images: %s -> %s, model %s (%d px)", inputs, output_dir, config.model_id, config.image_size)
     removed = run_outputs.clear_outputs(output_dir)
     if removed:
         LOG.info("removed %d files of a previous run in %s", removed, output_dir)
     pipeline_started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
-    build_pipeline(pipeline, options, config, columns, output_dir)
+    model_dir = options.view_as(CommonJobOptions).model_dir
+    embedding_pipeline.build_embedding_pipeline(pipeline, options, config, columns, output_dir, model_dir)
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:
@@ -168,17 +114,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         LOG.info("dry run: translated to a Dataflow job of %d steps; nothing was submitted", len(steps))
         return {"dry_run": True, "dataflow_steps": steps}
     pipeline_seconds = time.perf_counter() - pipeline_started
-    summary = {
-        **run_outputs.count_outputs(output_dir),
-        "model_id": config.model_id,
-        "embedding_dim": config.embedding_dim,
-        "inputs": {"manifest": options.manifest, "input_pattern": options.input_pattern},
-        "timings": {
-            "pipeline_seconds": round(pipeline_seconds, 3),
-            "total_seconds": round(time.perf_counter() - started, 3),
-        },
-        "counters": counters(result),
-    }
+    timings = {"pipeline_seconds": round(pipeline_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)}
+    inputs = {"manifest": options.manifest, "input_pattern": options.input_pattern}
+    summary = run_outputs.run_summary(output_dir, config, inputs, timings, launcher.pipeline_counters(result))
     markers.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
     markers.write_success(output_dir)
     LOG.info(

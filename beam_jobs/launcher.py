@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
 from transforms.catalog import uris
 
@@ -68,3 +69,19 @@ def dataflow_step_names(result) -> list[str]:
         # Runner v2 submits the portable pipeline instead of v1 steps.
         names = [t.unique_name for t in job.proto_pipeline.components.transforms.values()]
     return names
+
+
+def pipeline_counters(result: PipelineResult) -> dict[str, int]:
+    try:
+        query = result.metrics().query()
+    except Exception:  # some runners cannot report metrics; the summary's counts do not depend on them
+        return {}
+    values = {
+        f"{c.key.metric.namespace}.{c.key.metric.name}": int(c.committed or c.attempted or 0) for c in query["counters"]
+    }
+    for distribution in query["distributions"]:
+        result_value = distribution.committed or distribution.attempted
+        if result_value is not None:
+            # e.g. embed.batch_encode_ms_sum: the encoder's own time, what incremental runs save.
+            values[f"{distribution.key.metric.namespace}.{distribution.key.metric.name}_sum"] = int(result_value.sum)
+    return values

@@ -35,20 +35,11 @@ INDEX_BLOCK = 1000
 class SampleCatalogOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--num_images", type=int, default=None, help="number of scenes to generate (> 0); required")
-        parser.add_argument(
-            "--image_size",
-            type=int,
-            default=256,
-            help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}",
-        )
-        parser.add_argument(
-            "--format",
-            dest="image_format",
-            default="jpeg",
-            help=f"image file format: {' or '.join(FORMATS)}",
-        )
-        parser.add_argument("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95 (ignored for png)")
+        add = parser.add_argument
+        add("--num_images", type=int, default=None, help="number of scenes to generate (> 0); required")
+        add("--image_size", type=int, default=256, help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}")
+        add("--format", dest="image_format", default="jpeg", help=f"image file format: {' or '.join(FORMATS)}")
+        add("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95 (ignored for png)")
 
 
 def validate(options: SampleCatalogOptions) -> CatalogSettings:

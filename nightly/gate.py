@@ -63,3 +63,25 @@ def recall_check(recall: float | None, min_recall: float) -> Check:
 
 def describe_failures(checks: list[Check]) -> str:
     return "; ".join(f"{c.name}: {c.message}" for c in checks if not c.passed)
+
+
+def threshold_problem(max_shrink: float, max_rejected_fraction: float, min_recall: float) -> str | None:
+    """What is wrong with the gate's thresholds, in flag terms (None: nothing)."""
+    for flag, value in (
+        ("--max_shrink", max_shrink),
+        ("--max_rejected_fraction", max_rejected_fraction),
+        ("--min_recall", min_recall),
+    ):
+        if not 0 <= value <= 1:
+            return f"{flag} must be in [0, 1], got {value}"
+    return None
+
+
+def catalog_checks(
+    summary: dict[str, Any], previous_items: int | None, max_shrink: float, max_rejected_fraction: float
+) -> list[Check]:
+    """The checks that need only the run's embeddings (the index is built only when they pass)."""
+    return [
+        shrink_check(summary["embedded"], previous_items, max_shrink),
+        rejected_check(summary["rejected"], summary["matched"], max_rejected_fraction),
+    ]

@@ -92,7 +92,7 @@ def build_incremental_pipeline(
     previous_embeddings: str | None,
     model_dir: str | None,
 ) -> None:
-    """Same stages and step names as embed_images.build_pipeline, plus the diff.
+    """Same stages and step names as embedding_pipeline.build_embedding_pipeline, plus the diff.
 
     previous_embeddings: a Parquet glob of the published run's embeddings, or None (full build).
     Writes OUT/embeddings, OUT/rejected and OUT/diff_counts.json.

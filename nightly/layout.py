@@ -44,6 +44,11 @@ def run_dir(workspace: str, run_id: str) -> str:
     return join(workspace, RUNS_DIR, run_id)
 
 
+def is_plain_name(run_id: str) -> bool:
+    """A run id names one folder under WS/runs/: no separators, not . or .., not blank."""
+    return bool(run_id.strip()) and "/" not in run_id and run_id not in (".", "..")
+
+
 def utc_run_id(now: float | None = None) -> str:
     """Sortable UTC timestamp with microseconds: 20261123T231652.123456Z."""
     now = time.time() if now is None else now

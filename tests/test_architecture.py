@@ -23,7 +23,7 @@ LAYERS = {
     "encoders": 2,
     "images": 1,
 }
-MAX_JOB_LINES = 150
+MAX_JOB_LINES = 155  # "about 150": a job that needs more is doing a package's work
 MAX_FUNCTION_LINES = 60
 # A longer function must say why in its docstring, with this phrase.
 LONG_FUNCTION_MARK = "Long on purpose:"
@@ -31,9 +31,7 @@ LONG_FUNCTION_MARK = "Long on purpose:"
 
 def package_files() -> list[Path]:
     skip = ("_pb2.py",)
-    return sorted(
-        p for package in LAYERS for p in (ROOT / package).rglob("*.py") if not p.name.endswith(skip)
-    )
+    return sorted(p for package in LAYERS for p in (ROOT / package).rglob("*.py") if not p.name.endswith(skip))
 
 
 def module_name(path: Path) -> str:

@@ -115,3 +115,18 @@ def write_outputs(
             rows_per_shard=options.rows_per_shard,
         )
     )
+
+
+def build_embedding_pipeline(
+    pipeline: beam.Pipeline,
+    options: Any,
+    config: model_config.ModelConfig,
+    manifest_columns: tuple[str, ...],
+    output_dir: str,
+    model_dir: str | None,
+) -> None:
+    """The embedding job's graph: list, read, decode, encode, write shards and rejections."""
+    items, listing_rejections = list_items(pipeline, options)
+    carried = embedding_schema.carried_column_names(manifest_columns)
+    rows, rejections = embed_items(items, options, config, carried, model_dir)
+    write_outputs([rows], [listing_rejections, *rejections], options, config, carried, output_dir)

@@ -16,7 +16,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from beam_jobs import nightly
-from nightly import gate, incremental, latest_file, layout
+from nightly import gate, incremental, latest_file, layout, night
 from sample_catalog.generate import CatalogSettings, generate_item
 from tests import ROOT
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
@@ -38,7 +38,7 @@ def write_rows(manifest: Path, rows: list[dict]) -> None:
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
-def night(manifest: Path, workspace: Path, run_id: str, *extra: str) -> dict:
+def run_night(manifest: Path, workspace: Path, run_id: str, *extra: str) -> dict:
     return nightly.run(
         ["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", run_id, *BUILD_FLAGS, *extra]
     )
@@ -79,7 +79,7 @@ def test_incremental_nights_encode_only_what_changed(tmp_path: Path) -> None:
     manifest = make_catalog(tmp_path / "catalog")
     ws = tmp_path / "ws"
 
-    first = night(manifest, ws, "n1")
+    first = run_night(manifest, ws, "n1")
     assert first["exit_code"] == 0 and first["published"]
     assert (first["new"], first["changed"], first["unchanged"], first["deleted"]) == (COUNT, 0, 0, 0)
     assert first["images_encoded"] == COUNT and first["gate"]["passed"]
@@ -106,7 +106,7 @@ def test_incremental_nights_encode_only_what_changed(tmp_path: Path) -> None:
     Path(deleted["uri"]).unlink()
     write_rows(manifest, rows)
 
-    second = night(manifest, ws, "n2")
+    second = run_night(manifest, ws, "n2")
     assert second["exit_code"] == 0 and second["published"]
     assert (second["new"], second["changed"], second["unchanged"], second["deleted"]) == (2, 1, COUNT - 2, 1)
     assert second["images_encoded"] == 3 == second["images_to_encode"]
@@ -124,7 +124,7 @@ def test_incremental_nights_encode_only_what_changed(tmp_path: Path) -> None:
     assert {r["id"]: r["caption"] for r in carried} == {r["id"]: r["caption"] for r in rows}
 
     # Night 3, same inputs: nothing encoded, the same content published.
-    third = night(manifest, ws, "n3")
+    third = run_night(manifest, ws, "n3")
     assert third["exit_code"] == 0 and third["images_encoded"] == 0 and third["unchanged"] == COUNT + 1
     night3 = embeddings(str(ws / "runs" / "n3"))
     assert night3.keys() == night2.keys() and all(np.array_equal(night3[k], night2[k]) for k in night2)
@@ -139,7 +139,7 @@ def test_incremental_nights_encode_only_what_changed(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "encoders" / "default_model", model)
     config = json.loads((model / "model_config.json").read_text())
     (model / "model_config.json").write_text(json.dumps({**config, "model_id": config["model_id"] + "-v2"}))
-    fourth = night(manifest, ws, "n4", "--model_dir", str(model))
+    fourth = run_night(manifest, ws, "n4", "--model_dir", str(model))
     assert fourth["model_changed"] and fourth["exit_code"] == 0
     assert (fourth["changed"], fourth["unchanged"], fourth["images_encoded"]) == (COUNT + 1, 0, COUNT + 1)
     assert latest(ws)["model_id"] == config["model_id"] + "-v2"
@@ -148,7 +148,7 @@ def test_incremental_nights_encode_only_what_changed(tmp_path: Path) -> None:
 def test_half_the_catalog_gone_is_refused(tmp_path: Path) -> None:
     manifest = make_catalog(tmp_path / "catalog")
     ws = tmp_path / "ws"
-    assert night(manifest, ws, "n1")["published"]
+    assert run_night(manifest, ws, "n1")["published"]
     before = (ws / "LATEST").read_bytes()
     write_rows(manifest, manifest_rows(manifest)[: COUNT // 2])
     result = subprocess.run(
@@ -179,26 +179,26 @@ def test_half_the_catalog_gone_is_refused(tmp_path: Path) -> None:
 
     # --force publishes anyway (the index still needs >= 256 rows, so shrink by 10-15% here).
     write_rows(manifest, manifest_rows(make_catalog(tmp_path / "catalog"))[:260])
-    forced = night(manifest, ws, "n3", "--force")
+    forced = run_night(manifest, ws, "n3", "--force")
     assert forced["exit_code"] == 0 and forced["gate"]["forced"] and latest(ws)["forced"] is True
 
 
 def test_crashes_leave_latest_alone_and_reruns_publish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = make_catalog(tmp_path / "catalog")
     ws = tmp_path / "ws"
-    assert night(manifest, ws, "a0", "--keep_runs", "2")["published"]
+    assert run_night(manifest, ws, "a0", "--keep_runs", "2")["published"]
     catalog_ids = {row["id"] for row in manifest_rows(manifest)}
     published = "a0"
-    for number, point in enumerate(nightly.CRASH_POINTS, start=1):
+    for number, point in enumerate(night.CRASH_POINTS, start=1):
         run_id = f"a{number}"
         before = (ws / "LATEST").read_bytes()
-        monkeypatch.setenv(nightly.CRASH_ENV, point)
-        with pytest.raises(nightly.InjectedCrash):
-            night(manifest, ws, run_id, "--keep_runs", "2")
+        monkeypatch.setenv(night.CRASH_ENV, point)
+        with pytest.raises(night.InjectedCrash):
+            run_night(manifest, ws, run_id, "--keep_runs", "2")
         assert (ws / "LATEST").read_bytes() == before
-        monkeypatch.delenv(nightly.CRASH_ENV)
+        monkeypatch.delenv(night.CRASH_ENV)
         # A crashed run is never "previous": the next attempt diffs against what LATEST names.
-        rerun = night(manifest, ws, run_id, "--keep_runs", "2")
+        rerun = run_night(manifest, ws, run_id, "--keep_runs", "2")
         assert rerun["exit_code"] == 0 and rerun["previous_run_id"] == published
         assert rerun["unchanged"] == len(catalog_ids) and rerun["images_encoded"] == 0
         assert latest(ws)["run_id"] == run_id and index_ids(latest(ws)["index"]) == catalog_ids

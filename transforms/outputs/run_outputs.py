@@ -75,3 +75,17 @@ def count_outputs(output_dir: str) -> dict[str, Any]:
         "rejected": rejected,
         "rejected_by_error_type": dict(sorted(by_type.items())),
     }
+
+
+def run_summary(
+    output_dir: str, config: Any, inputs: dict[str, Any], timings: dict[str, float], counters: dict[str, int]
+) -> dict[str, Any]:
+    """run_summary.json: counts taken from the written files (not runner metrics), model, inputs, timings."""
+    return {
+        **count_outputs(output_dir),
+        "model_id": config.model_id,
+        "embedding_dim": config.embedding_dim,
+        "inputs": inputs,
+        "timings": timings,
+        "counters": counters,
+    }
