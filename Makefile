@@ -9,7 +9,7 @@ TASKLIB_VENV := .venv-tasklib
 TASKLIB_STAMP := $(TASKLIB_VENV)/.installed
 DEMO_DIR ?= demo_output
 
-.PHONY: venv task-library-venv demo test test-slow bench model clean
+.PHONY: venv task-library-venv demo lint test test-slow bench model clean
 
 venv: $(STAMP)
 
@@ -29,7 +29,12 @@ $(TASKLIB_STAMP): scripts/make_task_library_venv.sh
 demo: $(STAMP) $(TASKLIB_STAMP)
 	$(PY) -m beam_jobs.demo --output_dir $(DEMO_DIR)
 
-test: $(STAMP) $(TASKLIB_STAMP)
+# Lint and format check (settings in ruff.toml); part of `make test`, so CI runs it.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(STAMP) $(TASKLIB_STAMP) lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: $(STAMP) $(TASKLIB_STAMP)

@@ -2,7 +2,7 @@
 
 Also what Dataflow's ``--setup_file`` ships to workers, so it must install the
 whole runtime stack. The pins are exact: this combination is verified to
-resolve and run together (shared DESIGN.md), and tests/test_packaging.py keeps
+resolve and run together (docs/ARCHITECTURE.md, "Verified facts"), and tests/test_packaging.py keeps
 the Dockerfile in agreement with them.
 """
 
@@ -28,6 +28,7 @@ EXTRAS_REQUIRE = {
     # Real servers on loopback for gs:// and s3:// tests.
     "test": [
         "pytest==9.2.0",
+        "ruff==0.17.6",
         "gcp-storage-emulator==2026.7.19",
         "moto[server]==5.2.5",
     ],
@@ -45,7 +46,9 @@ setup(
     version="0.1.0",
     description="Batch image-catalog indexing: Beam embedding jobs, ScaNN indexes, TFLite searchers",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["beam_jobs*", "transforms*", "index_builder*", "encoders*"]),
+    packages=find_packages(
+        include=["beam_jobs*", "nightly*", "sample_catalog*", "index_builder*", "transforms*", "encoders*", "images*"]
+    ),
     package_data={
         "encoders": ["default_model/*", "default_model/**/*"],
         "index_builder": ["ondevice/protos/*.proto"],

@@ -105,11 +105,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
     assert vectors is not None and first is not None
     kept_rows = _compact_in_place(vectors, keep)
     vectors = vectors[:kept_rows]
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    if np.any(order != np.arange(kept_rows)):
-        vectors = vectors[order]  # one copy, only when files were not already in id order
-        ids, uris = [ids[i] for i in order], [uris[i] for i in order]
-        extras = {name: [values[i] for i in order] for name, values in extras.items()}
+    vectors, ids, uris, extras = _in_id_order(vectors, ids, uris, extras)
     return EmbeddingSet(
         ids=ids,
         uris=uris,
@@ -119,6 +115,18 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
         duplicates_dropped=total_rows - kept_rows,
         columns=extras,
     )
+
+
+def _in_id_order(
+    vectors: np.ndarray, ids: list[str], uris: list[str], extras: dict[str, list]
+) -> tuple[np.ndarray, list[str], list[str], dict[str, list]]:
+    """Rows sorted by id, so every build sees the same row order whatever the shard layout."""
+    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
+    if np.all(order == np.arange(len(ids))):
+        return vectors, ids, uris, extras
+    vectors = vectors[order]  # one copy, only when files were not already in id order
+    ids, uris = [ids[i] for i in order], [uris[i] for i in order]
+    return vectors, ids, uris, {name: [values[i] for i in order] for name, values in extras.items()}
 
 
 @dataclass

@@ -153,11 +153,6 @@ def scann_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     return text_format.MessageToString(config)
 
 
-def ondevice_config_text(vectors: np.ndarray, params: IndexParams) -> str:
-    """Config for the on-device subset: tree + AH lut256, no residual quantization, no reordering."""
-    return scann_config_text(vectors, dataclasses.replace(params, for_ondevice=True, reorder=0))
-
-
 def build_scann_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> BuiltIndex:
     """Trains a ScaNN searcher over ``vectors`` (row i of the result is row i of the input)."""
     vectors = _as_float32_matrix(vectors)

@@ -54,3 +54,10 @@ def test_installed_versions_match_pins() -> None:
 
     for name, pinned in install_requires().items():
         assert version(name) == pinned, f"{name}: installed {version(name)}, setup.py pins {pinned}"
+
+
+def test_every_package_directory_is_installed() -> None:
+    """A package missing from setup.py works from a checkout but not on Dataflow workers."""
+    listed = set(re.findall(r'"(\w+)\*"', (ROOT / "setup.py").read_text()))
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")} - {"tests", "benchmarks"}
+    assert on_disk == listed, f"setup.py packages {sorted(listed)} vs directories {sorted(on_disk)}"

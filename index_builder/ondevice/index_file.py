@@ -196,6 +196,46 @@ def write_ondevice_index(
         lut256 uses), "INT16" or "FLOAT".
     """
     books = _validated_codebooks(codebooks)
+    codes = _validated_codes(codes, books)
+    num_items = codes.shape[0]
+    num_partitions, assignment = _validated_partitions(
+        partition_centroids, partition_assignment, num_items, sum(book.shape[1] for book in books)
+    )
+    if not 1 <= num_leaves_to_search <= num_partitions:
+        raise ValueError(f"num_leaves_to_search must be in [1, {num_partitions}], got {num_leaves_to_search}")
+    if metadata is not None and len(metadata) != num_items:
+        raise ValueError(f"metadata has {len(metadata)} entries for {num_items} items")
+
+    item_order = np.argsort(assignment, kind="stable")
+    partition_sizes = np.bincount(assignment, minlength=num_partitions)
+    config = build_index_config(
+        partition_centroids=partition_centroids,
+        codebooks=books,
+        partition_sizes=partition_sizes,
+        num_leaves_to_search=num_leaves_to_search,
+        distance=distance,
+        lookup_type=lookup_type,
+    )
+    stream, owned = _open_for_writing(out)
+    try:
+        writer = TableWriter(stream, block_size=block_size, compression=compression)
+        _add_entries(writer, codes, item_order, partition_sizes, config, metadata)
+        writer.add(USER_INFO_KEY, user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info))
+        file_bytes = writer.finish()
+    finally:
+        if owned:
+            stream.close()
+    return OnDeviceIndexSummary(
+        num_items=num_items,
+        num_partitions=num_partitions,
+        bytes_per_item_codes=len(books),
+        file_bytes=file_bytes,
+        item_order=item_order,
+        partition_sizes=partition_sizes,
+    )
+
+
+def _validated_codes(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] != len(books):
         raise ValueError(f"codes must be [N, {len(books)}] (one byte per subspace), got shape {codes.shape}")
@@ -203,9 +243,13 @@ def write_ondevice_index(
         raise ValueError(f"codes must be uint8 AH codes, got dtype {codes.dtype}")
     if int(codes.max(initial=0)) >= books[0].shape[0]:
         raise ValueError(f"codes reference center {int(codes.max())} but codebooks have {books[0].shape[0]} centers")
-    num_items = codes.shape[0]
-    num_dims = sum(book.shape[1] for book in books)
+    return codes
 
+
+def _validated_partitions(
+    partition_centroids: np.ndarray | None, partition_assignment: np.ndarray | None, num_items: int, num_dims: int
+) -> tuple[int, np.ndarray]:
+    """(number of partitions, each item's partition); one partition when there are no centroids."""
     if partition_centroids is None:
         if partition_assignment is not None:
             raise ValueError("partition_assignment given without partition_centroids")
@@ -232,51 +276,28 @@ def write_ondevice_index(
             raise ValueError(
                 f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
             )
-    if not 1 <= num_leaves_to_search <= num_partitions:
-        raise ValueError(f"num_leaves_to_search must be in [1, {num_partitions}], got {num_leaves_to_search}")
-    if metadata is not None and len(metadata) != num_items:
-        raise ValueError(f"metadata has {len(metadata)} entries for {num_items} items")
+    return num_partitions, assignment
 
-    item_order = np.argsort(assignment, kind="stable")
-    partition_sizes = np.bincount(assignment, minlength=num_partitions)
+
+def _add_entries(
+    writer: TableWriter,
+    codes: np.ndarray,
+    item_order: np.ndarray,
+    partition_sizes: np.ndarray,
+    config: index_config_pb2.IndexConfig,
+    metadata: Sequence[bytes | str] | None,
+) -> None:
+    """Codes per partition, the config, then per-item metadata: in the byte-wise key order LevelDB needs."""
+    num_partitions, num_items = len(partition_sizes), len(item_order)
     starts = np.concatenate([[0], np.cumsum(partition_sizes)]).astype(np.int64)
-    config = build_index_config(
-        partition_centroids=partition_centroids,
-        codebooks=books,
-        partition_sizes=partition_sizes,
-        num_leaves_to_search=num_leaves_to_search,
-        distance=distance,
-        lookup_type=lookup_type,
-    )
-
-    def metadata_of(global_index: int) -> bytes:
+    for partition in lexicographic_indices(num_partitions):
+        rows = item_order[starts[partition] : starts[partition + 1]]
+        writer.add(partition_key(partition), np.ascontiguousarray(codes[rows]).tobytes())
+    writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
+    for global_index in lexicographic_indices(num_items):
         row = int(item_order[global_index])
         payload = str(row) if metadata is None else metadata[row]
-        return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
-
-    stream, owned = _open_for_writing(out)
-    try:
-        writer = TableWriter(stream, block_size=block_size, compression=compression)
-        for partition in lexicographic_indices(num_partitions):
-            rows = item_order[starts[partition] : starts[partition + 1]]
-            writer.add(partition_key(partition), np.ascontiguousarray(codes[rows]).tobytes())
-        writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
-        for global_index in lexicographic_indices(num_items):
-            writer.add(metadata_key(global_index), metadata_of(global_index))
-        info = user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info)
-        writer.add(USER_INFO_KEY, info)
-        file_bytes = writer.finish()
-    finally:
-        if owned:
-            stream.close()
-    return OnDeviceIndexSummary(
-        num_items=num_items,
-        num_partitions=num_partitions,
-        bytes_per_item_codes=len(books),
-        file_bytes=file_bytes,
-        item_order=item_order,
-        partition_sizes=partition_sizes,
-    )
+        writer.add(metadata_key(global_index), payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
 
 
 def _open_for_writing(out: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, bool]:

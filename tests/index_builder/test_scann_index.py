@@ -19,8 +19,8 @@ from index_builder.scann_index import (
     IndexParams,
     build_scann_index,
     load_server_index,
-    ondevice_config_text,
     save_server_index,
+    scann_config_text,
     with_search_defaults,
 )
 from index_builder.tuning import TuningOptions, sample_query_rows, tune_scann_index
@@ -84,7 +84,7 @@ def test_build_uses_requested_parameters(built) -> None:
 
 def test_ondevice_variant_is_lut256_without_residuals_or_reordering(vectors, tmp_path: Path) -> None:
     params = IndexParams(num_leaves=64, num_leaves_to_search=8, for_ondevice=True)
-    config = parse(ondevice_config_text(vectors, IndexParams(num_leaves=64, num_leaves_to_search=8)))
+    config = parse(scann_config_text(vectors, params))
     ah = config.hash.asymmetric_hash
     assert not config.HasField("exact_reordering")
     assert ah.use_residual_quantization is False
