@@ -1,0 +1,1 @@
+"""The dual encoder: towers, tf.Transform text preprocessing, training, TFLite export and metadata, bundled model."""

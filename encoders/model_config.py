@@ -1,4 +1,4 @@
-"""The model directory contract (DESIGN.md "Model directory") and its validation.
+"""The model directory contract (docs/ARCHITECTURE.md "Model directory") and its validation.
 
 Every consumer (embedding job, index builder, search CLI) loads a model through
 here, so a directory missing a file or carrying a bad config is reported by name

@@ -3,7 +3,7 @@
     python -m encoders.train --manifest CATALOG/manifest.jsonl --output_dir MODEL \
         [--eval_manifest HELDOUT/manifest.jsonl] [--epochs 20] [--seed 0]
 
-The model directory is the contract of DESIGN.md "Model directory"; see
+The model directory is the contract of docs/ARCHITECTURE.md "Model directory"; see
 encoders/model_config.py.
 """
 

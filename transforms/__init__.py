@@ -1,0 +1,1 @@
+"""Beam stages that turn a catalog into embedding shards: catalog input, embedding, outputs."""

@@ -1,0 +1,1 @@
+"""The on-device ScaNN index (index.ldb): LevelDB table, config protos, quantizer, calibration, reference search."""

@@ -1,0 +1,1 @@
+"""Catalog input: URIs and globs, listing inside the pipeline, manifests, reading bytes with retries."""

@@ -1,0 +1,1 @@
+"""The embedding stage: model staging on workers, decode-for-model, batched encoding."""

@@ -1,0 +1,1 @@
+"""Outputs of the embedding job: the Parquet schema, shard writing, run summaries, _SUCCESS markers."""

@@ -1,4 +1,4 @@
-"""The stable Parquet schemas of OUT/embeddings and OUT/rejected (DESIGN.md "Data contracts")."""
+"""The stable Parquet schemas of OUT/embeddings and OUT/rejected (docs/ARCHITECTURE.md "Data contracts")."""
 
 from __future__ import annotations
 

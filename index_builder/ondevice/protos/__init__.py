@@ -1,0 +1,1 @@
+"""Generated protos of the on-device index config (regen.sh rebuilds them)."""
