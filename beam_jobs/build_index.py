@@ -10,6 +10,7 @@ MANIFEST.json and, last, _SUCCESS.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -92,28 +93,16 @@ def settings_from_options(options: PipelineOptions) -> BuildSettings:
     columns = tuple(c.strip() for c in job.metadata_columns.split(",") if c.strip())
     if not columns:
         raise launcher.UsageError("--metadata_columns needs at least one column name")
-    return BuildSettings(
-        embeddings=job.embeddings,
+    # Every build flag has a BuildSettings field of the same name; the rest are derived here.
+    flags = {f.name: getattr(job, f.name) for f in dataclasses.fields(BuildSettings) if hasattr(job, f.name)}
+    flags.update(
         output_dir=uris.absolutize_local(shared.output_dir),
         model_dir=shared.model_dir,
         seed=shared.seed,
-        target_recall=job.target_recall,
-        num_leaves=job.num_leaves,
-        num_leaves_to_search=job.num_leaves_to_search,
-        reorder=job.reorder,
-        dims_per_block=job.dims_per_block,
-        training_sample_size=job.training_sample_size,
-        eval_queries=job.eval_queries,
-        tuning_queries=job.tuning_queries,
-        ondevice_target_recall=job.ondevice_target_recall,
-        ondevice_num_leaves=job.ondevice_num_leaves,
-        ondevice_num_leaves_to_search=job.ondevice_num_leaves_to_search,
-        ondevice_dims_per_block=job.ondevice_dims_per_block,
-        ondevice_lookup=job.ondevice_lookup,
-        ondevice_encoding=job.ondevice_encoding,
         metadata_columns=columns,
         temp_location=options.view_as(GoogleCloudOptions).temp_location,
     )
+    return BuildSettings(**flags)
 
 
 def validate(options: PipelineOptions) -> tuple[BuildSettings, BuildInputs]:
