@@ -22,6 +22,8 @@ INSTALL_REQUIRES = [
     "python-snappy==0.7.3",
     "google-crc32c==1.9.0",
     "protobuf==6.33.6",
+    # LiteRT interpreter: runs imported TFLite-only image encoders in workers without importing TensorFlow.
+    "ai-edge-litert==2.3.0",
 ]
 
 EXTRAS_REQUIRE = {

@@ -17,7 +17,12 @@ IMAGE_KERAS_FILE = "image_encoder.keras"
 TEXT_TFLITE_FILE = "text_encoder.tflite"
 IMAGE_TFLITE_FILE = "image_encoder.tflite"
 VOCAB_FILE = "vocab.txt"
-REQUIRED_FILES = (CONFIG_FILE, IMAGE_KERAS_FILE, TEXT_TFLITE_FILE, IMAGE_TFLITE_FILE, VOCAB_FILE)
+# Every model directory has these two; the image encoder in TFLite is what devices and the ImageSearcher run.
+REQUIRED_FILES = (CONFIG_FILE, IMAGE_TFLITE_FILE)
+# image_encoder.keras: the pipeline encodes with Keras when present, with the TFLite file otherwise.
+# text_encoder.tflite: required unless model_config.json says "has_text_encoder": false (image-only model).
+# vocab.txt: a copy of the RegexTokenizer vocabulary of this project's own text encoder.
+OPTIONAL_FILES = (IMAGE_KERAS_FILE, TEXT_TFLITE_FILE, VOCAB_FILE)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default_model"
 
@@ -46,6 +51,10 @@ class ModelConfig:
     delim_regex: str = r"[^\w\']+"
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # False for an image-only model: image-to-image search only, no text searcher.
+    has_text_encoder: bool = True
+    # Where an imported model came from (encoders.import_model), for the record.
+    source: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -88,4 +97,15 @@ def validate_model_dir(model_dir: str | Path | None, required: tuple[str, ...] =
         raw = json.loads((directory / CONFIG_FILE).read_text())
     except json.JSONDecodeError as error:
         raise ModelDirError(f"{directory / CONFIG_FILE} is not valid JSON: {error}") from error
-    return ModelConfig.from_dict(raw, source=str(directory / CONFIG_FILE))
+    config = ModelConfig.from_dict(raw, source=str(directory / CONFIG_FILE))
+    if config.has_text_encoder and not (directory / TEXT_TFLITE_FILE).is_file():
+        raise ModelDirError(
+            f"model directory {directory} is missing {TEXT_TFLITE_FILE} (for an image-only model set "
+            f'"has_text_encoder": false in {CONFIG_FILE}, as encoders.import_model does)'
+        )
+    return config
+
+
+def uses_keras_image_encoder(model_dir: Path) -> bool:
+    """The pipeline runs image_encoder.keras when the directory has one, image_encoder.tflite otherwise."""
+    return (Path(model_dir) / IMAGE_KERAS_FILE).is_file()

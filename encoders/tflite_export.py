@@ -33,7 +33,9 @@ def to_tflite(model: keras.Model, input_dtype: tf.DType) -> bytes:
 
 def run_tflite(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Runs a batch-1 TFLite model over each row of `inputs`."""
-    interpreter = tf.lite.Interpreter(model_content=model)
+    from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is deprecated
+
+    interpreter = Interpreter(model_content=model)
     interpreter.allocate_tensors()
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     outputs = []
@@ -46,8 +48,10 @@ def run_tflite(model: bytes, inputs: np.ndarray) -> np.ndarray:
 
 def agreement(keras_vectors: np.ndarray, tflite_vectors: np.ndarray) -> float:
     """Smallest cosine between the Keras and TFLite outputs for the same inputs."""
-    norms = np.linalg.norm(keras_vectors, axis=1) * np.linalg.norm(tflite_vectors, axis=1)
-    cosine = np.sum(keras_vectors * tflite_vectors, axis=1) / np.maximum(norms, 1e-12)
+    # float64: an untrained backbone's outputs can be ~1e-9, whose norm products underflow float32.
+    left, right = np.asarray(keras_vectors, np.float64), np.asarray(tflite_vectors, np.float64)
+    norms = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+    cosine = np.sum(left * right, axis=1) / np.maximum(norms, 1e-300)
     return float(np.nan_to_num(cosine, nan=-1.0).min())
 
 

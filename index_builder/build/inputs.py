@@ -42,12 +42,18 @@ def load_inputs(settings: BuildSettings) -> BuildInputs:
     if embeddings.num_rows < MIN_ROWS:
         raise BuildInputError(f"--embeddings: {embeddings.num_rows} rows; an AH index needs at least {MIN_ROWS}")
     check_model_matches(embeddings, local_model, config)
+    if settings.tuning_queries and not config.has_text_encoder:
+        raise BuildInputError(
+            f"--tuning_queries needs a text encoder, but model {config.model_id!r} is image-only "
+            "(has_text_encoder is false): drop the flag to tune on held-out database rows"
+        )
     return BuildInputs(embeddings, local_model, config, read_tuning_texts(settings.tuning_queries))
 
 
 def check_model_matches(embeddings: EmbeddingSet, local_model: Path, config: model_config.ModelConfig) -> None:
     """Text queries only land near their images when both came from the same model."""
-    for name in (model_config.TEXT_TFLITE_FILE, model_config.IMAGE_TFLITE_FILE):
+    encoders = [model_config.IMAGE_TFLITE_FILE] + ([model_config.TEXT_TFLITE_FILE] if config.has_text_encoder else [])
+    for name in encoders:
         try:
             dim = embedding_dim_of((local_model / name).read_bytes(), str(local_model / name))
         except SearcherModelError as error:

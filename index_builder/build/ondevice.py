@@ -225,12 +225,19 @@ def _calibration_queries(
     return queries, true_ids
 
 
-def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> None:
-    """text_searcher.tflite and image_searcher.tflite: each encoder with index.ldb attached."""
-    for encoder, searcher in (
-        (model_config.TEXT_TFLITE_FILE, "text_searcher.tflite"),
-        (model_config.IMAGE_TFLITE_FILE, "image_searcher.tflite"),
-    ):
+def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> list[str]:
+    """image_searcher.tflite and (with a text encoder) text_searcher.tflite: each encoder with index.ldb
+    attached. Returns the searcher files written."""
+    pairs = [(model_config.IMAGE_TFLITE_FILE, "image_searcher.tflite")]
+    if inputs.config.has_text_encoder:
+        pairs.append((model_config.TEXT_TFLITE_FILE, "text_searcher.tflite"))
+    else:
+        LOG.warning(
+            "no text_searcher.tflite: model %s is image-only (no text encoder), so only image-to-image search",
+            inputs.config.model_id,
+        )
+    for encoder, searcher in pairs:
         (work / searcher).write_bytes(
             build_searcher_model(inputs.model_dir / encoder, index_bytes, inputs.embeddings.dim)
         )
+    return [searcher for _, searcher in pairs]

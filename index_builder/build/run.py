@@ -75,7 +75,7 @@ def build_into(
     hints = ServerHints(tuning_truth=server.true_ids if tuning_queries is not None else None)
     device = build_ondevice_index(settings, inputs, tuning_queries, hints, _user_info(inputs), work, pipeline_options)
     index_bytes = (work / INDEX_FILE).read_bytes()
-    write_searchers(inputs, index_bytes, work)
+    device.details["searchers"] = write_searchers(inputs, index_bytes, work)
     timings["ondevice_seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -153,7 +153,7 @@ def test_mismatched_model_or_bad_embeddings_stop_before_training(built: dict, tm
     model.mkdir()
     from encoders import model_config
 
-    for name in model_config.REQUIRED_FILES:
+    for name in (*model_config.REQUIRED_FILES, *model_config.OPTIONAL_FILES):
         (model / name).write_bytes((model_config.DEFAULT_MODEL_DIR / name).read_bytes())
     config = json.loads((model / "model_config.json").read_text())
     config["model_id"] = "someone-elses-model"

@@ -139,10 +139,13 @@ def test_task_library_embedders_match_our_embeddings(config: model_config.ModelC
 
 
 def test_missing_model_file_is_named(tmp_path: Path) -> None:
-    for name in model_config.REQUIRED_FILES:
+    for name in (*model_config.REQUIRED_FILES, *model_config.OPTIONAL_FILES):
         (tmp_path / name).write_bytes((MODEL / name).read_bytes())
     (tmp_path / model_config.TEXT_TFLITE_FILE).unlink()
-    with pytest.raises(model_config.ModelDirError, match=r"text_encoder\.tflite"):
+    with pytest.raises(model_config.ModelDirError, match=r"text_encoder\.tflite.*has_text_encoder"):
+        model_config.validate_model_dir(tmp_path)
+    (tmp_path / model_config.IMAGE_TFLITE_FILE).unlink()
+    with pytest.raises(model_config.ModelDirError, match=r"missing image_encoder\.tflite"):
         model_config.validate_model_dir(tmp_path)
 
 

@@ -26,6 +26,7 @@ from apache_beam.utils import shared
 from encoders import model_config
 from images.reject_reasons import ENCODE_ERROR
 from transforms.embedding import model_staging
+from transforms.embedding.tflite_encoder import TFLiteImageEncoder
 from transforms.items import rejection
 
 LOG = logging.getLogger(__name__)
@@ -98,16 +99,19 @@ def pin_tf_threads(tf: Any, threads: int) -> None:
         LOG.debug("TensorFlow already initialized in this process; keeping its thread pools")
 
 
-def load_encoder(model_dir: str | None, threads: int | None = None) -> ImageEncoder:
+def load_encoder(model_dir: str | None, threads: int | None = None) -> ImageEncoder | TFLiteImageEncoder:
+    """The Keras image encoder when the model directory has one, else its TFLite image encoder."""
     local = model_staging.stage_model_dir(model_dir)
     config = model_config.validate_model_dir(local)
-    return ImageEncoder(local, config, threads)
+    if model_config.uses_keras_image_encoder(local):
+        return ImageEncoder(local, config, threads)
+    return TFLiteImageEncoder(local, config, threads)
 
 
 class _SharedEncoder:
     """Weak-referenceable holder required by apache_beam.utils.shared."""
 
-    def __init__(self, encoder: ImageEncoder) -> None:
+    def __init__(self, encoder: ImageEncoder | TFLiteImageEncoder) -> None:
         self.encoder = encoder
 
 

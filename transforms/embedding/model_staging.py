@@ -30,10 +30,12 @@ def stage_model_dir(model_dir: str | None, files: tuple[str, ...] = model_config
             return _STAGED[resolved]
         local = Path(tempfile.gettempdir()) / f"staged-model-{hashlib.sha256(resolved.encode()).hexdigest()[:16]}"
         local.mkdir(parents=True, exist_ok=True)
-        for name in files:
+        for name in (*files, *model_config.OPTIONAL_FILES):
             source = FileSystems.join(resolved, name)
             if not FileSystems.exists(source):
-                raise model_config.ModelDirError(f"model directory {resolved} is missing {name}")
+                if name in files:
+                    raise model_config.ModelDirError(f"model directory {resolved} is missing {name}")
+                continue
             with FileSystems.open(source) as reader:
                 (local / name).write_bytes(reader.read())
         _STAGED[resolved] = local
