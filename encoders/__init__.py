@@ -1,1 +1,5 @@
 """The dual encoder: towers, tf.Transform text preprocessing, training, TFLite export and metadata, bundled model."""
+
+from encoders import quiet_tensorflow
+
+quiet_tensorflow.install()
