@@ -19,13 +19,17 @@ tflite-support's ``scann_ondevice/cc/index.cc`` and ``embedding_searcher.cc``:
   reports hit ``j`` of partition ``p`` as ``g = global_partition_offsets[p] + j``,
   so ``g`` is the position in partition-grouped order, not the input row.
 * ``USER_INFO``: opaque bytes.
+
+Brute-force indexes (``write_float_ondevice_index``, for catalogs too small
+to train an AH codebook) hold float32 embeddings in a single ``E_0`` and an
+IndexConfig with embedding_type FLOAT and neither partitioner nor indexer.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -254,21 +258,12 @@ def write_ondevice_index(
         payload = str(row) if metadata is None else metadata[row]
         return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
 
-    stream, owned = _open_for_writing(out)
-    try:
-        writer = TableWriter(stream, block_size=block_size, compression=compression)
-        for partition in lexicographic_indices(num_partitions):
-            rows = item_order[starts[partition] : starts[partition + 1]]
-            writer.add(partition_key(partition), np.ascontiguousarray(codes[rows]).tobytes())
-        writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
-        for global_index in lexicographic_indices(num_items):
-            writer.add(metadata_key(global_index), metadata_of(global_index))
-        info = user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info)
-        writer.add(USER_INFO_KEY, info)
-        file_bytes = writer.finish()
-    finally:
-        if owned:
-            stream.close()
+    def partition_value(partition: int) -> bytes:
+        return np.ascontiguousarray(codes[item_order[starts[partition] : starts[partition + 1]]]).tobytes()
+
+    file_bytes = _write_table(
+        out, config, num_partitions, partition_value, num_items, metadata_of, user_info, compression, block_size
+    )
     return OnDeviceIndexSummary(
         num_items=num_items,
         num_partitions=num_partitions,
@@ -277,6 +272,83 @@ def write_ondevice_index(
         item_order=item_order,
         partition_sizes=partition_sizes,
     )
+
+
+def write_float_ondevice_index(
+    out: str | os.PathLike[str] | BinaryIO,
+    embeddings: np.ndarray,
+    *,
+    metadata: Sequence[bytes | str] | None = None,
+    user_info: bytes | str = b"",
+    distance: str = "dot_product",
+    compression: Compression | str = Compression.NONE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> OnDeviceIndexSummary:
+    """Writes a brute-force index.ldb: float32 embeddings, no partitioner, no AH codebook.
+
+    This is what tflite-support's own index builder writes for a float
+    database without partition assignment: IndexConfig.embedding_type FLOAT,
+    embedding_dim = D, one partition ``E_0`` holding every row (in input
+    order) and global_partition_offsets [0]; the runtime then scores every
+    item exactly (its LinearSearch) with the ScannOnDeviceConfig's distance.
+    """
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
+        raise ValueError(f"embeddings must be a non-empty [N, D] matrix, got shape {vectors.shape}")
+    if distance not in _DISTANCES:
+        raise ValueError(f"distance must be one of {sorted(_DISTANCES)}, got {distance!r}")
+    num_items = vectors.shape[0]
+    if metadata is not None and len(metadata) != num_items:
+        raise ValueError(f"metadata has {len(metadata)} entries for {num_items} items")
+    config = index_config_pb2.IndexConfig()
+    config.scann_config.query_distance = _DISTANCES[distance]
+    config.embedding_type = index_config_pb2.IndexConfig.FLOAT
+    config.embedding_dim = vectors.shape[1]
+    config.global_partition_offsets.append(0)
+
+    def metadata_of(global_index: int) -> bytes:
+        payload = str(global_index) if metadata is None else metadata[global_index]
+        return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+    file_bytes = _write_table(
+        out, config, 1, lambda _: vectors.tobytes(), num_items, metadata_of, user_info, compression, block_size
+    )
+    return OnDeviceIndexSummary(
+        num_items=num_items,
+        num_partitions=1,
+        bytes_per_item_codes=vectors.shape[1] * vectors.itemsize,
+        file_bytes=file_bytes,
+        item_order=np.arange(num_items),
+        partition_sizes=np.asarray([num_items]),
+    )
+
+
+def _write_table(
+    out: str | os.PathLike[str] | BinaryIO,
+    config: index_config_pb2.IndexConfig,
+    num_partitions: int,
+    partition_value: Callable[[int], bytes],
+    num_items: int,
+    metadata_of: Callable[[int], bytes],
+    user_info: bytes | str,
+    compression: Compression | str,
+    block_size: int,
+) -> int:
+    """Adds E_<p>, INDEX_CONFIG, M_<g>, USER_INFO in byte-wise key order; returns the file size."""
+    stream, owned = _open_for_writing(out)
+    try:
+        writer = TableWriter(stream, block_size=block_size, compression=compression)
+        for partition in lexicographic_indices(num_partitions):
+            writer.add(partition_key(partition), partition_value(partition))
+        writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
+        for global_index in lexicographic_indices(num_items):
+            writer.add(metadata_key(global_index), metadata_of(global_index))
+        info = user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info)
+        writer.add(USER_INFO_KEY, info)
+        return writer.finish()
+    finally:
+        if owned:
+            stream.close()
 
 
 def _open_for_writing(out: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, bool]:
