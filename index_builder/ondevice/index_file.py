@@ -198,44 +198,16 @@ def write_ondevice_index(
       num_leaves_to_search: leaves the runtime searches per query.
       lookup_type: on-device lookup table precision: "INT8" (what ScaNN's
         lut256 uses), "INT16" or "FLOAT".
+
+    Long on purpose: the arguments of the on-device format are documented here,
+    where callers look; the body is only the checks, the config and one write.
     """
     books = _validated_codebooks(codebooks)
-    codes = np.asarray(codes)
-    if codes.ndim != 2 or codes.shape[1] != len(books):
-        raise ValueError(f"codes must be [N, {len(books)}] (one byte per subspace), got shape {codes.shape}")
-    if codes.dtype != np.uint8:
-        raise ValueError(f"codes must be uint8 AH codes, got dtype {codes.dtype}")
-    if int(codes.max(initial=0)) >= books[0].shape[0]:
-        raise ValueError(f"codes reference center {int(codes.max())} but codebooks have {books[0].shape[0]} centers")
+    codes = _checked_codes(codes, books)
     num_items = codes.shape[0]
     num_dims = sum(book.shape[1] for book in books)
 
-    if partition_centroids is None:
-        if partition_assignment is not None:
-            raise ValueError("partition_assignment given without partition_centroids")
-        num_partitions = 1
-        assignment = np.zeros(num_items, dtype=np.int64)
-    else:
-        partition_centroids = np.asarray(partition_centroids)
-        if partition_centroids.ndim != 2 or partition_centroids.shape[0] < 1:
-            raise ValueError(f"partition_centroids must be [P, D] with P >= 1, got {partition_centroids.shape}")
-        if partition_centroids.shape[1] != num_dims:
-            raise ValueError(
-                f"partition centroids have D={partition_centroids.shape[1]} but the codebook "
-                f"subspaces cover {num_dims} dimensions"
-            )
-        num_partitions = partition_centroids.shape[0]
-        if partition_assignment is None:
-            raise ValueError("partition_assignment is required with partition_centroids")
-        assignment = np.asarray(partition_assignment)
-        if assignment.shape != (num_items,) or not np.issubdtype(assignment.dtype, np.integer):
-            raise ValueError(
-                f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}"
-            )
-        if num_items and (assignment.min() < 0 or assignment.max() >= num_partitions):
-            raise ValueError(
-                f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
-            )
+    assignment, num_partitions = _checked_assignment(partition_centroids, partition_assignment, num_items, num_dims)
     if not 1 <= num_leaves_to_search <= num_partitions:
         raise ValueError(f"num_leaves_to_search must be in [1, {num_partitions}], got {num_leaves_to_search}")
     if metadata is not None and len(metadata) != num_items:
@@ -254,9 +226,7 @@ def write_ondevice_index(
     )
 
     def metadata_of(global_index: int) -> bytes:
-        row = int(item_order[global_index])
-        payload = str(row) if metadata is None else metadata[row]
-        return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return _payload(metadata, int(item_order[global_index]))
 
     def partition_value(partition: int) -> bytes:
         return np.ascontiguousarray(codes[item_order[starts[partition] : starts[partition + 1]]]).tobytes()
@@ -272,6 +242,54 @@ def write_ondevice_index(
         item_order=item_order,
         partition_sizes=partition_sizes,
     )
+
+
+def _checked_codes(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or codes.shape[1] != len(books):
+        raise ValueError(f"codes must be [N, {len(books)}] (one byte per subspace), got shape {codes.shape}")
+    if codes.dtype != np.uint8:
+        raise ValueError(f"codes must be uint8 AH codes, got dtype {codes.dtype}")
+    if int(codes.max(initial=0)) >= books[0].shape[0]:
+        raise ValueError(f"codes reference center {int(codes.max())} but codebooks have {books[0].shape[0]} centers")
+    return codes
+
+
+def _payload(metadata: Sequence[bytes | str] | None, row: int) -> bytes:
+    """M_ value of input row ``row``: its metadata (str UTF-8 encoded), or the row number as text."""
+    payload = str(row) if metadata is None else metadata[row]
+    return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+
+def _checked_assignment(
+    partition_centroids: np.ndarray | None, partition_assignment: np.ndarray | None, num_items: int, num_dims: int
+) -> tuple[np.ndarray, int]:
+    """(partition of each item, number of partitions); no centroids means one partition."""
+    if partition_centroids is None:
+        if partition_assignment is not None:
+            raise ValueError("partition_assignment given without partition_centroids")
+        return np.zeros(num_items, dtype=np.int64), 1
+    partition_centroids = np.asarray(partition_centroids)
+    if partition_centroids.ndim != 2 or partition_centroids.shape[0] < 1:
+        raise ValueError(f"partition_centroids must be [P, D] with P >= 1, got {partition_centroids.shape}")
+    if partition_centroids.shape[1] != num_dims:
+        raise ValueError(
+            f"partition centroids have D={partition_centroids.shape[1]} but the codebook "
+            f"subspaces cover {num_dims} dimensions"
+        )
+    num_partitions = partition_centroids.shape[0]
+    if partition_assignment is None:
+        raise ValueError("partition_assignment is required with partition_centroids")
+    assignment = np.asarray(partition_assignment)
+    if assignment.shape != (num_items,) or not np.issubdtype(assignment.dtype, np.integer):
+        raise ValueError(
+            f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}"
+        )
+    if num_items and (assignment.min() < 0 or assignment.max() >= num_partitions):
+        raise ValueError(
+            f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
+        )
+    return assignment, num_partitions
 
 
 def write_float_ondevice_index(
@@ -307,8 +325,7 @@ def write_float_ondevice_index(
     config.global_partition_offsets.append(0)
 
     def metadata_of(global_index: int) -> bytes:
-        payload = str(global_index) if metadata is None else metadata[global_index]
-        return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+        return _payload(metadata, global_index)
 
     file_bytes = _write_table(
         out, config, 1, lambda _: vectors.tobytes(), num_items, metadata_of, user_info, compression, block_size
