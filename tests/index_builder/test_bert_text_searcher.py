@@ -3,6 +3,7 @@ searcher that the real Task Library loads and answers with."""
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import tempfile
@@ -12,11 +13,16 @@ import numpy as np
 import pytest
 
 from encoders import model_config
-from encoders.tflite_metadata import read_associated_files, read_metadata
+from encoders.tflite_metadata import populate, read_associated_files, read_metadata
 from encoders.tflite_metadata.bert_tokenizer import CLS, PAD, SEP, UNKNOWN
 from encoders.tflite_metadata.embedders import add_bert_text_embedder_metadata
 from encoders.tflite_metadata.model_buffer import model_io
-from encoders.tflite_metadata.schema import BertTokenizerOptions
+from encoders.tflite_metadata.schema import (
+    AssociatedFile,
+    BertTokenizerOptions,
+    ProcessUnit,
+    SentencePieceTokenizerOptions,
+)
 from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.query_encoders import TextQueryEncoder
 from index_builder.searcher_models import build_searcher_model
@@ -148,3 +154,20 @@ def test_official_metadata_parser_reads_our_bert_metadata(embedder: Path) -> Non
         t.name for t in read_metadata(embedder.read_bytes()).subgraph_metadata[0].input_tensor_metadata
     ]
     assert parsed["json"]["min_parser_version"] == "1.1.0" and parsed["files"] == ["vocab.txt"]
+
+
+def test_query_encoder_refuses_a_sentence_piece_model_clearly(embedder: Path, tmp_path: Path) -> None:
+    model = embedder.read_bytes()
+    metadata = copy.deepcopy(read_metadata(model))
+    model_file = AssociatedFile("sp.model", "SentencePiece model")
+    metadata.subgraph_metadata[0].input_process_units = [
+        ProcessUnit(SentencePieceTokenizerOptions(sentence_piece_model=[model_file]))
+    ]
+    path = tmp_path / "sentence_piece.tflite"
+    path.write_bytes(populate(model, metadata, {"sp.model": b"not used by this test"}))
+    assert isinstance(
+        read_metadata(path.read_bytes()).subgraph_metadata[0].input_process_units[0].options,
+        SentencePieceTokenizerOptions,
+    )
+    with pytest.raises(ValueError, match="SentencePiece"):
+        TextQueryEncoder(path)
