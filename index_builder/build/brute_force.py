@@ -12,9 +12,11 @@ exact searcher measured on the same held-out queries tuning would use.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 
+from index_builder.build.settings import BuildSettings
 from index_builder.evaluation import exact_top_k, measure_latency, per_query_recall
 from index_builder.scann_index import BRUTE_FORCE_BELOW_ROWS, IndexParams, build_scann_index
 from index_builder.tuning import Trial, TuningOptions, TuningResult, sample_query_rows
@@ -24,18 +26,36 @@ def uses_brute_force(num_rows: int) -> bool:
     return num_rows < BRUTE_FORCE_BELOW_ROWS
 
 
-def index_mode(num_rows: int) -> dict[str, str]:
-    """index_config.json's record of which kind of index was built and why."""
+def index_mode(num_rows: int, settings: BuildSettings | None = None) -> dict[str, Any]:
+    """index_config.json's record of which kind of index was built, why, and which flags it ignored."""
     if uses_brute_force(num_rows):
         return {
             "mode": "brute_force",
             "reason": f"brute force: N = {num_rows} < {BRUTE_FORCE_BELOW_ROWS} rows "
             f"(an on-device AH codebook needs {BRUTE_FORCE_BELOW_ROWS} rows to train)",
+            "ignored_flags": ignored_flags(settings) if settings else [],
         }
     return {
         "mode": "partitioned",
         "reason": f"tree + AH, tuned: N = {num_rows} >= {BRUTE_FORCE_BELOW_ROWS} rows",
     }
+
+
+def ignored_flags(settings: BuildSettings) -> list[str]:
+    """Tree / AH flags set away from their defaults, which a brute-force build has no use for."""
+    defaults = BuildSettings(embeddings="", output_dir="")
+    names = (
+        "num_leaves",
+        "num_leaves_to_search",
+        "reorder",
+        "dims_per_block",
+        "ondevice_num_leaves",
+        "ondevice_num_leaves_to_search",
+        "ondevice_dims_per_block",
+        "ondevice_lookup",
+        "ondevice_encoding",
+    )
+    return [f"--{name}" for name in names if getattr(settings, name) != getattr(defaults, name)]
 
 
 def brute_force_result(

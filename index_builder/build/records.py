@@ -31,7 +31,7 @@ def index_config(
         "num_items": embeddings.num_rows,
         "embedding_dim": embeddings.dim,
         "model_id": inputs.config.model_id,
-        "index_mode": index_mode(embeddings.num_rows),  # brute force for small catalogs, else tree + AH
+        "index_mode": index_mode(embeddings.num_rows, settings),  # brute force for small catalogs, else tree + AH
         "embeddings": settings.embeddings,
         "embedding_files": embeddings.files,
         "duplicates_dropped": embeddings.duplicates_dropped,

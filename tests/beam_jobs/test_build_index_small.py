@@ -126,3 +126,25 @@ def test_task_library_image_searcher_finds_each_image_in_tiny_catalogs(tmp_path:
     _build(one, tmp_path / "index1")
     found = task_library_searcher.image_search(tmp_path / "index1" / "image_searcher.tflite", uris[:2], 3)
     assert [[h["metadata"] for h in hits] for hits in found] == [uris[:1], uris[:1]]
+
+
+def test_tree_and_ah_flags_are_recorded_as_ignored_for_a_brute_force_build(catalogs: dict, tmp_path: Path) -> None:
+    embeddings = catalogs[10]["index"].parent / "embeddings"
+    build_index.run(
+        [
+            "--embeddings",
+            str(embeddings / "*.parquet"),
+            "--output_dir",
+            str(tmp_path / "index"),
+            "--num_leaves",
+            "3",
+            "--ondevice_encoding",
+            "beam",
+        ]
+    )
+    config = json.loads((tmp_path / "index" / "index_config.json").read_text())
+    assert config["index_mode"]["mode"] == "brute_force"
+    assert config["index_mode"]["ignored_flags"] == ["--num_leaves", "--ondevice_encoding"]
+    assert json.loads((tmp_path / "index" / "eval.json").read_text())["ondevice"]["recall@10"] == 1.0
+    untouched = json.loads((catalogs[1]["index"] / "index_config.json").read_text())
+    assert untouched["index_mode"]["ignored_flags"] == []  # a build with default flags ignores nothing
