@@ -201,6 +201,8 @@ def with_search_defaults(index: BuiltIndex, num_leaves_to_search: int, reorder: 
     arrays (the on-device one), it saves a serialize + load round trip.
     """
     p = index.params
+    if p.brute_force:
+        raise ValueError("a brute-force index has no leaves or reordering to re-parameterize")
     if num_leaves_to_search > (p.num_leaves or 0):
         raise ValueError(f"num_leaves_to_search={num_leaves_to_search} exceeds num_leaves={p.num_leaves}")
     if reorder and not p.reorder:
