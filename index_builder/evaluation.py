@@ -127,7 +127,8 @@ def evaluate(
         pre_reorder_num_neighbors=max(max_k, reorder_depth) if reorder_depth else None,
     )
     found = np.asarray(found)
-    recalls = {f"recall@{k}": recall_at_k(found, true_ids, k) for k in ks if k <= max_k}
+    # With fewer rows than k, the true top k is every row: recall@k is measured against all of them.
+    recalls = {f"recall@{k}": recall_at_k(found, true_ids, min(k, max_k)) for k in ks}
 
     latency_queries = queries[: max(1, min(len(queries), 1000))]
     scann_latency = measure_latency(lambda q: searcher.search(q, latency_k), latency_queries)

@@ -5,7 +5,9 @@ config proto, so we build that text once (through ScaNN's own builder, which
 needs no TensorFlow), normalize it, keep it next to the artifacts, and train
 with ``scann_ops_pybind.create_searcher(db, config_text, threads)``. The
 on-device variant (tree + AH lut256, no residuals, no reordering) is the same
-code path with ``for_ondevice=True``.
+code path with ``for_ondevice=True``. Catalogs too small to train an AH
+codebook (fewer rows than its 256 centers) get a brute-force searcher instead
+(``brute_force=True``): every row scored exactly, one leaf, nothing to tune.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ _SERIALIZED_CONFIG_FILE = "scann_config.pb"  # what searcher.serialize writes an
 _DISTANCES = ("dot_product", "squared_l2")
 MIN_ROWS_PER_LEAF = 40
 _LUT16_CENTERS, _LUT256_CENTERS = 16, 256  # AH centers per block: server (lut16) and on-device (lut256)
+# Below this many rows no on-device AH codebook (256 centers per block) can be trained: index by brute force.
+BRUTE_FORCE_BELOW_ROWS = _LUT256_CENTERS
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class IndexParams:
     seed: int = 0
     training_threads: int = 0  # 0 = all cores
     for_ondevice: bool = False  # tree + AH lut256, no residual quantization, no reordering
+    brute_force: bool = False  # score every row exactly: no tree, no AH (the other knobs are ignored)
 
     def __post_init__(self) -> None:
         if self.distance not in _DISTANCES:
@@ -68,6 +73,8 @@ class IndexParams:
 
     def resolved(self, num_rows: int) -> IndexParams:
         """A copy with every automatic choice made for a database of ``num_rows``."""
+        if self.brute_force:  # one leaf holding every row, searched whole; nothing to reorder
+            return dataclasses.replace(self, num_leaves=1, num_leaves_to_search=1, reorder=0)
         num_leaves = self.num_leaves or default_num_leaves(num_rows)
         if num_leaves > num_rows:
             raise ValueError(f"num_leaves={num_leaves} exceeds the {num_rows} database rows: use fewer leaves")
@@ -119,6 +126,8 @@ def scann_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     """The ScaNN config (text proto) for ``params`` on a database shaped like ``vectors``."""
     num_rows = vectors.shape[0]
     p = params.resolved(num_rows)
+    if p.brute_force:
+        return _brute_force_config_text(vectors, p)
     sample = min(p.training_sample_size, num_rows)
     ah_sample = min(p.ah_training_sample_size, num_rows)
     builder = scann_ops_pybind.builder(vectors, p.num_neighbors, p.distance).tree(
@@ -153,6 +162,12 @@ def scann_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     return text_format.MessageToString(config)
 
 
+def _brute_force_config_text(vectors: np.ndarray, params: IndexParams) -> str:
+    """Exact float scoring of every row (ScaNN's brute_force config, no fixed-point quantization)."""
+    builder = scann_ops_pybind.builder(vectors, params.num_neighbors, params.distance).score_brute_force()
+    return text_format.MessageToString(_parse_config(builder.create_config()))
+
+
 def build_scann_index(vectors: np.ndarray, params: IndexParams = IndexParams()) -> BuiltIndex:
     """Trains a ScaNN searcher over ``vectors`` (row i of the result is row i of the input)."""
     vectors = _as_float32_matrix(vectors)
@@ -181,6 +196,8 @@ def with_search_defaults(index: BuiltIndex, num_leaves_to_search: int, reorder: 
     arrays (the on-device one), it saves a serialize + load round trip.
     """
     p = index.params
+    if p.brute_force:
+        raise ValueError("a brute-force index has no leaves or reordering to re-parameterize")
     if num_leaves_to_search > (p.num_leaves or 0):
         raise ValueError(f"num_leaves_to_search={num_leaves_to_search} exceeds num_leaves={p.num_leaves}")
     if reorder and not p.reorder:

@@ -10,6 +10,7 @@ from encoders.tflite_metadata.associated_files import read_associated_files
 from encoders.tflite_metadata.embedders import (
     INDEX_FILE_NAME,
     VOCAB_FILE_NAME,
+    add_bert_text_embedder_metadata,
     add_image_embedder_metadata,
     add_text_embedder_metadata,
     attach_scann_index,
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_DELIM_REGEX",
     "INDEX_FILE_NAME",
     "VOCAB_FILE_NAME",
+    "add_bert_text_embedder_metadata",
     "add_image_embedder_metadata",
     "add_text_embedder_metadata",
     "attach_scann_index",

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Mapping, Sequence
 
 from encoders.tflite_metadata.associated_files import read_associated_files
+from encoders.tflite_metadata.bert_tokenizer import wordpiece_vocab_file_bytes
 from encoders.tflite_metadata.model_buffer import TensorInfo, model_io, read_metadata_buffer
 from encoders.tflite_metadata.populate import populate, recorded_associated_files
 from encoders.tflite_metadata.reader import parse_metadata
@@ -27,6 +28,7 @@ from encoders.tflite_metadata.regex_tokenizer import (
 from encoders.tflite_metadata.schema import (
     AssociatedFile,
     AssociatedFileType,
+    BertTokenizerOptions,
     ColorSpaceType,
     Content,
     FeatureProperties,
@@ -45,6 +47,8 @@ VOCAB_FILE_NAME = "vocab.txt"
 INDEX_FILE_NAME = "index.ldb"
 # Last 8 bytes of every LevelDB table (table/format.h kTableMagicNumber, little-endian).
 _LEVELDB_TABLE_MAGIC = struct.pack("<Q", 0xDB4775248B80FB57)
+# The Task Library finds a BERT model's three inputs by these tensor metadata names.
+BERT_INPUT_NAMES = ("ids", "mask", "segment_ids")
 
 
 def _single_embedding_output(outputs: list[TensorInfo]) -> TensorInfo:
@@ -117,6 +121,84 @@ def add_text_embedder_metadata(
         ],
     )
     return populate(model, metadata, {VOCAB_FILE_NAME: vocab_file_bytes(token_ids)})
+
+
+def bert_input_roles(inputs: list[TensorInfo]) -> list[str]:
+    """Which of ids / mask / segment_ids each model input is, from the converter's tensor names.
+
+    A Keras input named "segment_ids" becomes e.g. "serving_default_segment_ids:0"; the
+    converter may reorder inputs, so roles are matched by name, never by position.
+    """
+    roles = []
+    for tensor in inputs:
+        name = tensor.name.split(":")[0].lower()
+        matches = [role for role in ("segment_ids", "mask", "ids") if name.endswith(role)]
+        roles.append(matches[0] if matches else "")
+    if sorted(roles) != sorted(BERT_INPUT_NAMES):
+        raise ValueError(
+            f"cannot tell the BERT inputs apart from their tensor names {[t.name for t in inputs]}: name them "
+            f"{list(BERT_INPUT_NAMES)} or pass input_roles (one of those per model input, in input order)"
+        )
+    return roles
+
+
+def add_bert_text_embedder_metadata(
+    model: bytes,
+    vocab_tokens: Sequence[str],
+    model_name: str = "text_encoder",
+    description: str = "",
+    *,
+    input_roles: Sequence[str] | None = None,
+    version: str | None = None,
+    author: str | None = None,
+    license: str | None = None,
+) -> bytes:
+    """Returns a BERT-style text model with BertTokenizer (WordPiece) metadata and vocab.txt.
+
+    The Task Library's TextEmbedder / TextSearcher take a model with three INT32 [1, max_seq_len]
+    inputs, found by the tensor metadata names ids / mask / segment_ids, and the tokenizer as the
+    first *subgraph-level* input process unit (BertTokenizerOptions whose vocab file is one
+    token per line). `vocab_tokens[i]` has id i and must contain [CLS], [SEP] and [UNK].
+    """
+    inputs, outputs = model_io(model)
+    shapes_ok = len(inputs) == 3 and all(i.dtype == "INT32" and len(i.shape) == 2 and i.shape[0] == 1 for i in inputs)
+    if not shapes_ok or len({i.shape[1] for i in inputs}) != 1 or inputs[0].shape[1] < 2:
+        found = [(i.name, i.dtype, list(i.shape)) for i in inputs]
+        raise ValueError(
+            f"a BERT text model needs three INT32 inputs of one shape [1, max_seq_len >= 2]; it has {found}"
+        )
+    roles = list(input_roles) if input_roles is not None else bert_input_roles(inputs)
+    if sorted(roles) != sorted(BERT_INPUT_NAMES):
+        raise ValueError(f"input_roles must name each of {list(BERT_INPUT_NAMES)} once, got {roles}")
+    output = _single_embedding_output(outputs)
+    vocab_bytes = wordpiece_vocab_file_bytes(vocab_tokens)
+    vocab_file = AssociatedFile(
+        name=VOCAB_FILE_NAME,
+        description="WordPiece vocabulary of the BertTokenizer: one token per line, id = line number.",
+        type=AssociatedFileType.VOCABULARY,
+    )
+    input_metadata = [
+        TensorMetadata(
+            name=role,
+            description=f"BERT {role}, [CLS] ... [SEP] padded to {inputs[0].shape[1]}.",
+            content=Content(content_properties=FeatureProperties()),
+        )
+        for role in roles
+    ]
+    subgraph = SubGraphMetadata(
+        input_tensor_metadata=input_metadata,
+        output_tensor_metadata=[_embedding_tensor_metadata(output)],
+        input_process_units=[ProcessUnit(BertTokenizerOptions(vocab_file=[vocab_file]))],
+    )
+    metadata = ModelMetadata(
+        name=model_name,
+        description=description,
+        version=version,
+        author=author,
+        license=license,
+        subgraph_metadata=[subgraph],
+    )
+    return populate(model, metadata, {VOCAB_FILE_NAME: vocab_bytes})
 
 
 def add_image_embedder_metadata(

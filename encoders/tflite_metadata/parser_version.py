@@ -7,7 +7,8 @@ older than that version (e.g. the Java MetadataExtractor's check) refuse the mod
 a version that is too low lets an old parser silently drop fields such as the tokenizer.
 
 Only members that the C++ rule inspects count; e.g. the vocab file inside
-RegexTokenizerOptions is not visited (the tokenizer itself already implies 1.2.1).
+RegexTokenizerOptions is not visited (the tokenizer itself already implies 1.2.1); nor are
+the files inside BertTokenizerOptions / SentencePieceTokenizerOptions (1.1.0).
 Empty lists are never serialized, so they count as absent here too.
 """
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 from encoders.tflite_metadata.schema import (
     AssociatedFile,
     AssociatedFileType,
+    BertTokenizerOptions,
     ModelMetadata,
     NormalizationOptions,
     ProcessUnit,
     RegexTokenizerOptions,
+    SentencePieceTokenizerOptions,
     SubGraphMetadata,
     TensorMetadata,
 )
@@ -29,6 +32,7 @@ Version = tuple[int, int, int]
 BASE_VERSION: Version = (1, 0, 0)
 VOCABULARY_FILE_TYPE: Version = (1, 0, 1)
 SUBGRAPH_PROCESS_UNITS: Version = (1, 1, 0)
+BERT_AND_SENTENCE_PIECE_TOKENIZERS: Version = (1, 1, 0)
 REGEX_TOKENIZER: Version = (1, 2, 1)
 SCANN_INDEX_FILE_TYPE: Version = (1, 4, 0)
 ASSOCIATED_FILE_VERSION: Version = (1, 4, 1)
@@ -51,6 +55,8 @@ def _process_units_version(units: list[ProcessUnit]) -> Version:
     for unit in units:
         if isinstance(unit.options, RegexTokenizerOptions):
             version = max(version, REGEX_TOKENIZER)
+        elif isinstance(unit.options, (BertTokenizerOptions, SentencePieceTokenizerOptions)):
+            version = max(version, BERT_AND_SENTENCE_PIECE_TOKENIZERS)
         elif not isinstance(unit.options, NormalizationOptions):
             raise TypeError(f"unsupported process unit options: {type(unit.options).__name__}")
     return version

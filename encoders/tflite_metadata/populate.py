@@ -14,17 +14,12 @@ from collections.abc import Mapping
 from encoders.tflite_metadata.associated_files import append_associated_files
 from encoders.tflite_metadata.model_buffer import model_io, with_metadata_buffer
 from encoders.tflite_metadata.parser_version import min_parser_version
-from encoders.tflite_metadata.schema import (
-    AssociatedFile,
-    ModelMetadata,
-    ProcessUnit,
-    RegexTokenizerOptions,
-)
+from encoders.tflite_metadata.schema import AssociatedFile, ModelMetadata, ProcessUnit, tokenizer_files
 from encoders.tflite_metadata.writer import serialize_metadata
 
 
 def _process_unit_files(units: list[ProcessUnit]) -> list[AssociatedFile]:
-    return [f for unit in units if isinstance(unit.options, RegexTokenizerOptions) for f in unit.options.vocab_file]
+    return [f for unit in units for f in tokenizer_files(unit.options)]
 
 
 def recorded_associated_files(metadata: ModelMetadata) -> list[AssociatedFile]:

@@ -19,6 +19,8 @@ from encoders.tflite_metadata.schema import (
     AssociatedFile,
     AssociatedFileField,
     AssociatedFileType,
+    BertTokenizerOptions,
+    BertTokenizerOptionsField,
     ColorSpaceType,
     Content,
     ContentField,
@@ -37,6 +39,8 @@ from encoders.tflite_metadata.schema import (
     ProcessUnitOptionsType,
     RegexTokenizerOptions,
     RegexTokenizerOptionsField,
+    SentencePieceTokenizerOptions,
+    SentencePieceTokenizerOptionsField,
     Stats,
     StatsField,
     SubGraphMetadata,
@@ -163,6 +167,19 @@ def _process_unit(t: _TableReader) -> ProcessUnit:
             RegexTokenizerOptions(
                 delim_regex_pattern=options.string(RegexTokenizerOptionsField.DELIM_REGEX_PATTERN) or "",
                 vocab_file=options.tables(RegexTokenizerOptionsField.VOCAB_FILE, _associated_file),
+            )
+        )
+    if kind == ProcessUnitOptionsType.BERT_TOKENIZER_OPTIONS:
+        return ProcessUnit(
+            BertTokenizerOptions(vocab_file=options.tables(BertTokenizerOptionsField.VOCAB_FILE, _associated_file))
+        )
+    if kind == ProcessUnitOptionsType.SENTENCE_PIECE_TOKENIZER_OPTIONS:
+        return ProcessUnit(
+            SentencePieceTokenizerOptions(
+                sentence_piece_model=options.tables(
+                    SentencePieceTokenizerOptionsField.SENTENCE_PIECE_MODEL, _associated_file
+                ),
+                vocab_file=options.tables(SentencePieceTokenizerOptionsField.VOCAB_FILE, _associated_file),
             )
         )
     raise ValueError(f"process unit {kind.name} is not supported by this reader")

@@ -91,6 +91,15 @@ class NormalizationOptionsField(enum.IntEnum):
     STD = 1
 
 
+class BertTokenizerOptionsField(enum.IntEnum):
+    VOCAB_FILE = 0
+
+
+class SentencePieceTokenizerOptionsField(enum.IntEnum):
+    SENTENCE_PIECE_MODEL = 0
+    VOCAB_FILE = 1
+
+
 class RegexTokenizerOptionsField(enum.IntEnum):
     DELIM_REGEX_PATTERN = 0
     VOCAB_FILE = 1
@@ -191,7 +200,32 @@ class RegexTokenizerOptions:
     vocab_file: list[AssociatedFile] = field(default_factory=list)
 
 
-ProcessUnitOptions = NormalizationOptions | RegexTokenizerOptions
+@dataclass
+class BertTokenizerOptions:
+    """WordPiece: the vocab file holds one token per line, its id is the line number."""
+
+    vocab_file: list[AssociatedFile] = field(default_factory=list)
+
+
+@dataclass
+class SentencePieceTokenizerOptions:
+    """The SentencePiece model file, plus an optional vocab file mapping its pieces to model ids."""
+
+    sentence_piece_model: list[AssociatedFile] = field(default_factory=list)
+    vocab_file: list[AssociatedFile] = field(default_factory=list)
+
+
+ProcessUnitOptions = NormalizationOptions | RegexTokenizerOptions | BertTokenizerOptions | SentencePieceTokenizerOptions
+TOKENIZER_OPTIONS = (RegexTokenizerOptions, BertTokenizerOptions, SentencePieceTokenizerOptions)
+
+
+def tokenizer_files(options: ProcessUnitOptions) -> list[AssociatedFile]:
+    """The associated files a tokenizer process unit names (none for other units)."""
+    if isinstance(options, SentencePieceTokenizerOptions):
+        return options.sentence_piece_model + options.vocab_file
+    if isinstance(options, (RegexTokenizerOptions, BertTokenizerOptions)):
+        return list(options.vocab_file)
+    return []
 
 
 @dataclass

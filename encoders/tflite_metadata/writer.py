@@ -17,6 +17,8 @@ from encoders.tflite_metadata.schema import (
     FILE_IDENTIFIER,
     AssociatedFile,
     AssociatedFileField,
+    BertTokenizerOptions,
+    BertTokenizerOptionsField,
     Content,
     ContentField,
     ContentPropertiesType,
@@ -30,9 +32,12 @@ from encoders.tflite_metadata.schema import (
     NormalizationOptionsField,
     ProcessUnit,
     ProcessUnitField,
+    ProcessUnitOptions,
     ProcessUnitOptionsType,
     RegexTokenizerOptions,
     RegexTokenizerOptionsField,
+    SentencePieceTokenizerOptions,
+    SentencePieceTokenizerOptionsField,
     Stats,
     StatsField,
     SubGraphMetadata,
@@ -132,7 +137,7 @@ class _MetadataBuilder:
         self.add_offset(ContentField.RANGE, range_offset)
         return b.EndObject()
 
-    def process_unit_options(self, options: NormalizationOptions | RegexTokenizerOptions) -> tuple[int, int]:
+    def process_unit_options(self, options: ProcessUnitOptions) -> tuple[int, int]:
         b = self.builder
         if isinstance(options, NormalizationOptions):
             mean, std = self.float_vector(options.mean), self.float_vector(options.std)
@@ -147,6 +152,18 @@ class _MetadataBuilder:
             self.add_offset(RegexTokenizerOptionsField.DELIM_REGEX_PATTERN, pattern)
             self.add_offset(RegexTokenizerOptionsField.VOCAB_FILE, vocab)
             return ProcessUnitOptionsType.REGEX_TOKENIZER_OPTIONS, b.EndObject()
+        if isinstance(options, BertTokenizerOptions):
+            vocab = self.associated_files(options.vocab_file)
+            b.StartObject(_slot_count(BertTokenizerOptionsField))
+            self.add_offset(BertTokenizerOptionsField.VOCAB_FILE, vocab)
+            return ProcessUnitOptionsType.BERT_TOKENIZER_OPTIONS, b.EndObject()
+        if isinstance(options, SentencePieceTokenizerOptions):
+            model = self.associated_files(options.sentence_piece_model)
+            vocab = self.associated_files(options.vocab_file)
+            b.StartObject(_slot_count(SentencePieceTokenizerOptionsField))
+            self.add_offset(SentencePieceTokenizerOptionsField.SENTENCE_PIECE_MODEL, model)
+            self.add_offset(SentencePieceTokenizerOptionsField.VOCAB_FILE, vocab)
+            return ProcessUnitOptionsType.SENTENCE_PIECE_TOKENIZER_OPTIONS, b.EndObject()
         raise TypeError(f"unsupported process unit options: {type(options).__name__}")
 
     def process_units(self, units: Sequence[ProcessUnit]) -> int:

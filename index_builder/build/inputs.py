@@ -13,9 +13,6 @@ from index_builder.tuning_queries import TuningQueriesError, read_query_texts
 from transforms.catalog import uris
 from transforms.embedding.model_staging import stage_model_dir
 
-# An AH codebook has 256 centers per block; fewer rows cannot train one.
-MIN_ROWS = 256
-
 
 class BuildInputError(ValueError):
     """An input the build cannot use; the message names the flag and what to fix."""
@@ -39,8 +36,8 @@ def load_inputs(settings: BuildSettings) -> BuildInputs:
         embeddings = load_embeddings(settings.embeddings, extra_columns=settings.extra_columns())
     except EmbeddingsError as error:
         raise BuildInputError(f"--embeddings: {error}") from error
-    if embeddings.num_rows < MIN_ROWS:
-        raise BuildInputError(f"--embeddings: {embeddings.num_rows} rows; an AH index needs at least {MIN_ROWS}")
+    # Any non-empty catalog builds (load_embeddings refuses zero rows); below 256 rows no AH codebook can be
+    # trained, so both indexes are brute force (index_builder/build/brute_force.py).
     check_model_matches(embeddings, local_model, config)
     if settings.tuning_queries and not config.has_text_encoder:
         raise BuildInputError(

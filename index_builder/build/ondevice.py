@@ -23,6 +23,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders import model_config
 from index_builder import evaluation, tuning
+from index_builder.build.brute_force import brute_force_result, index_mode, uses_brute_force
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.settings import BuildSettings
 from index_builder.embeddings_io import EmbeddingSet
@@ -30,6 +31,7 @@ from index_builder.item_metadata import metadata_payload
 from index_builder.ondevice import parallel_encode
 from index_builder.ondevice.calibration import calibrate_leaves_to_search
 from index_builder.ondevice.convert import convert_searcher
+from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
 from index_builder.searcher_models import build_searcher_model
@@ -69,6 +71,8 @@ def build_ondevice_index(
     work: Path,
     pipeline_options: PipelineOptions | None,
 ) -> OnDeviceBuild:
+    if uses_brute_force(inputs.embeddings.num_rows):
+        return _build_brute_force(settings, inputs.embeddings, tuning_queries, user_info, work)
     if settings.encodes_ondevice_in_beam(inputs.embeddings.num_rows):
         return _build_in_beam(settings, inputs.embeddings, tuning_queries, hints, user_info, work, pipeline_options)
     return _build_in_process(settings, inputs.embeddings, tuning_queries, user_info, work)
@@ -97,6 +101,34 @@ def _build_in_process(
         "encoding": "in_process",
         "training_rows": min(settings.training_sample_size, embeddings.num_rows),
         "num_leaves_to_search": tuned.chosen.num_leaves_to_search,
+    }
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), details)
+
+
+def _build_brute_force(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    tuning_queries: np.ndarray | None,
+    user_info: bytes,
+    work: Path,
+) -> OnDeviceBuild:
+    """Small catalogs: float32 embeddings scored exactly on device (see build/brute_force.py)."""
+    tuned = brute_force_result(
+        embeddings.vectors, settings.ondevice_params(), settings.ondevice_tuning(), tuning_queries
+    )
+    summary = write_float_ondevice_index(
+        work / INDEX_FILE,
+        embeddings.vectors,
+        metadata=item_metadata(embeddings, settings.metadata_columns),
+        user_info=user_info,
+    )
+    LOG.info("on-device: %s", index_mode(embeddings.num_rows)["reason"])
+    details = {
+        "num_partitions": summary.num_partitions,
+        "encoding": "brute_force_float32",
+        "lookup_type": "none: float32 embeddings scored exactly",
+        "training_rows": 0,
+        "num_leaves_to_search": 1,
     }
     return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), details)
 

@@ -10,6 +10,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from index_builder import index_outputs, tuning
+from index_builder.build.brute_force import index_mode
 from index_builder.build.evaluate import Evaluation
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import OnDeviceBuild
@@ -30,6 +31,7 @@ def index_config(
         "num_items": embeddings.num_rows,
         "embedding_dim": embeddings.dim,
         "model_id": inputs.config.model_id,
+        "index_mode": index_mode(embeddings.num_rows, settings),  # brute force for small catalogs, else tree + AH
         "embeddings": settings.embeddings,
         "embedding_files": embeddings.files,
         "duplicates_dropped": embeddings.duplicates_dropped,

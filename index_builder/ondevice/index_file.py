@@ -19,13 +19,17 @@ tflite-support's ``scann_ondevice/cc/index.cc`` and ``embedding_searcher.cc``:
   reports hit ``j`` of partition ``p`` as ``g = global_partition_offsets[p] + j``,
   so ``g`` is the position in partition-grouped order, not the input row.
 * ``USER_INFO``: opaque bytes.
+
+Brute-force indexes (``write_float_ondevice_index``, for catalogs too small
+to train an AH codebook) hold float32 embeddings in a single ``E_0`` and an
+IndexConfig with embedding_type FLOAT and neither partitioner nor indexer.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -194,13 +198,16 @@ def write_ondevice_index(
       num_leaves_to_search: leaves the runtime searches per query.
       lookup_type: on-device lookup table precision: "INT8" (what ScaNN's
         lut256 uses), "INT16" or "FLOAT".
+
+    Long on purpose: the arguments of the on-device format are documented here,
+    where callers look; the body is only the checks, the config and one write.
     """
     books = _validated_codebooks(codebooks)
-    codes = _validated_codes(codes, books)
+    codes = _checked_codes(codes, books)
     num_items = codes.shape[0]
-    num_partitions, assignment = _validated_partitions(
-        partition_centroids, partition_assignment, num_items, sum(book.shape[1] for book in books)
-    )
+    num_dims = sum(book.shape[1] for book in books)
+
+    assignment, num_partitions = _checked_assignment(partition_centroids, partition_assignment, num_items, num_dims)
     if not 1 <= num_leaves_to_search <= num_partitions:
         raise ValueError(f"num_leaves_to_search must be in [1, {num_partitions}], got {num_leaves_to_search}")
     if metadata is not None and len(metadata) != num_items:
@@ -208,6 +215,7 @@ def write_ondevice_index(
 
     item_order = np.argsort(assignment, kind="stable")
     partition_sizes = np.bincount(assignment, minlength=num_partitions)
+    starts = np.concatenate([[0], np.cumsum(partition_sizes)]).astype(np.int64)
     config = build_index_config(
         partition_centroids=partition_centroids,
         codebooks=books,
@@ -216,15 +224,16 @@ def write_ondevice_index(
         distance=distance,
         lookup_type=lookup_type,
     )
-    stream, owned = _open_for_writing(out)
-    try:
-        writer = TableWriter(stream, block_size=block_size, compression=compression)
-        _add_entries(writer, codes, item_order, partition_sizes, config, metadata)
-        writer.add(USER_INFO_KEY, user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info))
-        file_bytes = writer.finish()
-    finally:
-        if owned:
-            stream.close()
+
+    def metadata_of(global_index: int) -> bytes:
+        return _payload(metadata, int(item_order[global_index]))
+
+    def partition_value(partition: int) -> bytes:
+        return np.ascontiguousarray(codes[item_order[starts[partition] : starts[partition + 1]]]).tobytes()
+
+    file_bytes = _write_table(
+        out, config, num_partitions, partition_value, num_items, metadata_of, user_info, compression, block_size
+    )
     return OnDeviceIndexSummary(
         num_items=num_items,
         num_partitions=num_partitions,
@@ -235,7 +244,7 @@ def write_ondevice_index(
     )
 
 
-def _validated_codes(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
+def _checked_codes(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
     codes = np.asarray(codes)
     if codes.ndim != 2 or codes.shape[1] != len(books):
         raise ValueError(f"codes must be [N, {len(books)}] (one byte per subspace), got shape {codes.shape}")
@@ -246,58 +255,117 @@ def _validated_codes(codes: np.ndarray, books: list[np.ndarray]) -> np.ndarray:
     return codes
 
 
-def _validated_partitions(
+def _payload(metadata: Sequence[bytes | str] | None, row: int) -> bytes:
+    """M_ value of input row ``row``: its metadata (str UTF-8 encoded), or the row number as text."""
+    payload = str(row) if metadata is None else metadata[row]
+    return payload.encode("utf-8") if isinstance(payload, str) else bytes(payload)
+
+
+def _checked_assignment(
     partition_centroids: np.ndarray | None, partition_assignment: np.ndarray | None, num_items: int, num_dims: int
-) -> tuple[int, np.ndarray]:
-    """(number of partitions, each item's partition); one partition when there are no centroids."""
+) -> tuple[np.ndarray, int]:
+    """(partition of each item, number of partitions); no centroids means one partition."""
     if partition_centroids is None:
         if partition_assignment is not None:
             raise ValueError("partition_assignment given without partition_centroids")
-        num_partitions = 1
-        assignment = np.zeros(num_items, dtype=np.int64)
-    else:
-        partition_centroids = np.asarray(partition_centroids)
-        if partition_centroids.ndim != 2 or partition_centroids.shape[0] < 1:
-            raise ValueError(f"partition_centroids must be [P, D] with P >= 1, got {partition_centroids.shape}")
-        if partition_centroids.shape[1] != num_dims:
-            raise ValueError(
-                f"partition centroids have D={partition_centroids.shape[1]} but the codebook "
-                f"subspaces cover {num_dims} dimensions"
-            )
-        num_partitions = partition_centroids.shape[0]
-        if partition_assignment is None:
-            raise ValueError("partition_assignment is required with partition_centroids")
-        assignment = np.asarray(partition_assignment)
-        if assignment.shape != (num_items,) or not np.issubdtype(assignment.dtype, np.integer):
-            raise ValueError(
-                f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}"
-            )
-        if num_items and (assignment.min() < 0 or assignment.max() >= num_partitions):
-            raise ValueError(
-                f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
-            )
-    return num_partitions, assignment
+        return np.zeros(num_items, dtype=np.int64), 1
+    partition_centroids = np.asarray(partition_centroids)
+    if partition_centroids.ndim != 2 or partition_centroids.shape[0] < 1:
+        raise ValueError(f"partition_centroids must be [P, D] with P >= 1, got {partition_centroids.shape}")
+    if partition_centroids.shape[1] != num_dims:
+        raise ValueError(
+            f"partition centroids have D={partition_centroids.shape[1]} but the codebook "
+            f"subspaces cover {num_dims} dimensions"
+        )
+    num_partitions = partition_centroids.shape[0]
+    if partition_assignment is None:
+        raise ValueError("partition_assignment is required with partition_centroids")
+    assignment = np.asarray(partition_assignment)
+    if assignment.shape != (num_items,) or not np.issubdtype(assignment.dtype, np.integer):
+        raise ValueError(
+            f"partition_assignment must be an int array of shape ({num_items},), got {assignment.shape} {assignment.dtype}"
+        )
+    if num_items and (assignment.min() < 0 or assignment.max() >= num_partitions):
+        raise ValueError(
+            f"partition_assignment values must be in [0, {num_partitions}), got [{assignment.min()}, {assignment.max()}]"
+        )
+    return assignment, num_partitions
 
 
-def _add_entries(
-    writer: TableWriter,
-    codes: np.ndarray,
-    item_order: np.ndarray,
-    partition_sizes: np.ndarray,
+def write_float_ondevice_index(
+    out: str | os.PathLike[str] | BinaryIO,
+    embeddings: np.ndarray,
+    *,
+    metadata: Sequence[bytes | str] | None = None,
+    user_info: bytes | str = b"",
+    distance: str = "dot_product",
+    compression: Compression | str = Compression.NONE,
+    block_size: int = DEFAULT_BLOCK_SIZE,
+) -> OnDeviceIndexSummary:
+    """Writes a brute-force index.ldb: float32 embeddings, no partitioner, no AH codebook.
+
+    This is what tflite-support's own index builder writes for a float
+    database without partition assignment: IndexConfig.embedding_type FLOAT,
+    embedding_dim = D, one partition ``E_0`` holding every row (in input
+    order) and global_partition_offsets [0]; the runtime then scores every
+    item exactly (its LinearSearch) with the ScannOnDeviceConfig's distance.
+    """
+    vectors = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if vectors.ndim != 2 or vectors.shape[0] < 1 or vectors.shape[1] < 1:
+        raise ValueError(f"embeddings must be a non-empty [N, D] matrix, got shape {vectors.shape}")
+    if distance not in _DISTANCES:
+        raise ValueError(f"distance must be one of {sorted(_DISTANCES)}, got {distance!r}")
+    num_items = vectors.shape[0]
+    if metadata is not None and len(metadata) != num_items:
+        raise ValueError(f"metadata has {len(metadata)} entries for {num_items} items")
+    config = index_config_pb2.IndexConfig()
+    config.scann_config.query_distance = _DISTANCES[distance]
+    config.embedding_type = index_config_pb2.IndexConfig.FLOAT
+    config.embedding_dim = vectors.shape[1]
+    config.global_partition_offsets.append(0)
+
+    def metadata_of(global_index: int) -> bytes:
+        return _payload(metadata, global_index)
+
+    file_bytes = _write_table(
+        out, config, 1, lambda _: vectors.tobytes(), num_items, metadata_of, user_info, compression, block_size
+    )
+    return OnDeviceIndexSummary(
+        num_items=num_items,
+        num_partitions=1,
+        bytes_per_item_codes=vectors.shape[1] * vectors.itemsize,
+        file_bytes=file_bytes,
+        item_order=np.arange(num_items),
+        partition_sizes=np.asarray([num_items]),
+    )
+
+
+def _write_table(
+    out: str | os.PathLike[str] | BinaryIO,
     config: index_config_pb2.IndexConfig,
-    metadata: Sequence[bytes | str] | None,
-) -> None:
-    """Codes per partition, the config, then per-item metadata: in the byte-wise key order LevelDB needs."""
-    num_partitions, num_items = len(partition_sizes), len(item_order)
-    starts = np.concatenate([[0], np.cumsum(partition_sizes)]).astype(np.int64)
-    for partition in lexicographic_indices(num_partitions):
-        rows = item_order[starts[partition] : starts[partition + 1]]
-        writer.add(partition_key(partition), np.ascontiguousarray(codes[rows]).tobytes())
-    writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
-    for global_index in lexicographic_indices(num_items):
-        row = int(item_order[global_index])
-        payload = str(row) if metadata is None else metadata[row]
-        writer.add(metadata_key(global_index), payload.encode("utf-8") if isinstance(payload, str) else bytes(payload))
+    num_partitions: int,
+    partition_value: Callable[[int], bytes],
+    num_items: int,
+    metadata_of: Callable[[int], bytes],
+    user_info: bytes | str,
+    compression: Compression | str,
+    block_size: int,
+) -> int:
+    """Adds E_<p>, INDEX_CONFIG, M_<g>, USER_INFO in byte-wise key order; returns the file size."""
+    stream, owned = _open_for_writing(out)
+    try:
+        writer = TableWriter(stream, block_size=block_size, compression=compression)
+        for partition in lexicographic_indices(num_partitions):
+            writer.add(partition_key(partition), partition_value(partition))
+        writer.add(INDEX_CONFIG_KEY, config.SerializeToString())
+        for global_index in lexicographic_indices(num_items):
+            writer.add(metadata_key(global_index), metadata_of(global_index))
+        info = user_info.encode("utf-8") if isinstance(user_info, str) else bytes(user_info)
+        writer.add(USER_INFO_KEY, info)
+        return writer.finish()
+    finally:
+        if owned:
+            stream.close()
 
 
 def _open_for_writing(out: str | os.PathLike[str] | BinaryIO) -> tuple[BinaryIO, bool]:

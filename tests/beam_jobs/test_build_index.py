@@ -65,6 +65,8 @@ def test_index_directory_contract(built: dict) -> None:
     config = json.loads((index / "index_config.json").read_text())
     assert config["num_items"] == 400 and config["embedding_dim"] == 128
     assert config["server"]["params"]["num_leaves"] >= 1
+    assert config["index_mode"]["mode"] == "partitioned"  # 400 rows: tree + AH (brute force is below 256)
+    assert not config["server"]["params"]["brute_force"] and config["ondevice"]["encoding"] == "in_process"
 
 
 def test_server_artifacts_load_and_eval_recall_is_reproducible(built: dict) -> None:

@@ -22,7 +22,7 @@ from tests import ROOT
 from tests.embed_helpers import read_json, read_parquet_dir, write_catalog
 from transforms.items import CatalogItem
 
-SEED, SIZE, COUNT = 11, 64, 300  # build_index needs >= 256 rows
+SEED, SIZE, COUNT = 11, 64, 300  # >= 256 rows: a tuned tree + AH index (fewer are indexed by brute force)
 BUILD_FLAGS = ["--eval_queries", "50"]
 
 
@@ -177,7 +177,7 @@ def test_half_the_catalog_gone_is_refused(tmp_path: Path) -> None:
     assert summary["deleted"] == COUNT // 2 and not summary["gate"]["passed"] and not summary["will_publish"]
     assert not (ws / "runs" / "n2" / "index" / "_SUCCESS").exists()
 
-    # --force publishes anyway (the index still needs >= 256 rows, so shrink by 10-15% here).
+    # --force publishes anyway (shrink by 10-15% here, so the index stays a tuned tree + AH one).
     write_rows(manifest, manifest_rows(make_catalog(tmp_path / "catalog"))[:260])
     forced = run_night(manifest, ws, "n3", "--force")
     assert forced["exit_code"] == 0 and forced["gate"]["forced"] and latest(ws)["forced"] is True

@@ -274,3 +274,23 @@ def test_unreachable_target_takes_the_cheapest_trial_near_the_best_recall(vector
     assert result.index.params.num_leaves_to_search == result.chosen.num_leaves_to_search
     assert result.index.params.num_leaves == result.chosen.num_leaves
     assert f"cheapest within {tolerance}" in result.notes[0]
+
+
+@pytest.mark.parametrize("num_rows", [1, 7, 255])
+def test_brute_force_index_is_exact_and_round_trips(vectors, num_rows: int, tmp_path: Path) -> None:
+    db = vectors[:num_rows]
+    index = build_scann_index(db, IndexParams(brute_force=True, num_leaves=99))  # tree knobs do not apply
+    config = parse(index.config_text)
+    assert config.HasField("brute_force") and not config.HasField("partitioning") and not config.HasField("hash")
+    assert (index.params.num_leaves, index.params.num_leaves_to_search, index.params.reorder) == (1, 1, 0)
+    k = min(10, num_rows)
+    queries = vectors[num_rows : num_rows + 20]
+    np.testing.assert_array_equal(index.search_batched(queries, k), brute_force_neighbors(queries, db, k))
+    save_server_index(index, str(tmp_path / "scann"))
+    loaded = load_server_index(str(tmp_path / "scann"))
+    np.testing.assert_array_equal(loaded.search_batched(queries, k)[0], brute_force_neighbors(queries, db, k))
+    # Fewer rows than k: recall@k is measured against every row, and exact search gets all of them.
+    result = evaluate(index.searcher, db, np.arange(num_rows))
+    assert result["recall@1"] == result["recall@10"] == result["recall@100"] == 1.0
+    with pytest.raises(ValueError, match="brute-force"):
+        with_search_defaults(index, 1, 0)
