@@ -137,3 +137,28 @@ def test_tflite_embedders_are_used_byte_for_byte(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 2 and "drop --image_size/--mean/--std" in refused.stderr
+
+
+@pytest.mark.task_library
+def test_imported_backbone_to_image_searcher_finds_each_of_50_images_first(backbone, tmp_path: Path) -> None:
+    """The whole bring-your-own-model path: import, embed a catalog, build (image-only), search on the device
+    runtime. Fifty query images, each must come back as its own first hit."""
+    from beam_jobs import build_index
+    from index_builder import task_library_searcher
+
+    model_dir = tmp_path / "model"
+    import_model(ImportRequest(output_dir=model_dir, image_model=backbone["keras"], model_id="mnv3-test"))
+    manifest = write_catalog(tmp_path / "catalog", 50, seed=21, image_size=128)
+    summary = embed_images.run(
+        ["--manifest", str(manifest), "--output_dir", str(tmp_path / "run"), "--model_dir", str(model_dir)]
+    )
+    assert summary["embedded"] == 50
+    build_index.run(
+        ["--embeddings", str(tmp_path / "run" / "embeddings" / "*.parquet"), "--output_dir", str(tmp_path / "index"),
+         "--model_dir", str(model_dir)]
+    )  # fmt: skip
+    assert (tmp_path / "index" / "image_searcher.tflite").is_file()
+    assert not (tmp_path / "index" / "text_searcher.tflite").exists()  # image-only model: no text searcher
+    uris = read_parquet_dir(str(tmp_path / "run"), "embeddings").column("uri").to_pylist()
+    found = task_library_searcher.image_search(tmp_path / "index" / "image_searcher.tflite", uris, 3)
+    assert [hits[0]["metadata"] for hits in found] == uris
