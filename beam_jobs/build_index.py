@@ -80,6 +80,15 @@ class BuildIndexOptions(PipelineOptions):
             default="uri",
             help="per-item searcher metadata: one column (stored as is) or a comma list (JSON)",
         )
+        parser.add_argument(
+            "--previous_index",
+            default=None,
+            help="last night's index directory: when the model is unchanged, update it (encode only new and "
+            "changed rows with its trained quantizers) instead of retraining",
+        )
+        parser.add_argument(
+            "--retrain_every", type=int, default=7, help="with --previous_index: retrain every N nights"
+        )
 
 
 def settings_from_options(options: PipelineOptions) -> BuildSettings:
@@ -93,6 +102,12 @@ def settings_from_options(options: PipelineOptions) -> BuildSettings:
     columns = tuple(c.strip() for c in job.metadata_columns.split(",") if c.strip())
     if not columns:
         raise launcher.UsageError("--metadata_columns needs at least one column name")
+    if job.retrain_every < 1:
+        raise launcher.UsageError(f"--retrain_every must be at least 1, got {job.retrain_every}")
+    if job.previous_index and uris.absolutize_local(job.previous_index) == uris.absolutize_local(shared.output_dir):
+        raise launcher.UsageError(
+            "--previous_index must differ from --output_dir (the update reads one, writes the other)"
+        )
     # Every build flag has a BuildSettings field of the same name; the rest are derived here.
     flags = {f.name: getattr(job, f.name) for f in dataclasses.fields(BuildSettings) if hasattr(job, f.name)}
     flags.update(

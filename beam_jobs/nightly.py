@@ -111,7 +111,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         summary, night.previous_item_count(latest), flags.max_shrink, flags.max_rejected_fraction
     )
     if all(c.passed for c in checks) or flags.force:
-        checks.extend(build_and_check(argv, run_path, summary, flags))
+        checks.extend(build_and_check(night.index_argv(argv, run_path, latest), summary, flags))
     else:
         LOG.info("gate already failed: index not built")
     if not night.record_decision(summary, checks, flags.force, run_path, started):
@@ -124,13 +124,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     return {**summary, "published": True, "exit_code": 0, "latest": record, "retention_deleted": deleted}
 
 
-def build_and_check(argv: list[str], run_path: str, summary: dict[str, Any], flags: NightlyOptions) -> list[gate.Check]:
+def build_and_check(index_argv: list[str], summary: dict[str, Any], flags: NightlyOptions) -> list[gate.Check]:
     """Builds the run's index and returns the gate's index checks."""
     index_started = time.perf_counter()
-    result = build_index.run(night.index_argv(argv, run_path))
+    result = build_index.run(index_argv)
     summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
     night.maybe_crash("after_index")
     summary["index"] = {
+        "build": result.incremental,
         "server_recall@10": result.server.get("recall@10"),
         "ondevice_recall@10": result.ondevice.get("recall@10"),
     }

@@ -15,9 +15,12 @@ from transforms.outputs.markers import SUCCESS_FILE
 MANIFEST_FILE = "MANIFEST.json"
 
 
-def write_ids(path: Path, ids: list[str], uris: list[str]) -> None:
-    """Row r of the server index is item ids[r]."""
-    table = pa.table({"row": pa.array(range(len(ids)), pa.int64()), "id": ids, "uri": uris})
+def write_ids(path: Path, ids: list[str], uris: list[str], embedding_hashes: list[bytes] | None = None) -> None:
+    """Row r of the server index is item ids[r]; embedding_hash (8 bytes) tells the next night what changed."""
+    columns = {"row": pa.array(range(len(ids)), pa.int64()), "id": ids, "uri": uris}
+    if embedding_hashes is not None:
+        columns["embedding_hash"] = pa.array(embedding_hashes, pa.binary(8))
+    table = pa.table(columns)
     pq.write_table(table, path, compression="zstd")
 
 

@@ -77,13 +77,17 @@ def previous_item_count(latest: latest_file.LatestState) -> int | None:
         return None
 
 
-def index_argv(argv: list[str], run_path: str) -> list[str]:
-    """The nightly's own argv (build_index flags, --model_dir, --seed, filesystem options) plus the run's dirs.
+def index_argv(argv: list[str], run_path: str, latest: latest_file.LatestState) -> list[str]:
+    """The nightly's own argv (build_index flags, --model_dir, --seed, filesystem options) plus the run's dirs
+    and the published index to update (build_index retrains instead when the model changed or a retrain
+    is due, and records why).
 
     Every job's flags are registered in one parser, so build_index parses and ignores
     the nightly/embed ones; the flags appended last win."""
+    previous = (latest.record or {}).get("index")
     return [
         *argv,
+        *(["--previous_index", previous] if previous else []),
         "--embeddings",
         FileSystems.join(run_path, run_outputs.EMBEDDINGS_DIR, "part-*.parquet"),
         "--output_dir",

@@ -12,6 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from index_builder import index_outputs, tuning
 from index_builder.build.brute_force import index_mode
 from index_builder.build.evaluate import Evaluation
+from index_builder.build.incremental_state import embedding_hashes
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import OnDeviceBuild
 from index_builder.build.settings import BuildSettings
@@ -52,7 +53,8 @@ def index_config(
 
 
 def write_records(work: Path, inputs: BuildInputs, config: dict[str, Any], evaluation: Evaluation) -> None:
-    index_outputs.write_ids(work / "ids.parquet", inputs.embeddings.ids, inputs.embeddings.uris)
+    hashes = embedding_hashes(inputs.embeddings.vectors)  # what the next night compares to find changes
+    index_outputs.write_ids(work / "ids.parquet", inputs.embeddings.ids, inputs.embeddings.uris, hashes)
     markers.write_json(str(work / "index_config.json"), config)
     markers.write_json(
         str(work / "eval.json"),

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders import model_config
-from index_builder import index_outputs
-from index_builder.build import records
+from index_builder import index_outputs, tuning
+from index_builder.build import incremental, incremental_state, records
 from index_builder.build.evaluate import evaluate_indexes
 from index_builder.build.inputs import BuildInputs
-from index_builder.build.ondevice import INDEX_FILE, ServerHints, build_ondevice_index, write_searchers
+from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, ServerHints, build_ondevice_index, write_searchers
 from index_builder.build.server import build_server_index
 from index_builder.build.settings import BuildSettings
 from index_builder.tuning_queries import embed_query_texts
@@ -32,6 +35,7 @@ class BuildResult:
     server: dict[str, Any]  # eval.json's server figures
     ondevice: dict[str, Any]  # eval.json's on-device figures
     timings: dict[str, float]
+    incremental: dict[str, Any] = dataclasses.field(default_factory=dict)  # trained or updated, and why
 
 
 def build_index(
@@ -59,13 +63,31 @@ def build_index(
 def build_into(
     settings: BuildSettings, inputs: BuildInputs, work: Path, pipeline_options: PipelineOptions | None
 ) -> BuildResult:
-    embeddings = inputs.embeddings
-    timings: dict[str, float] = {}
+    """Updates last night's index when it can (see index_builder/build/incremental.py), else trains."""
     tuning_queries = None
     if inputs.tuning_texts:
         tuning_queries = embed_query_texts(inputs.model_dir / model_config.TEXT_TFLITE_FILE, list(inputs.tuning_texts))
         LOG.info("tuning both indexes on %d text queries from %s", len(inputs.tuning_texts), settings.tuning_queries)
+    plan = incremental.plan_reuse(settings, inputs)
+    if plan.previous_dir is not None:
+        updated = _update_previous(settings, inputs, plan, tuning_queries, work)
+        if updated is not None:
+            return updated
+    elif settings.previous_index:
+        LOG.info("retraining: %s", plan.reason)
+    return _train(settings, inputs, plan, tuning_queries, work, pipeline_options)
 
+
+def _train(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    plan: incremental.ReusePlan,
+    tuning_queries: np.ndarray | None,
+    work: Path,
+    pipeline_options: PipelineOptions | None,
+) -> BuildResult:
+    embeddings = inputs.embeddings
+    timings: dict[str, float] = {}
     started = time.perf_counter()
     server = build_server_index(settings, embeddings.vectors, tuning_queries, work)
     timings["server_seconds"] = time.perf_counter() - started
@@ -74,17 +96,79 @@ def build_into(
     # The server tuner already has the exact neighbours of the tuning queries; calibration reuses them.
     hints = ServerHints(tuning_truth=server.true_ids if tuning_queries is not None else None)
     device = build_ondevice_index(settings, inputs, tuning_queries, hints, _user_info(inputs), work, pipeline_options)
+    timings["ondevice_seconds"] = time.perf_counter() - started
+    history = {"mode": "trained", "reason": plan.reason, "nights_since_retrain": 0}
+    return _finish(settings, inputs, tuning_queries, server, device, history, timings, work)
+
+
+def _update_previous(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    plan: incremental.ReusePlan,
+    tuning_queries: np.ndarray | None,
+    work: Path,
+) -> BuildResult | None:
+    """Last night's indexes with the diff applied; None when the drift check asks for a retrain."""
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    diff = incremental.diff_rows(inputs, plan.previous_dir)
+    server = incremental.update_server_index(settings, inputs, plan, diff, work)
+    timings["server_seconds"] = time.perf_counter() - started
+    started = time.perf_counter()
+    device, _ = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
+    timings["ondevice_seconds"] = time.perf_counter() - started
+    history = {
+        "mode": "updated",
+        "reason": plan.reason,
+        "nights_since_retrain": plan.nights_since_retrain,
+        "previous_index": str(plan.previous_dir),
+        "rows_encoded": len(diff.upserted),
+        "rows_added": diff.added,
+        "rows_changed": diff.changed,
+        "rows_removed": diff.removed,
+        "rows_unchanged": diff.unchanged,
+    }
+    LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
+    result = _finish(settings, inputs, tuning_queries, server, device, history, timings, work)
+    drift = incremental.drift_reason(
+        settings, plan, result.server, result.ondevice, device.details["largest_partition_over_mean"]
+    )
+    if drift is None:
+        return result
+    LOG.warning("retraining after all: %s", drift)
+    shutil.rmtree(work / "scann", ignore_errors=True)
+    return _train(
+        settings, inputs, dataclasses.replace(plan, reason=f"drift check: {drift}"), tuning_queries, work, None
+    )
+
+
+def _finish(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    tuning_queries: np.ndarray | None,
+    server: tuning.TuningResult,
+    device: OnDeviceBuild,
+    history: dict[str, Any],
+    timings: dict[str, float],
+    work: Path,
+) -> BuildResult:
+    """Searchers, evaluation, the state the next night reuses, and the records."""
+    started = time.perf_counter()
     index_bytes = (work / INDEX_FILE).read_bytes()
     device.details["searchers"] = write_searchers(inputs, index_bytes, work)
-    timings["ondevice_seconds"] = time.perf_counter() - started
-
+    timings["ondevice_seconds"] += time.perf_counter() - started
     started = time.perf_counter()
-    evaluation = evaluate_indexes(settings, embeddings.vectors, server, device, index_bytes)
+    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, index_bytes)
     timings["eval_seconds"] = time.perf_counter() - started
-
+    item_ids = [inputs.embeddings.ids[row] for row in device.rows]
+    threshold = settings.ondevice_params().anisotropic_quantization_threshold
+    state = incremental_state.state_from_index(index_bytes, item_ids, threshold)
+    if state is not None:
+        incremental_state.write_state(work, state)
     config = records.index_config(settings, inputs, tuning_queries, server, device, timings)
+    config["incremental"] = history
     records.write_records(work, inputs, config, evaluation)
-    return BuildResult(evaluation.server, evaluation.ondevice, timings)
+    return BuildResult(evaluation.server, evaluation.ondevice, timings, history)
 
 
 def _user_info(inputs: BuildInputs) -> bytes:

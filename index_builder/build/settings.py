@@ -31,6 +31,9 @@ class BuildSettings:
     metadata_columns: tuple[str, ...] = ("uri",)
     # Where Beam workers write per-partition files (None: a local temporary folder).
     temp_location: str | None = None
+    # Last night's index directory: update it instead of retraining when the model is unchanged.
+    previous_index: str | None = None
+    retrain_every: int = 7  # nights between full retrains when updating
 
     def server_params(self) -> IndexParams:
         return IndexParams(

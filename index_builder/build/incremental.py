@@ -1,0 +1,294 @@
+"""Incremental nights: update the previous index with what changed instead of retraining it.
+
+When the model is unchanged, the server index is last night's ScaNN searcher, loaded, with deleted and
+changed rows removed and new and changed rows upserted (ScaNN encodes them with its trained
+partitioner and codebooks), then put back in id order. The on-device index keeps every unchanged
+item's partition and AH codes and encodes only new and changed rows with last night's quantizer
+(numpy, the same arithmetic the Beam encoder uses). Nothing is trained. A full retrain happens when
+the model changed, every --retrain_every nights, or when the updated index fails the drift check
+(recall below target, or partitions grown lopsided); the run records which and why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from index_builder import scann_index, tuning
+from index_builder.build import incremental_state
+from index_builder.build.inputs import BuildInputs
+from index_builder.build.settings import BuildSettings
+from index_builder.scann_import import scann_ops_pybind
+from transforms.catalog import uris
+from transforms.outputs import markers
+
+LOG = logging.getLogger("build_index")
+
+# Largest partition over the mean partition size that an updated index may reach before a retrain.
+MAX_PARTITION_SKEW = 8.0
+# How far below last night's recall an updated index may fall before a retrain.
+RECALL_SLACK = 0.01
+# Per-row arrays of a serialized ScaNN searcher (reordered into id order after an update).
+# What an update reads from the previous index directory.
+_REUSED_FILES = {
+    "scann", "ids.parquet", "index_config.json", "eval.json", markers.SUCCESS_FILE,
+    incremental_state.STATE_FILE, incremental_state.ITEMS_FILE,
+}  # fmt: skip
+_PER_ROW_ASSETS = {"TOKENIZATION_NPY", "AH_DATASET_NPY", "DATASET_NPY", "INT8_DATASET_NPY", "INT8_NORMS_NPY"}
+
+
+@dataclass(frozen=True)
+class ReusePlan:
+    previous_dir: Path | None  # None: train from scratch
+    reason: str
+    nights_since_retrain: int  # counting this night
+    previous_config: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RowDiff:
+    deleted: list[str]  # ids gone from the catalog, or whose embedding changed
+    upserted: list[str]  # ids new, or whose embedding changed
+    unchanged: int
+    changed: int  # ids in both lists
+
+    @property
+    def removed(self) -> int:
+        return len(self.deleted) - self.changed
+
+    @property
+    def added(self) -> int:
+        return len(self.upserted) - self.changed
+
+
+def plan_reuse(settings: BuildSettings, inputs: BuildInputs) -> ReusePlan:
+    """Whether last night's index can be updated, and why (or why not)."""
+    if not settings.previous_index:
+        return ReusePlan(None, "no previous index given", 0)
+    previous = local_copy(settings.previous_index)
+    config = _previous_config(previous)
+    if config is None:
+        return ReusePlan(None, f"previous index {previous} is incomplete (no _SUCCESS or index_config.json)", 0)
+    nights = int(config.get("incremental", {}).get("nights_since_retrain", 0)) + 1
+    refusal = _refusal(previous, config, settings, inputs, nights)
+    if refusal:
+        return ReusePlan(None, refusal, 0, config)
+    return ReusePlan(previous, f"updating the index of {previous} ({nights} nights since training)", nights, config)
+
+
+def local_copy(index_dir: str) -> Path:
+    """The previous index as a local folder: itself when local, else its reusable files downloaded."""
+    if uris.is_local(index_dir):
+        return Path(uris.strip_file_scheme(index_dir))
+    from apache_beam.io.filesystems import FileSystems
+
+    local = Path(tempfile.mkdtemp(prefix="previous_index_"))
+    prefix = index_dir.rstrip("/") + "/"
+    for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
+        relative = metadata.path[len(prefix) :]
+        if relative.split("/")[0] not in _REUSED_FILES:
+            continue
+        target = local / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileSystems.open(metadata.path) as source, target.open("wb") as sink:
+            shutil.copyfileobj(source, sink, length=16 << 20)
+    return local
+
+
+def _previous_config(previous: Path) -> dict[str, Any] | None:
+    if not (previous / markers.SUCCESS_FILE).is_file() or not (previous / "index_config.json").is_file():
+        return None
+    return json.loads((previous / "index_config.json").read_text())
+
+
+def _refusal(previous: Path, config: dict, settings: BuildSettings, inputs: BuildInputs, nights: int) -> str | None:
+    if config.get("model_id") != inputs.config.model_id:
+        return f"model changed ({config.get('model_id')} -> {inputs.config.model_id}): retraining"
+    if config.get("index_mode", {}).get("mode", "partitioned") != "partitioned":
+        return "the previous index is brute force: nothing to reuse"
+    if inputs.embeddings.num_rows < scann_index.BRUTE_FORCE_BELOW_ROWS:
+        return "too few rows for a partitioned index"
+    if not incremental_state.has_state(previous) or not (previous / "scann").is_dir():
+        return "the previous index keeps no reusable state (built before incremental nights)"
+    if nights >= settings.retrain_every:
+        return f"scheduled retrain (every {settings.retrain_every} nights)"
+    if config.get("ondevice", {}).get("lookup_type") != settings.ondevice_lookup:
+        return "on-device lookup type changed: retraining"
+    return None
+
+
+def diff_rows(inputs: BuildInputs, previous_dir: Path) -> RowDiff:
+    """New, changed and deleted ids, by comparing each row's embedding hash with last night's."""
+    previous = pq.read_table(previous_dir / "ids.parquet", columns=["id", "embedding_hash"]).to_pydict()
+    before = dict(zip(previous["id"], previous["embedding_hash"]))
+    now = dict(zip(inputs.embeddings.ids, incremental_state.embedding_hashes(inputs.embeddings.vectors)))
+    changed = [i for i, digest in now.items() if i in before and before[i] != digest]
+    added = [i for i in now if i not in before]
+    gone = [i for i in before if i not in now]
+    unchanged = len(now) - len(added) - len(changed)
+    return RowDiff(deleted=gone + changed, upserted=added + changed, unchanged=unchanged, changed=len(changed))
+
+
+def update_server_index(
+    settings: BuildSettings, inputs: BuildInputs, plan: ReusePlan, diff: RowDiff, work: Path
+) -> tuning.TuningResult:
+    """Last night's ScaNN searcher with the diff applied, saved to work/scann in id order."""
+    started = time.perf_counter()
+    previous_ids = pq.read_table(plan.previous_dir / "ids.parquet", columns=["id"]).column("id").to_pylist()
+    searcher = scann_ops_pybind.load_searcher(str(plan.previous_dir / "scann"))
+    searcher.docids = list(previous_ids)
+    searcher.docid_to_id = {docid: row for row, docid in enumerate(previous_ids)}
+    if diff.deleted:
+        searcher.delete(list(diff.deleted))
+    if diff.upserted:
+        row_of = {item_id: row for row, item_id in enumerate(inputs.embeddings.ids)}
+        vectors = inputs.embeddings.vectors[[row_of[i] for i in diff.upserted]]
+        searcher.upsert(list(diff.upserted), np.ascontiguousarray(vectors, np.float32), batch_size=256)
+    _save_in_id_order(searcher, inputs.embeddings.ids, plan.previous_dir / "scann", work / "scann")
+    reloaded = scann_ops_pybind.load_searcher(str(work / "scann"))
+    return _reused_result(plan.previous_config["server"], reloaded, inputs, settings.server_tuning(), started)
+
+
+def _save_in_id_order(searcher: Any, ids: list[str], previous_scann: Path, target: Path) -> None:
+    """Serializes, then permutes every per-row array so that row r is ids[r] again (as ids.parquet says)."""
+    position = {item_id: row for row, item_id in enumerate(ids)}
+    docids = list(searcher.docids)
+    if len(docids) != len(ids) or any(d not in position for d in docids):
+        raise RuntimeError("the updated server index does not hold exactly the current ids")
+    order = np.empty(len(ids), np.int64)
+    order[[position[d] for d in docids]] = np.arange(len(ids))  # order[r] = searcher row of ids[r]
+    with tempfile.TemporaryDirectory(prefix="scann_update_") as staging:
+        searcher.serialize(staging, relative_path=True)
+        assets = (Path(staging) / "scann_assets.pbtxt").read_text()
+        for kind, name in re.findall(r'asset_type:\s*(\w+)\s+asset_path:\s*"([^"]+)"', assets):
+            if kind in _PER_ROW_ASSETS:
+                path = Path(staging) / Path(name).name
+                np.save(path, np.load(path)[order])
+        (Path(staging) / "scann_docids.pkl").unlink(missing_ok=True)  # rows are ids.parquet's order
+        shutil.copytree(staging, target, dirs_exist_ok=True)
+    config_text = previous_scann / scann_index.CONFIG_TEXT_FILE
+    if config_text.is_file():
+        shutil.copyfile(config_text, target / scann_index.CONFIG_TEXT_FILE)
+
+
+def _reused_result(
+    previous: dict[str, Any], searcher: Any, inputs: BuildInputs, options: tuning.TuningOptions, started: float
+) -> tuning.TuningResult:
+    """A TuningResult for an index that was updated, not tuned: last night's choice, no new trials."""
+    tuned = previous["tuning"]
+    index = scann_index.BuiltIndex(
+        searcher=searcher,
+        config_text=previous.get("config_text", ""),
+        params=scann_index.IndexParams(**previous["params"]),
+        num_rows=inputs.embeddings.num_rows,
+        dim=inputs.embeddings.dim,
+        build_seconds=time.perf_counter() - started,
+    )
+    return tuning.TuningResult(
+        index=index,
+        trials=[],
+        chosen=tuning.Trial(**tuned["chosen"]),
+        target_met=bool(tuned.get("target_met")),
+        queries_idx=np.empty(0, np.int64),
+        true_ids=np.empty((0, options.k), np.int64),
+        options=options,
+        seconds=time.perf_counter() - started,
+        notes=["updated in place: last night's configuration and training"],
+    )
+
+
+def update_ondevice_index(
+    settings: BuildSettings, inputs: BuildInputs, plan: ReusePlan, diff: RowDiff, user_info: bytes, work: Path
+) -> tuple[Any, incremental_state.OnDeviceState]:
+    """index.ldb from last night's quantizer: unchanged items keep their codes, the rest are encoded now.
+    Returns (the on-device build record, the state to keep for the next night)."""
+    from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, item_metadata
+    from index_builder.ondevice.index_file import write_ondevice_index
+
+    started = time.perf_counter()
+    previous = incremental_state.read_state(plan.previous_dir)
+    state = _merged_state(previous, inputs, diff)
+    device_config = plan.previous_config["ondevice"]
+    leaves = int(device_config.get("num_leaves_to_search") or device_config["params"]["num_leaves_to_search"])
+    summary = write_ondevice_index(
+        work / INDEX_FILE,
+        partition_centroids=state.quantizer.partition_centroids,
+        codebooks=list(state.quantizer.codebooks),
+        partition_assignment=state.assignment,
+        codes=state.codes,
+        metadata=item_metadata(inputs.embeddings, settings.metadata_columns),
+        user_info=user_info,
+        num_leaves_to_search=leaves,
+        lookup_type=settings.ondevice_lookup,
+    )
+    tuned = _reused_result(device_config, None, inputs, settings.ondevice_tuning(), started)
+    details = {
+        "num_partitions": summary.num_partitions,
+        "encoding": "incremental",
+        "rows_encoded": len(diff.upserted),
+        "num_leaves_to_search": leaves,
+        "largest_partition_over_mean": partition_skew(state.assignment, summary.num_partitions),
+    }
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, np.int64), details), state
+
+
+def _merged_state(
+    previous: incremental_state.OnDeviceState, inputs: BuildInputs, diff: RowDiff
+) -> incremental_state.OnDeviceState:
+    """Every current row's partition and codes, in embeddings (id) order."""
+    ids = inputs.embeddings.ids
+    row_of = {item_id: row for row, item_id in enumerate(ids)}
+    assignment = np.empty(len(ids), np.int64)
+    codes = np.empty((len(ids), previous.codes.shape[1]), np.uint8)
+    fresh = set(diff.upserted)
+    kept = [(row_of[i], p) for p, i in enumerate(previous.ids) if i in row_of and i not in fresh]
+    if kept:
+        rows, old = (np.asarray(a, np.int64) for a in zip(*kept))
+        assignment[rows], codes[rows] = previous.assignment[old], previous.codes[old]
+    if diff.upserted:
+        rows = np.asarray([row_of[i] for i in diff.upserted], np.int64)
+        vectors = inputs.embeddings.vectors[rows]
+        assignment[rows] = previous.quantizer.assign(vectors)
+        codes[rows] = previous.quantizer.encode(vectors)
+    if len(kept) + len(diff.upserted) != len(ids):
+        raise RuntimeError("the on-device update does not cover every current row")
+    return incremental_state.OnDeviceState(previous.quantizer, list(ids), assignment, codes)
+
+
+def partition_skew(assignment: np.ndarray, num_partitions: int) -> float:
+    sizes = np.bincount(assignment, minlength=num_partitions)
+    return float(sizes.max() / max(sizes.mean(), 1e-9))
+
+
+def drift_reason(
+    settings: BuildSettings, plan: ReusePlan, server_eval: dict, device_eval: dict, skew: float
+) -> str | None:
+    """Why the updated index should be retrained instead (None: it holds up). Recall may not fall below
+    the lower of last night's recall and the target, less a small slack for sampling noise."""
+    previous = _previous_eval(plan.previous_dir)
+    targets = {"server": settings.target_recall, "ondevice": settings.ondevice_target_recall}
+    for name, now in (("server", server_eval), ("ondevice", device_eval)):
+        before = previous.get(name, {}).get("recall@10")
+        if before is None:
+            continue
+        floor = min(before, targets[name]) - RECALL_SLACK
+        if now.get("recall@10", 0.0) < floor:
+            return f"{name} recall@10 fell from {before:.4f} to {now['recall@10']:.4f} with the reused quantizers"
+    if skew > MAX_PARTITION_SKEW:
+        return f"partitions grew lopsided: the largest holds {skew:.1f}x the mean"
+    return None
+
+
+def _previous_eval(previous_dir: Path) -> dict[str, Any]:
+    path = previous_dir / "eval.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

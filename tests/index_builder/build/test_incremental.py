@@ -1,0 +1,136 @@
+"""Incremental nights: last night's index updated with what changed, checked against a full rebuild."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beam_jobs import build_index
+from encoders import model_config
+from index_builder.build import incremental
+from index_builder.ondevice.reference_search import ReferenceSearcher
+from index_builder.scann_import import scann_ops_pybind
+from sample_catalog.vectors import clustered_unit_vectors
+from transforms.outputs.embedding_schema import embeddings_schema
+
+N = 3000
+MODEL_ID = model_config.validate_model_dir(None).model_id
+FAST = ["--eval_queries", "300"]
+
+
+def write_shard(directory: Path, ids: list[str], vectors: np.ndarray) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    table = pa.table(
+        {
+            "id": ids,
+            "uri": [f"gs://catalog/{i}.jpg" for i in ids],
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]).cast(
+                pa.list_(pa.float32())
+            ),
+            "fingerprint": ["0"] * len(ids),
+            "model_id": [MODEL_ID] * len(ids),
+            "width": pa.array([64] * len(ids), pa.int32()),
+            "height": pa.array([64] * len(ids), pa.int32()),
+        },
+        schema=embeddings_schema(vectors.shape[1], MODEL_ID),
+    )
+    pq.write_table(table, directory / "part-00000.parquet")
+    return str(directory / "*.parquet")
+
+
+def build(embeddings: str, output: Path, *extra: str) -> build_index.BuildResult:
+    return build_index.run(["--embeddings", embeddings, "--output_dir", str(output), *FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    base = tmp_path_factory.mktemp("nights")
+    vectors = clustered_unit_vectors(N + 40, 128, rows_per_cluster=30, seed=5)
+    ids = [f"item-{i:05d}" for i in range(N)]
+    first = write_shard(base / "night1", ids, vectors[:N])
+    # Night 2: 20 items deleted, 20 changed (new vectors), 20 added.
+    second_ids = ids[20:] + [f"new-{i:02d}" for i in range(20)]
+    second_vectors = np.concatenate([vectors[20:N], vectors[N + 20 : N + 40]])
+    second_vectors[:20] = vectors[N : N + 20]  # items 20..39 changed
+    second = write_shard(base / "night2", second_ids, second_vectors)
+    return {
+        "base": base,
+        "first": build(first, base / "index1"),
+        "second_embeddings": second,
+        "second": build(second, base / "index2", "--previous_index", str(base / "index1")),
+        "full": build(second, base / "index2_full"),
+        "second_ids": second_ids,
+        "second_vectors": second_vectors,
+    }
+
+
+def index_config(path: Path) -> dict:
+    return json.loads((path / "index_config.json").read_text())
+
+
+def test_a_trained_index_keeps_what_the_next_night_needs(nights: dict) -> None:
+    index = nights["base"] / "index1"
+    assert index_config(index)["incremental"]["mode"] == "trained"
+    assert (index / "ondevice_state.npz").is_file() and (index / "ondevice_items.parquet").is_file()
+    hashes = pq.read_table(index / "ids.parquet").column("embedding_hash").to_pylist()
+    assert len(hashes) == N and len(set(hashes)) == N
+
+
+def test_the_next_night_encodes_only_what_changed(nights: dict) -> None:
+    history = index_config(nights["base"] / "index2")["incremental"]
+    assert history["mode"] == "updated", history
+    assert (history["rows_added"], history["rows_changed"], history["rows_removed"]) == (20, 20, 20)
+    assert history["rows_encoded"] == 40 and history["rows_unchanged"] == N - 40
+    assert nights["second"].incremental == history
+
+
+def test_updated_indexes_answer_like_a_full_rebuild(nights: dict) -> None:
+    updated, full = nights["second"], nights["full"]
+    assert updated.server["recall@10"] >= full.server["recall@10"] - 0.01
+    assert updated.ondevice["recall@10"] >= full.ondevice["recall@10"] - 0.02
+
+
+def test_new_and_changed_items_are_found_in_both_updated_indexes(nights: dict) -> None:
+    index = nights["base"] / "index2"
+    ids = pq.read_table(index / "ids.parquet").column("id").to_pylist()
+    assert ids == sorted(nights["second_ids"])  # server rows are back in id order
+    searcher = scann_ops_pybind.load_searcher(str(index / "scann"))
+    position = {item_id: row for row, item_id in enumerate(nights["second_ids"])}
+    fresh = [f"item-{i:05d}" for i in range(20, 40)] + [f"new-{i:02d}" for i in range(20)]
+    queries = nights["second_vectors"][[position[i] for i in fresh]]
+    rows, _ = searcher.search_batched(queries, final_num_neighbors=1)
+    assert [ids[r[0]] for r in np.asarray(rows)] == fresh
+    device = ReferenceSearcher((index / "index.ldb").read_bytes())
+    found = [device.search(q, 1)[0].metadata.decode() for q in queries]
+    assert found == [f"gs://catalog/{i}.jpg" for i in fresh]
+
+
+def test_a_changed_model_or_a_due_retrain_trains_from_scratch(nights: dict, tmp_path: Path) -> None:
+    base = nights["base"]
+    due = build(nights["second_embeddings"], tmp_path / "due", "--previous_index", str(base / "index2"),
+                "--retrain_every", "2")  # fmt: skip
+    assert due.incremental["mode"] == "trained" and "scheduled retrain" in due.incremental["reason"]
+    other_model = tmp_path / "other_model_index"
+    shutil.copytree(base / "index1", other_model)
+    config = index_config(other_model)
+    config["model_id"] = "last-months-model"
+    (other_model / "index_config.json").write_text(json.dumps(config))
+    changed = build(nights["second_embeddings"], tmp_path / "changed", "--previous_index", str(other_model))
+    assert changed.incremental["mode"] == "trained" and "model changed" in changed.incremental["reason"]
+
+
+def test_drift_check_asks_for_a_retrain(nights: dict) -> None:
+    from index_builder.build.settings import BuildSettings
+
+    settings = BuildSettings(embeddings="e", output_dir="o")
+    plan = incremental.ReusePlan(nights["base"] / "index1", "test", 1)
+    good = {"recall@10": 0.99}
+    assert incremental.drift_reason(settings, plan, good, good, skew=2.0) is None
+    assert "lopsided" in incremental.drift_reason(settings, plan, good, good, skew=20.0)
+    assert "server recall@10 fell" in incremental.drift_reason(settings, plan, {"recall@10": 0.5}, good, skew=2.0)
