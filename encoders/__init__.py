@@ -1,5 +1,5 @@
 """The dual encoder: towers, tf.Transform text preprocessing, training, TFLite export and metadata, bundled model."""
 
-from encoders import quiet_tensorflow
+from encoders import quiet_native_logs
 
-quiet_tensorflow.install()
+quiet_native_logs.install()

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from encoders.quiet_native_logs import native_stderr_silenced
 from index_builder.memory import return_freed_memory_to_os
 from index_builder.scann_import import scann_ops_pybind, scann_pb2
 from transforms.catalog import uris
@@ -174,7 +175,8 @@ def build_scann_index(vectors: np.ndarray, params: IndexParams = IndexParams()) 
     resolved = params.resolved(vectors.shape[0])
     config_text = scann_config_text(vectors, resolved)
     started = time.perf_counter()
-    searcher = scann_ops_pybind.create_searcher(vectors, config_text, resolved.training_threads)
+    with native_stderr_silenced():  # ScaNN's C++ training progress lines; failures still raise
+        searcher = scann_ops_pybind.create_searcher(vectors, config_text, resolved.training_threads)
     return BuiltIndex(
         searcher=searcher,
         config_text=config_text,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from google.protobuf import text_format
 
+from encoders.quiet_native_logs import native_stderr_silenced
 from index_builder.memory import return_freed_memory_to_os
 from index_builder.scann_import import (
     centers_pb2,
@@ -126,7 +127,8 @@ def ondevice_builder_config(
 def build_ondevice_searcher(db: np.ndarray, config_text: str, training_threads: int = 0):
     """Trains a pybind ScaNN searcher from an on-device config (checked first)."""
     checked = ondevice_config_text(config_text)
-    return scann_ops_pybind.create_searcher(np.ascontiguousarray(db, dtype=np.float32), checked, training_threads)
+    with native_stderr_silenced():  # ScaNN's C++ training progress lines; failures still raise
+        return scann_ops_pybind.create_searcher(np.ascontiguousarray(db, dtype=np.float32), checked, training_threads)
 
 
 def read_serialized_searcher(artifacts_dir: str | os.PathLike[str]) -> ScannOnDeviceArtifacts:

@@ -1,4 +1,4 @@
-"""Keeps TensorFlow's native start-up lines off the terminal.
+"""Keeps native start-up and training lines (TensorFlow, ScaNN) off the terminal.
 
 Importing TensorFlow prints, from C++ and before its logging can be configured, lines no user can act
 on: CUDA probing on a machine without a GPU, oneDNN and CPU-feature notices, and at first use a failed
