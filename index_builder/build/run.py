@@ -20,6 +20,7 @@ from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import INDEX_FILE, ServerHints, build_ondevice_index, write_searchers
 from index_builder.build.server import build_server_index
 from index_builder.build.settings import BuildSettings
+from index_builder.report.page import REPORT_FILE, ReportSettings, write_report_safely
 from index_builder.tuning_queries import embed_query_texts
 from transforms.catalog import uris
 from transforms.outputs import markers
@@ -48,6 +49,8 @@ def build_index(
             stale.unlink()
         result = build_into(settings, inputs, work, pipeline_options)
         index_outputs.write_manifest(work)
+        # A view of the records just written; it never fails the build (a warning at most).
+        write_report_safely(str(work), str(work / REPORT_FILE), ReportSettings(embeddings=settings.embeddings))
         if remote:
             records.upload_tree(work, output_dir)
         else:
