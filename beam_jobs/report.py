@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs.job_logging import configure_logging
+from index_builder.index_search import local_index
 from index_builder.report.page import REPORT_FILE, ReportSettings, write_report
 from nightly import history, layout
 
@@ -65,7 +66,14 @@ def run(argv: list[str] | None = None) -> str:
     if not FileSystems.exists(FileSystems.join(index, "index_config.json")):
         print(f"error: --index {index} has no index_config.json; point it at a build_index output", file=sys.stderr)
         sys.exit(2)
-    settings = ReportSettings(
+    output = args.output or FileSystems.join(index, REPORT_FILE)
+    # A remote index answers the sample queries from a local copy of scann/, ids.parquet (+ the text model).
+    with local_index(index, ["text_searcher.tflite"] if args.query else []) as local:
+        return write_report(index, output, settings_from(args, runs, str(local)))
+
+
+def settings_from(args: argparse.Namespace, runs: list[dict], query_index_dir: str) -> ReportSettings:
+    return ReportSettings(
         embeddings=args.embeddings,
         history=runs,
         query_texts=tuple(args.query),
@@ -77,9 +85,9 @@ def run(argv: list[str] | None = None) -> str:
         color_terms=tuple(t.strip() for t in args.color_terms.split(",") if t.strip()),
         title=args.title,
         seed=args.seed,
+        query_index_dir=query_index_dir,
+        max_query_items=None,  # asked for: answered at any size
     )
-    output = args.output or FileSystems.join(index, REPORT_FILE)
-    return write_report(index, output, settings)
 
 
 if __name__ == "__main__":

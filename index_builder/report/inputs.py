@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.catalog import uris
@@ -72,12 +73,15 @@ def read_rejected(run_folder: str, summary: dict[str, Any] | None) -> RejectedSu
     examples: dict[str, list[dict[str, str]]] = {}
     for path in files:
         with open_parquet(path) as parquet_file:
-            rows = parquet_file.read(columns=["uri", "stage", "error_type", "error_message"]).to_pylist()
-        for row in rows:
-            counts[row["error_type"]] += 1
-            kept = examples.setdefault(row["error_type"], [])
+            table = parquet_file.read(columns=["uri", "stage", "error_type", "error_message"])
+        # Counted in Arrow: a run can reject many thousands of inputs; only a few rows become Python.
+        for entry in pc.value_counts(table.column("error_type")).to_pylist():
+            error_type, count = entry["values"], entry["counts"]
+            counts[error_type] += count
+            kept = examples.setdefault(error_type, [])
             if len(kept) < EXAMPLES_PER_ERROR_TYPE:
-                kept.append(row)
+                same = table.filter(pc.equal(table.column("error_type"), error_type))
+                kept.extend(same.slice(0, EXAMPLES_PER_ERROR_TYPE - len(kept)).to_pylist())
     if not files and summary and summary.get("rejected_by_error_type"):
         counts.update(summary["rejected_by_error_type"])
     if not files and not counts:

@@ -56,6 +56,10 @@ class ReportSettings:
     color_terms: tuple[str, ...] = ()
     title: str = "Index report"
     seed: int = 0
+    # A local copy of a remote index (index_search.local_index) to answer the sample queries with.
+    query_index_dir: str | None = None
+    # Above this many items no sample queries (None: no limit): keeps the build's last step cheap.
+    max_query_items: int | None = QUERY_LOAD_LIMIT
 
 
 def _image_source(uri: str) -> str:
@@ -75,7 +79,9 @@ def _sample(inputs: ReportInputs, settings: ReportSettings) -> EmbeddingSample |
 def _queries(index_dir: str, inputs: ReportInputs, sample: EmbeddingSample | None, settings: ReportSettings) -> list:
     if settings.queries is not None:
         return settings.queries
-    if not uris.is_local(index_dir) or inputs.config.get("num_items", 0) > QUERY_LOAD_LIMIT:
+    index_dir = settings.query_index_dir or index_dir
+    too_many = settings.max_query_items is not None and inputs.config.get("num_items", 0) > settings.max_query_items
+    if not uris.is_local(index_dir) or too_many:
         return []
     local = Path(uris.strip_file_scheme(index_dir))
     if settings.query_texts:

@@ -169,3 +169,26 @@ def test_hovering_a_map_point_shows_its_thumbnail(workspace: dict, tmp_path: Pat
     probe = json.loads(body.attrs["data-probe"])
     assert probe["display"] == "block" and probe["src"] == "data:image/jpeg;base64,"
     assert probe["text"] == probe["expected"] and probe["text"]
+
+
+def test_report_on_a_gcs_index_answers_queries_from_a_local_copy(workspace: dict, gcs_emulator) -> None:
+    index = workspace["ws"] / "runs" / "20260102T000000.000000Z" / "index"
+    gcs_emulator.upload_directory(index, "report-bucket", "indexes/latest")
+    written = report.run(
+        [
+            "--index",
+            "gs://report-bucket/indexes/latest",
+            "--output",
+            "gs://report-bucket/report.html",
+            "--num_queries",
+            "2",
+        ]
+        + gcs_emulator.beam_options()
+    )
+    assert written == "gs://report-bucket/report.html"
+    page = gcs_emulator.bucket("report-bucket").blob("report.html").download_as_text()
+    elements = outline(page)
+    assert ids(elements) >= SECTIONS - {"history"}
+    assert page.count('<section class="query">') == 2 and page.count('class="result"') == 20
+    config = json.loads((index / "index_config.json").read_text())
+    assert len(points_in(elements, "server-leaves")) >= len(config["server"]["tuning"]["trials"])
