@@ -78,16 +78,27 @@ def _wanted(name: str, arrow_type: pa.DataType) -> bool:
 
 
 def pca_2d(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[n, 2] coordinates on the two main axes and the fraction of variance each explains."""
-    centered = vectors - vectors.mean(axis=0, keepdims=True)
+    """[n, 2] coordinates on the two main axes and the fraction of variance each explains.
+
+    Why an eigendecomposition of the smaller covariance/Gram matrix rather than an SVD of the
+    sample: the same axes from a min(n, D)-square problem. Measured on 2,000 x 128 on a 2-core
+    machine at load 6-8: SVD of the sample 1-4 s, this 0.04-0.8 s (both mostly OpenBLAS threads
+    waiting for a core: with OPENBLAS_NUM_THREADS=1 this takes 2-10 ms).
+    """
+    centered = np.asarray(vectors, np.float64)
+    centered = centered - centered.mean(axis=0, keepdims=True)
     if len(centered) < 2:
-        return np.zeros((len(centered), 2), np.float32), np.zeros(2)
-    _, singular, components = np.linalg.svd(centered, full_matrices=False)
-    coordinates = centered @ components[:2].T
+        return np.zeros((len(centered), 2)), np.zeros(2)
+    if centered.shape[1] <= centered.shape[0]:
+        variances, axes = np.linalg.eigh(centered.T @ centered)  # ascending
+        coordinates = centered @ axes[:, ::-1][:, :2]
+    else:
+        variances, left = np.linalg.eigh(centered @ centered.T)
+        coordinates = left[:, ::-1][:, :2] * np.sqrt(np.clip(variances[::-1][:2], 0, None))
+    variances = np.clip(variances[::-1], 0, None)
+    explained = variances[:2] / max(float(variances.sum()), 1e-12)
     if coordinates.shape[1] < 2:
         coordinates = np.pad(coordinates, ((0, 0), (0, 2 - coordinates.shape[1])))
-    variance = singular**2
-    explained = variance[:2] / max(float(variance.sum()), 1e-12)
     return coordinates, np.pad(explained, (0, 2 - len(explained)))
 
 

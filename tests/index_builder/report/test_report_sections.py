@@ -153,3 +153,15 @@ def test_history_charts_have_one_point_per_run() -> None:
     assert len(points_in(elements, "history-embedded")) == 4
     assert len(points_in(elements, "history-new")) == 12
     assert len(points_in(elements, "history-server_recall@10")) == 3
+
+
+def test_pca_agrees_with_svd_when_there_are_more_dimensions_than_rows() -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.normal(size=(40, 300)) * np.linspace(3, 0.1, 300)
+    coordinates, explained = pca_2d(vectors)
+    centered = vectors - vectors.mean(axis=0)
+    _, singular, components = np.linalg.svd(centered, full_matrices=False)
+    reference = centered @ components[:2].T
+    for axis in range(2):  # an axis' sign is arbitrary
+        assert np.allclose(np.abs(coordinates[:, axis]), np.abs(reference[:, axis]), atol=1e-6)
+    assert np.allclose(explained, singular[:2] ** 2 / (singular**2).sum())
