@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from beam_jobs import nightly, report
+from nightly import latest_file
+from nightly.latest_file import LatestState
 from tests.embed_helpers import write_catalog
 from tests.index_builder.report.html_outline import ids, outline, points_in
 
@@ -24,6 +26,15 @@ def night(manifest: Path, workspace: Path, run_id: str) -> dict:
     return nightly.run(
         ["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", run_id, "--eval_queries", "50"]
     )
+
+
+def expected_tuning_points(tuning: dict) -> int:
+    """Every trial, plus the chosen configuration when it is not one of them (re-checked on the full index)."""
+
+    def key_of(trial: dict) -> tuple:
+        return trial["num_leaves"], trial["num_leaves_to_search"], trial["reorder"]
+
+    return len(tuning["trials"]) + (key_of(tuning["chosen"]) not in {key_of(t) for t in tuning["trials"]})
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +84,7 @@ def test_report_has_every_section_with_the_right_points(workspace: dict) -> None
     index = workspace["ws"] / "runs" / "20260102T000000.000000Z" / "index"
     config = json.loads((index / "index_config.json").read_text())
     for key in ("server", "ondevice"):
-        tuning = config[key]["tuning"]
-        key_of = lambda t: (t["num_leaves"], t["num_leaves_to_search"], t["reorder"])  # noqa: E731
-        expected = len(tuning["trials"]) + (key_of(tuning["chosen"]) not in {key_of(t) for t in tuning["trials"]})
+        expected = expected_tuning_points(config[key]["tuning"])
         for chart in (f"{key}-latency", f"{key}-leaves"):
             points = points_in(elements, chart)
             assert len(points) == expected, chart
@@ -127,9 +136,10 @@ HOVER_PROBE = """<script>
 var point = document.querySelector("#embedding-map circle.point[data-thumb]");
 point.dispatchEvent(new MouseEvent("mouseover", {bubbles: true, clientX: 10, clientY: 10}));
 var tip = document.getElementById("map-tip");
+var widths = Array.from(document.querySelectorAll("svg.chart")).map(function (c) { return c.getBoundingClientRect().width; });
 document.body.setAttribute("data-probe", JSON.stringify({
   display: tip.style.display, src: tip.querySelector("img").src.slice(0, 23),
-  text: tip.querySelector("span").textContent, expected: point.getAttribute("data-text")}));
+  text: tip.querySelector("span").textContent, expected: point.getAttribute("data-text"), widths: widths}));
 </script></body>"""
 
 
@@ -157,7 +167,11 @@ def test_report_renders_in_chromium_without_console_errors(workspace: dict, tmp_
     map_points = points_in(elements, "embedding-map")
     root = next(e for e in elements if e.tag == "html")
     assert int(root.attrs["data-map-points"]) == len(map_points) == COUNT - 5  # the hover script ran
-    assert len(points_in(elements, "server-latency")) >= 2
+    config = json.loads(
+        (workspace["ws"] / "runs" / "20260102T000000.000000Z" / "index" / "index_config.json").read_text()
+    )
+    for key in ("server", "ondevice"):
+        assert len(points_in(elements, f"{key}-latency")) == expected_tuning_points(config[key]["tuning"])
 
 
 def test_hovering_a_map_point_shows_its_thumbnail(workspace: dict, tmp_path: Path) -> None:
@@ -169,22 +183,15 @@ def test_hovering_a_map_point_shows_its_thumbnail(workspace: dict, tmp_path: Pat
     probe = json.loads(body.attrs["data-probe"])
     assert probe["display"] == "block" and probe["src"] == "data:image/jpeg;base64,"
     assert probe["text"] == probe["expected"] and probe["text"]
+    # Every chart was laid out: 2 per index, 4 history charts, the map.
+    assert len(probe["widths"]) == 2 * 2 + 4 + 1 and min(probe["widths"]) > 100
 
 
 def test_report_on_a_gcs_index_answers_queries_from_a_local_copy(workspace: dict, gcs_emulator) -> None:
     index = workspace["ws"] / "runs" / "20260102T000000.000000Z" / "index"
     gcs_emulator.upload_directory(index, "report-bucket", "indexes/latest")
-    written = report.run(
-        [
-            "--index",
-            "gs://report-bucket/indexes/latest",
-            "--output",
-            "gs://report-bucket/report.html",
-            "--num_queries",
-            "2",
-        ]
-        + gcs_emulator.beam_options()
-    )
+    args = ["--index", "gs://report-bucket/indexes/latest", "--output", "gs://report-bucket/report.html"]
+    written = report.run([*args, "--num_queries", "2", *gcs_emulator.beam_options()])
     assert written == "gs://report-bucket/report.html"
     page = gcs_emulator.bucket("report-bucket").blob("report.html").download_as_text()
     elements = outline(page)
@@ -192,3 +199,18 @@ def test_report_on_a_gcs_index_answers_queries_from_a_local_copy(workspace: dict
     assert page.count('<section class="query">') == 2 and page.count('class="result"') == 20
     config = json.loads((index / "index_config.json").read_text())
     assert len(points_in(elements, "server-leaves")) >= len(config["server"]["tuning"]["trials"])
+
+
+def test_report_on_a_gcs_workspace_reads_its_history(workspace: dict, gcs_emulator) -> None:
+    gcs_emulator.upload_directory(workspace["ws"] / "runs", "report-ws", "ws/runs")
+    latest = "20260102T000000.000000Z"
+    latest_file.write_latest(
+        "gs://report-ws/ws", {"run_id": latest, "index": f"gs://report-ws/ws/runs/{latest}/index"}, LatestState(None)
+    )
+    written = report.run(
+        ["--workspace", "gs://report-ws/ws", "--output", "gs://report-ws/report.html", *gcs_emulator.beam_options()]
+    )
+    page = gcs_emulator.bucket("report-ws").blob("report.html").download_as_text()
+    assert written == "gs://report-ws/report.html" and ids(outline(page)) >= SECTIONS
+    history = page[page.index('id="history"') : page.index('id="map"')]
+    assert "Workspace history (2 runs)" in history and f"<td>{latest}</td><td>yes</td>" in history
