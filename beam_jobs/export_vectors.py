@@ -7,7 +7,8 @@
 --output is the batch root: one part-SSSSS-of-NNNNN.{json,avro,csv} per embeddings shard and
 nothing else (Vertex reads every data file directly under it). Each --restricts column becomes
 a token namespace allowing the row's value; --crowding_column gives each row's crowding_tag.
-Other flags are Beam pipeline options for the filesystems (e.g. --s3_endpoint_url).
+Every other flag is a Beam pipeline option: shards are spread over the workers, e.g.
+--direct_num_workers=2 --direct_running_mode=multi_processing locally, or --runner DataflowRunner.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import sys
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs import launcher
 from beam_jobs.job_logging import configure_logging
 from index_builder.embeddings_io import EmbeddingsError
 from index_builder.export.vertex_export import ExportSummary, export_embeddings
@@ -50,9 +52,14 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def run(argv: list[str] | None = None) -> ExportSummary:
     args, beam_args = parse_args(argv)
-    FileSystems.set_options(PipelineOptions(beam_args))
+    options = launcher.default_to_direct_runner(PipelineOptions(beam_args))
+    FileSystems.set_options(options)
+    with launcher.usage_errors_exit():
+        launcher.check_writable(args.output, "--output")
     try:
-        return export_embeddings(args.embeddings, args.output, args.format, args.restricts, args.crowding_column)
+        return export_embeddings(
+            args.embeddings, args.output, args.format, args.restricts, args.crowding_column, pipeline_options=options
+        )
     except (ExportError, EmbeddingsError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -6,6 +6,7 @@ and structure" page, transcribed for this test; JSON lines and Avro records must
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -181,8 +182,19 @@ def test_job_writes_to_gcs(embeddings: tuple[str, dict], gcs_emulator, capsys: p
     assert sorted(blobs) == ["batch_root/part-00000-of-00002.json", "batch_root/part-00001-of-00002.json"]
     lines = [json.loads(line) for b in blobs.values() for line in b.download_as_text().splitlines()]
     assert {r["id"] for r in lines} == expected.keys()
+    bad = ["--embeddings", pattern, "--format", "csv", "--output", "gs://vertex-bucket/x", "--crowding_column", "nope"]
     with pytest.raises(SystemExit) as stopped:
-        export_vectors.run(
-            ["--embeddings", pattern, "--format", "csv", "--output", "/tmp/unused", "--crowding_column", "nope"]
-        )
+        export_vectors.run([*bad, *gcs_emulator.beam_options()])
     assert stopped.value.code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_job_spreads_shards_over_beam_workers(tmp_path: Path) -> None:
+    expected = write_embeddings(tmp_path / "embeddings", shards=3, rows=30)
+    out = tmp_path / "avro"
+    flags = ["--format", "vertex-avro", "--output", str(out), "--restricts", "color"]
+    workers = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
+    summary = export_vectors.run(["--embeddings", str(tmp_path / "embeddings" / "*.parquet"), *flags, *workers])
+    names = sorted(p.name for p in out.iterdir())
+    assert summary.rows == 90 and names == [f"part-0000{i}-of-00003.avro" for i in range(3)]
+    records = [r for path in sorted(out.iterdir()) for r in fastavro.reader(io.BytesIO(path.read_bytes()))]
+    assert {r["id"]: r["restricts"][0]["allow"] for r in records} == {k: [v["color"]] for k, v in expected.items()}
