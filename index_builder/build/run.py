@@ -44,13 +44,15 @@ def build_index(
     remote = not uris.is_local(output_dir)
     with tempfile.TemporaryDirectory(prefix="build_index_") as staging:
         work = Path(staging) if remote else Path(output_dir)
-        stale = work / markers.SUCCESS_FILE
-        if stale.exists():
-            stale.unlink()
+        # A previous build's report would otherwise be listed in the new MANIFEST.json, then replaced.
+        for stale in (work / markers.SUCCESS_FILE, work / REPORT_FILE):
+            if stale.exists():
+                stale.unlink()
         result = build_into(settings, inputs, work, pipeline_options)
         index_outputs.write_manifest(work)
         # A view of the records just written; it never fails the build (a warning at most).
-        write_report_safely(str(work), str(work / REPORT_FILE), ReportSettings(embeddings=settings.embeddings))
+        report = ReportSettings(embeddings=settings.embeddings, index_label=output_dir)
+        write_report_safely(str(work), str(work / REPORT_FILE), report)
         if remote:
             records.upload_tree(work, output_dir)
         else:

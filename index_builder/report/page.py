@@ -60,6 +60,7 @@ class ReportSettings:
     query_index_dir: str | None = None
     # Above this many items no sample queries (None: no limit): keeps the build's last step cheap.
     max_query_items: int | None = QUERY_LOAD_LIMIT
+    index_label: str | None = None  # where the index lives, when it is rendered from a staging folder
 
 
 def _image_source(uri: str) -> str:
@@ -102,7 +103,8 @@ def render_page(index_dir: str, settings: ReportSettings) -> str:
         parts.append(map_section(sample, settings.color_column, list(settings.color_terms), settings.map_thumbnails))
     parts.append(sections.queries_section(_queries(index_dir, inputs, sample, settings), _image_source))
     heading = (
-        f"<h1>{html.escape(settings.title)}</h1><p>{html.escape(index_dir)}: {inputs.config.get('num_items')} items, "
+        f"<h1>{html.escape(settings.title)}</h1><p>{html.escape(settings.index_label or index_dir)}: "
+        f"{inputs.config.get('num_items')} items, "
         f"model {html.escape(str(inputs.config.get('model_id')))}; written "
         f"{time.strftime('%Y-%m-%d %H:%M:%SZ', time.gmtime())}.</p>"
     )

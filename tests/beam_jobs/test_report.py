@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from beam_jobs import nightly, report
+from beam_jobs import build_index, nightly, report
 from nightly import latest_file
 from nightly.latest_file import LatestState
 from tests.embed_helpers import write_catalog
@@ -76,6 +76,15 @@ def test_build_index_writes_a_report_into_every_index(workspace: dict) -> None:
     for run_id in ("20260101T000000.000000Z", "20260102T000000.000000Z"):
         page = (workspace["ws"] / "runs" / run_id / "index" / "report.html").read_text()
         assert {"tuning", "eval", "map", "queries"} <= ids(outline(page))
+
+
+def test_a_rebuild_in_place_keeps_the_report_out_of_the_manifest(workspace: dict, tmp_path: Path) -> None:
+    embeddings = str(workspace["ws"] / "runs" / "20260101T000000.000000Z" / "embeddings" / "*.parquet")
+    for _ in range(2):
+        build_index.run(["--embeddings", embeddings, "--output_dir", str(tmp_path / "index"), "--eval_queries", "50"])
+        manifest = json.loads((tmp_path / "index" / "MANIFEST.json").read_text())["files"]
+        assert "report.html" not in manifest and (tmp_path / "index" / "report.html").stat().st_size > 0
+        assert {"tuning", "eval", "map", "queries"} <= ids(outline((tmp_path / "index" / "report.html").read_text()))
 
 
 def test_report_has_every_section_with_the_right_points(workspace: dict) -> None:
