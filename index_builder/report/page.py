@@ -37,7 +37,7 @@ table{border-collapse:collapse;font-size:13px;margin:.5em 0}td,th{border:1px sol
 vertical-align:top}.charts{display:flex;flex-wrap:wrap;gap:16px}svg.chart{background:#fff;box-shadow:0 1px 3px #0002}
 .axis{stroke:#444}.tick{font-size:10px;fill:#555}.label{font-size:12px;fill:#222}.legend{font-size:12px;margin:.4em 0}
 .swatch{margin-right:12px}.swatch i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:5px}
-figure.small{margin:0}.note{color:#a33;font-size:13px}.tip{position:fixed;display:none;background:#fff;padding:4px;
+div.small{margin:0}.note{color:#a33;font-size:13px}.tip{position:fixed;display:none;background:#fff;padding:4px;
 box-shadow:0 1px 4px #0004;font-size:11px;max-width:220px;pointer-events:none}.tip img{width:96px;height:96px}
 circle.point:hover{stroke:#000;stroke-width:1.5}"""
 

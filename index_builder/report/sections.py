@@ -8,7 +8,7 @@ from typing import Any
 
 from index_builder.gallery import query_sections
 from index_builder.report.inputs import RejectedSummary
-from index_builder.report.svg_charts import PALETTE, Axes, Point, Series, legend, scatter_chart
+from index_builder.report.svg_charts import PALETTE, Axes, Point, Series, bar_chart, legend, scatter_chart
 
 TRIAL_KEY = ("num_leaves", "num_leaves_to_search", "reorder")
 
@@ -117,10 +117,36 @@ def eval_section(config: dict[str, Any], evaluation: dict[str, Any], manifest: d
         ("total", human_bytes(sum(i["bytes"] for i in files.values())), sum(i["bytes"] for i in files.values()))
     )
     body = (
-        table(("measure", "server", "on-device"), rows, "eval")
+        f"<div class='charts'>{eval_charts(evaluation, files)}</div>"
+        + table(("measure", "server", "on-device"), rows, "eval")
         + f"<h3>Files (MANIFEST.json)</h3>{table(('file', 'size', 'bytes'), file_rows, 'files')}"
     )
     return section("eval", "Evaluation (eval.json)", body)
+
+
+def eval_charts(evaluation: dict[str, Any], files: dict[str, dict[str, Any]]) -> str:
+    """Recall@k of both indexes, and the index directory's bytes by part (scann/ as one)."""
+    recalls = [
+        (f"{name} recall@{k}", float(figures[f"recall@{k}"]), color)
+        for name, figures, color in (
+            ("server", evaluation.get("server", {}), PALETTE[0]),
+            ("on-device", evaluation.get("ondevice", {}), PALETTE[1]),
+        )
+        for k in (1, 10, 100)
+        if figures.get(f"recall@{k}") is not None
+    ]
+    parts: dict[str, int] = {}
+    for name, info in files.items():
+        part = name.split("/", 1)[0] + "/" if "/" in name else name
+        parts[part] = parts.get(part, 0) + info["bytes"]
+    sizes = [(name, size / 1e6, PALETTE[2]) for name, size in sorted(parts.items(), key=lambda p: -p[1])]
+    return bar_figure(recalls, "recall", "eval-recall", "{:.3f}") + bar_figure(sizes, "MB", "eval-sizes", "{:.2f} MB")
+
+
+def bar_figure(bars: list[tuple[str, float, str]], title: str, chart_id: str, value_text: str) -> str:
+    if not bars:
+        return ""
+    return f"<div class='small'>{bar_chart(bars, Axes('', title, width=460), value_text, chart_id)}</div>"
 
 
 def rejected_section(rejected: RejectedSummary | None, run_summary: dict[str, Any] | None) -> str:
@@ -165,7 +191,7 @@ def history_section(history: Sequence[dict[str, Any]]) -> str:
             series.append(Series(key, points, PALETTE[i], connect=True))
         axes = Axes("run", title, width=300, height=180)
         charts.append(
-            f"<figure class='small'>{scatter_chart(series, axes, chart_id='history-' + keys[0], radius=3)}</figure>"
+            f"<div class='small'>{scatter_chart(series, axes, chart_id='history-' + keys[0], radius=3)}</div>"
         )
     rows = [
         (

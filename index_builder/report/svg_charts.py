@@ -164,3 +164,29 @@ def legend(entries: Sequence[tuple[str, str]]) -> str:
         f'<span class="swatch"><i style="background:{color}"></i>{html.escape(name)}</span>' for color, name in entries
     )
     return f'<div class="legend">{items}</div>'
+
+
+def bar_chart(
+    bars: Sequence[tuple[str, float, str]], axes: Axes, value_text: str = "{:.3g}", chart_id: str = ""
+) -> str:
+    """Horizontal bars (label, value, color), longest at full width; each a `<rect class="bar">` with a title."""
+    label_width, row = 170, 22
+    height = MARGIN_TOP + row * len(bars) + 8
+    longest = max((value for _, value, _ in bars), default=0) or 1.0
+    usable = axes.width - label_width - 70
+    parts = []
+    for i, (label, value, color) in enumerate(bars):
+        y = MARGIN_TOP + i * row
+        width = max(0.0, value) / longest * usable
+        shown = value_text.format(value)
+        parts.append(
+            f'<text class="tick" x="{label_width - 6}" y="{y + 14}" text-anchor="end">{html.escape(label)}</text>'
+            f'<rect class="bar" x="{label_width}" y="{y + 3}" width="{width:.1f}" height="{row - 6}" fill="{color}">'
+            f"<title>{html.escape(label)}: {html.escape(shown)}</title></rect>"
+            f'<text class="tick" x="{label_width + width + 4:.1f}" y="{y + 14}">{html.escape(shown)}</text>'
+        )
+    identity = f' id="{html.escape(chart_id)}"' if chart_id else ""
+    return (
+        f'<svg class="chart"{identity} xmlns="http://www.w3.org/2000/svg" width="{axes.width}" height="{height}" '
+        f'viewBox="0 0 {axes.width} {height}">{"".join(parts)}</svg>'
+    )

@@ -192,8 +192,8 @@ def test_hovering_a_map_point_shows_its_thumbnail(workspace: dict, tmp_path: Pat
     probe = json.loads(body.attrs["data-probe"])
     assert probe["display"] == "block" and probe["src"] == "data:image/jpeg;base64,"
     assert probe["text"] == probe["expected"] and probe["text"]
-    # Every chart was laid out: 2 per index, 4 history charts, the map.
-    assert len(probe["widths"]) == 2 * 2 + 4 + 1 and min(probe["widths"]) > 100
+    # Every chart was laid out: 2 per index, 2 eval bar charts, 4 history charts, the map.
+    assert len(probe["widths"]) == 2 * 2 + 2 + 4 + 1 and min(probe["widths"]) > 100
 
 
 def test_report_on_a_gcs_index_answers_queries_from_a_local_copy(workspace: dict, gcs_emulator) -> None:

@@ -165,3 +165,14 @@ def test_pca_agrees_with_svd_when_there_are_more_dimensions_than_rows() -> None:
     for axis in range(2):  # an axis' sign is arbitrary
         assert np.allclose(np.abs(coordinates[:, axis]), np.abs(reference[:, axis]), atol=1e-6)
     assert np.allclose(explained, singular[:2] ** 2 / (singular**2).sum())
+
+
+def test_eval_bars_show_each_recall_and_each_part_of_the_index() -> None:
+    evaluation = {"server": {"recall@1": 0.9, "recall@10": 0.95, "recall@100": 0.97}, "ondevice": {"recall@10": 0.91}}
+    files = {"scann/a.npy": {"bytes": 3_000_000}, "scann/b.pb": {"bytes": 1_000_000}, "index.ldb": {"bytes": 2_000_000}}
+    elements = outline(sections.eval_section({"num_items": 5}, evaluation, {"files": files}))
+    recall_bars = [e for e in elements if e.tag == "rect" and "eval-recall" in e.inside]
+    size_bars = [e for e in elements if e.tag == "rect" and "eval-sizes" in e.inside]
+    assert len(recall_bars) == 4 and len(size_bars) == 2
+    widths = {round(float(b.attrs["width"])) for b in size_bars}
+    assert max(widths) == pytest.approx(2 * min(widths), abs=1)  # scann/ (4 MB) twice index.ldb (2 MB)
