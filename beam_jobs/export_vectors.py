@@ -18,7 +18,6 @@ import json
 import sys
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
 from beam_jobs.job_logging import configure_logging
@@ -52,9 +51,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def run(argv: list[str] | None = None) -> ExportSummary:
     args, beam_args = parse_args(argv)
-    options = launcher.default_to_direct_runner(PipelineOptions(beam_args))
-    FileSystems.set_options(options)
     with launcher.usage_errors_exit():
+        options = launcher.default_to_direct_runner(launcher.pipeline_options_from(beam_args))
+        FileSystems.set_options(options)
         launcher.check_writable(args.output, "--output")
     try:
         return export_embeddings(

@@ -68,3 +68,15 @@ def dataflow_step_names(result) -> list[str]:
         # Runner v2 submits the portable pipeline instead of v1 steps.
         names = [t.unique_name for t in job.proto_pipeline.components.transforms.values()]
     return names
+
+
+def pipeline_options_from(beam_args: list[str]) -> PipelineOptions:
+    """Beam options from the flags a job's own argparse parser left over. A flag neither knows is a
+    usage error: Beam alone would only log that it discarded it, and a typo would pass silently."""
+    options = PipelineOptions(beam_args)
+    unknown = set(options.get_all_options(drop_default=True, retain_unknown_options=True)) - set(
+        options.get_all_options(drop_default=True)
+    )
+    if unknown:
+        raise UsageError(f"unknown flag(s): {', '.join('--' + name for name in sorted(unknown))} (see --help)")
+    return options

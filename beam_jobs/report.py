@@ -16,8 +16,8 @@ import logging
 import sys
 
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from beam_jobs import launcher
 from beam_jobs.job_logging import configure_logging
 from index_builder.index_search import local_index
 from index_builder.report.page import REPORT_FILE, ReportSettings, write_report
@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
 
 def run(argv: list[str] | None = None) -> str:
     args, beam_args = parse_args(argv)
-    FileSystems.set_options(PipelineOptions(beam_args))
+    with launcher.usage_errors_exit():
+        FileSystems.set_options(launcher.pipeline_options_from(beam_args))
     runs: list[dict] = []
     index = args.index
     if args.workspace:

@@ -58,12 +58,13 @@ def resolve_index(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args, beam_args = parse_args(argv)
     from apache_beam.io.filesystems import FileSystems
-    from apache_beam.options.pipeline_options import PipelineOptions
 
+    from beam_jobs import launcher
     from index_builder.index_search import IndexSearcher, local_index
     from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
 
-    FileSystems.set_options(PipelineOptions(beam_args))
+    with launcher.usage_errors_exit():
+        FileSystems.set_options(launcher.pipeline_options_from(beam_args))
     source = resolve_index(args)
     model = "text_searcher.tflite" if args.text is not None else "image_searcher.tflite"
     with local_index(source, [model]) as index:

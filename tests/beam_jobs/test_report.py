@@ -127,6 +127,9 @@ def test_report_job_refuses_what_is_not_an_index(tmp_path: Path, capsys: pytest.
     with pytest.raises(SystemExit) as stopped:
         report.run(["--workspace", str(tmp_path)])
     assert stopped.value.code == 2 and "nothing published" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        report.run(["--workspace", str(tmp_path), "--colour_column", "caption"])
+    assert stopped.value.code == 2 and "unknown flag(s): --colour_column" in capsys.readouterr().err
 
 
 CHROMIUM_FLAGS = [

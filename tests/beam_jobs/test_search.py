@@ -100,3 +100,9 @@ def test_nothing_to_search_is_a_clear_error(indexes: dict, tmp_path: Path, gcs_e
     gcs_emulator.bucket("empty-bucket")
     with pytest.raises(SystemExit, match=r"not a complete index directory \(no _SUCCESS\)"):
         search.main(["--index", "gs://empty-bucket/none", "--text", "a red circle", *gcs_emulator.beam_options()])
+
+
+def test_a_mistyped_flag_stops_the_job(indexes: dict, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        search.main(["--index", str(indexes["new"]), "--text", "a red circle", "--jsno"])
+    assert stopped.value.code == 2 and "unknown flag(s): --jsno" in capsys.readouterr().err
