@@ -58,6 +58,11 @@ def test_gcs_index_is_copied_and_searched(indexes: dict, gcs_emulator, capsys: p
         capsys, "--index", "gs://search-bucket/indexes/new", "--text", indexes["caption"], *gcs_emulator.beam_options()
     )
     assert remote["results"] == local["results"] and remote["index"] == "gs://search-bucket/indexes/new"
+    # Image-to-image through the copied image_searcher.tflite: the query image is its own best match.
+    by_image = run_search(
+        capsys, "--index", "gs://search-bucket/indexes/new", "--image", indexes["uri"], *gcs_emulator.beam_options()
+    )
+    assert uris_found(by_image)[0] == indexes["uri"]
 
 
 def test_s3_index_is_copied_and_searched(indexes: dict, s3_server, capsys: pytest.CaptureFixture) -> None:
