@@ -9,7 +9,7 @@ TASKLIB_VENV := .venv-tasklib
 TASKLIB_STAMP := $(TASKLIB_VENV)/.installed
 DEMO_DIR ?= demo_output
 
-.PHONY: venv task-library-venv demo lint test test-slow bench model clean
+.PHONY: venv task-library-venv chromium demo lint test test-slow bench model clean
 
 venv: $(STAMP)
 
@@ -26,6 +26,10 @@ $(TASKLIB_STAMP): scripts/make_task_library_venv.sh
 	bash scripts/make_task_library_venv.sh $(TASKLIB_VENV)
 	@touch $(TASKLIB_STAMP)
 
+# Debian's chromium renders the HTML report in the browser test (a failed install skips that test).
+chromium:
+	bash scripts/install_chromium.sh
+
 demo: $(STAMP) $(TASKLIB_STAMP)
 	$(PY) -m beam_jobs.demo --output_dir $(DEMO_DIR)
 
@@ -34,10 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-test: $(STAMP) $(TASKLIB_STAMP) lint
+test: $(STAMP) $(TASKLIB_STAMP) chromium lint
 	$(PY) -m pytest -q -m "not slow" tests
 
-test-slow: $(STAMP) $(TASKLIB_STAMP)
+test-slow: $(STAMP) $(TASKLIB_STAMP) chromium
 	$(PY) -m pytest -q -m slow tests
 
 bench: $(STAMP)

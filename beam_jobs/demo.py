@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from beam_jobs import build_index, embed_images, make_sample_catalog
     from index_builder.gallery import write_gallery
+    from index_builder.report.page import REPORT_FILE, ReportSettings, write_report_safely
     from sample_catalog.generate import sample_captions
 
     out = Path(args.output_dir).resolve()
@@ -111,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {rank}. {hit['score']:.3f}  {Path(hit['uri']).name}  {hit['caption']}")
     gallery = write_gallery(out / "results.html", "Text-to-image search on the sample catalog", answers)
     (out / "queries.json").write_text(json.dumps(answers, indent=2))
+    # build_index wrote a report with image queries; the demo's text queries replace them.
+    report = write_report_safely(str(index_dir), str(index_dir / REPORT_FILE), ReportSettings(queries=answers))
     print(f"""
 Demo finished.
   catalog:     {catalog}/manifest.jsonl ({args.num_images} images)
@@ -118,6 +121,7 @@ Demo finished.
   index:       {index_dir} (server recall@10 {result.server["recall@10"]:.3f}, on-device recall@10 {result.ondevice["recall@10"]:.3f})
   searchers:   {index_dir}/text_searcher.tflite, {index_dir}/image_searcher.tflite
   gallery:     {gallery}
+  report:      {report or "not written (see the warning above)"}
 Try: .venv/bin/python -m beam_jobs.search --index {index_dir} --text "a small red ring at the top"
 """)
     return 0

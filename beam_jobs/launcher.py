@@ -85,3 +85,15 @@ def pipeline_counters(result: PipelineResult) -> dict[str, int]:
             # e.g. embed.batch_encode_ms_sum: the encoder's own time, what incremental runs save.
             values[f"{distribution.key.metric.namespace}.{distribution.key.metric.name}_sum"] = int(result_value.sum)
     return values
+
+
+def pipeline_options_from(beam_args: list[str]) -> PipelineOptions:
+    """Beam options from the flags a job's own argparse parser left over. A flag neither knows is a
+    usage error: Beam alone would only log that it discarded it, and a typo would pass silently."""
+    options = PipelineOptions(beam_args)
+    unknown = set(options.get_all_options(drop_default=True, retain_unknown_options=True)) - set(
+        options.get_all_options(drop_default=True)
+    )
+    if unknown:
+        raise UsageError(f"unknown flag(s): {', '.join('--' + name for name in sorted(unknown))} (see --help)")
+    return options

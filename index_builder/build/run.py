@@ -23,6 +23,7 @@ from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, ServerHints, build_ondevice_index, write_searchers
 from index_builder.build.server import build_server_index
 from index_builder.build.settings import BuildSettings
+from index_builder.report.page import REPORT_FILE, ReportSettings, write_report_safely
 from index_builder.tuning_queries import embed_query_texts
 from transforms.catalog import uris
 from transforms.outputs import markers
@@ -47,11 +48,15 @@ def build_index(
     remote = not uris.is_local(output_dir)
     with tempfile.TemporaryDirectory(prefix="build_index_") as staging:
         work = Path(staging) if remote else Path(output_dir)
-        stale = work / markers.SUCCESS_FILE
-        if stale.exists():
-            stale.unlink()
+        # A previous build's report would otherwise be listed in the new MANIFEST.json, then replaced.
+        for stale in (work / markers.SUCCESS_FILE, work / REPORT_FILE):
+            if stale.exists():
+                stale.unlink()
         result = build_into(settings, inputs, work, pipeline_options)
         index_outputs.write_manifest(work)
+        # A view of the records just written; it never fails the build (a warning at most).
+        report = ReportSettings(embeddings=settings.embeddings, index_label=output_dir)
+        write_report_safely(str(work), str(work / REPORT_FILE), report)
         if remote:
             records.upload_tree(work, output_dir)
         else:

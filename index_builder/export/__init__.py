@@ -1,0 +1,1 @@
+"""Embeddings in other systems' input formats (Vertex AI Vector Search)."""
