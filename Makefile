@@ -26,9 +26,9 @@ $(TASKLIB_STAMP): scripts/make_task_library_venv.sh
 	bash scripts/make_task_library_venv.sh $(TASKLIB_VENV)
 	@touch $(TASKLIB_STAMP)
 
-# Debian's chromium renders the HTML report in the browser test (a failed install skips that test).
+# Debian's chromium renders the HTML report in the browser test (real browser, so a failed install fails).
 chromium:
-	bash scripts/install_chromium.sh
+	bash scripts/install_chromium.sh --strict
 
 demo: $(STAMP) $(TASKLIB_STAMP)
 	$(PY) -m beam_jobs.demo --output_dir $(DEMO_DIR)
