@@ -2,7 +2,7 @@
 
     python -m beam_jobs.build_classifier --embeddings 'OUT/embeddings/*.parquet' --label_column COL \
         --output_dir DIR [--model_dir MODEL] [--max_items_per_class 10] [--selection kmeans|random] \
-        [--aggregation max|mean|topk_mean] [--weights float32|int8] [--holdout_fraction 0.2] [--seed S]
+        [--aggregation topk_mean|max|mean] [--weights float32|int8] [--holdout_fraction 0.2] [--seed S]
 
 Writes DIR/classifier.tflite (the Task Library's ImageClassifier loads it unchanged),
 labels.txt, classifier_config.json, eval.json (held-out top-1/top-5 of CbR, exact k-NN
@@ -44,7 +44,7 @@ class BuildClassifierOptions(PipelineOptions):
         parser.add_argument(
             "--selection", default="kmeans", help=f"{' or '.join(SELECTIONS)}: how a class over K items is reduced"
         )
-        parser.add_argument("--aggregation", default="max", help=f"per-class score: {', '.join(AGGREGATIONS)}")
+        parser.add_argument("--aggregation", default="topk_mean", help=f"per-class score: {', '.join(AGGREGATIONS)}")
         parser.add_argument("--topk", type=int, default=3, help="items averaged by --aggregation topk_mean")
         parser.add_argument("--weights", default="float32", help=f"dense layer weights: {' or '.join(WEIGHTS)}")
         parser.add_argument(

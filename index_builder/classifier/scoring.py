@@ -25,20 +25,24 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
 def reference_scores(
     queries: np.ndarray, items: np.ndarray, item_class: np.ndarray, num_classes: int, aggregation: str, topk: int
 ) -> np.ndarray:
-    """[Q, C] class scores, computed class by class (deliberately not via the graph's layout)."""
+    """[Q, C] class scores from each class's own items (deliberately not via the graph's padded layout)."""
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    similarity = normalize_rows(queries) @ normalize_rows(items).T
+    order = np.argsort(item_class, kind="stable")
+    counts = np.bincount(item_class, minlength=num_classes)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    similarity = normalize_rows(queries) @ normalize_rows(items)[order].T  # columns grouped by class
+    if aggregation == "max":
+        return np.maximum.reduceat(similarity, starts, axis=1)
+    if aggregation == "mean":
+        return (np.add.reduceat(similarity, starts, axis=1) / counts).astype(np.float32)
     scores = np.empty((len(similarity), num_classes), np.float32)
-    for label in range(num_classes):
-        block = similarity[:, item_class == label]
-        if aggregation == "max":
-            scores[:, label] = block.max(axis=1)
-        elif aggregation == "mean":
-            scores[:, label] = block.mean(axis=1)
-        else:
-            best = -np.sort(-block, axis=1)[:, :topk]
-            scores[:, label] = best.mean(axis=1)
+    # Classes with the same item count are scored together: [Q, classes, count], sorted per class.
+    for count in np.unique(counts):
+        classes = np.flatnonzero(counts == count)
+        columns = starts[classes][:, None] + np.arange(count)
+        best = -np.sort(-similarity[:, columns], axis=2)[:, :, :topk]
+        scores[:, classes] = best.mean(axis=2)
     return scores
 
 

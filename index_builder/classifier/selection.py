@@ -47,7 +47,8 @@ def spherical_kmeans(vectors: np.ndarray, k: int, rng: np.random.Generator) -> n
     """[k, D] unit centers maximizing the summed cosine of items to their center (k-means++ seeding)."""
     centers = [vectors[rng.integers(len(vectors))]]
     for _ in range(1, k):
-        distance = np.maximum(1.0 - np.max(vectors @ np.asarray(centers).T, axis=1), 0.0)
+        # k-means++: the next seed is drawn with probability ~ squared distance to the nearest seed.
+        distance = np.maximum(1.0 - np.max(vectors @ np.asarray(centers).T, axis=1), 0.0) ** 2
         weights = distance / distance.sum() if distance.sum() > 0 else None
         centers.append(vectors[rng.choice(len(vectors), p=weights)])
     centers = np.asarray(centers, np.float32)
