@@ -53,9 +53,16 @@ def labelled_unit_vectors(
 
 
 def write_embeddings(
-    directory: Path, vectors: np.ndarray, model_id: str, labels: dict[str, list[str]] | None = None
+    directory: Path,
+    vectors: np.ndarray,
+    model_id: str,
+    labels: dict[str, list[str]] | None = None,
+    uri_prefix: str = "gs://catalog/images/",
 ) -> None:
-    """Writes embedding shards; `labels` adds carried-through string columns ({column: one value per row})."""
+    """Writes embedding shards; `labels` adds carried-through string columns ({column: one value per row}).
+
+    The uris name images that do not exist; pass a local `uri_prefix` to keep readers off the network.
+    """
     labels = labels or {}
     schema = embeddings_schema(vectors.shape[1], model_id)
     for column in labels:
@@ -67,7 +74,7 @@ def write_embeddings(
         table = pa.table(
             {
                 "id": [f"item-{i:09d}" for i in rows],
-                "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
+                "uri": [f"{uri_prefix}{i:09d}.jpg" for i in rows],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
                     pa.list_(pa.float32())
                 ),

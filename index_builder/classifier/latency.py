@@ -24,15 +24,16 @@ def _read(uri: str) -> bytes:
 def model_inputs(uris: list[str], config: ModelConfig, seed: int) -> tuple[np.ndarray, str, list[int]]:
     """([n, S, S, 3] normalized float32 inputs, what they are, positions in `uris` they came from).
 
-    Held-out images when readable, else random pixels (positions then empty).
+    Held-out images when readable, else random pixels (positions then empty). The first
+    unreadable image stops the reading: synthetic embeddings name images that do not exist.
     """
     size = config.image_size
     pixels, used = [], []
     for position, uri in enumerate(uris[:LATENCY_IMAGES]):
         try:
             rgb = decode_image(_read(uri), uri=uri, target_size=size).rgb
-        except Exception:  # unreadable items (e.g. synthetic uris) fall back to random pixels below
-            continue
+        except Exception:  # unreadable items (e.g. synthetic uris): random pixels below, and no more tries
+            break
         pixels.append(resize_for_model(rgb, size, config.resize).astype(np.float32))
         used.append(position)
     kind = f"{len(pixels)} held-out images"

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from beam_jobs import build_classifier, embed_images
-from encoders.model_config import validate_model_dir
+from encoders.model_config import DEFAULT_MODEL_DIR, IMAGE_TFLITE_FILE, validate_model_dir
 from encoders.tflite_metadata import read_associated_files
 from index_builder.classifier.labels import load_labelled
+from index_builder.classifier.quantize import dequantized
 from index_builder.classifier.scoring import reference_scores
 from index_builder.classifier.selection import holdout_split, select_items
+from index_builder.query_encoders import ImageQueryEncoder
+from sample_catalog.generate import CatalogSettings, generate_item
 from sample_catalog.vectors import labelled_unit_vectors, write_embeddings
 from tests.embed_helpers import write_catalog
 
@@ -84,7 +87,7 @@ def test_task_library_classifier_returns_names_and_matches_the_reference_and_knn
 
 def labelled_shards(directory: Path, labels: list[str | None]) -> str:
     vectors, _ = labelled_unit_vectors(len(labels), 1, seed=9)
-    write_embeddings(directory, vectors, MODEL_ID, {"shape": labels})
+    write_embeddings(directory, vectors, MODEL_ID, {"shape": labels}, uri_prefix=f"{directory}/missing-")
     return str(directory / "*.parquet")
 
 
@@ -109,3 +112,39 @@ def test_bad_inputs_fail_before_any_work(
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
     assert not output.exists()
+
+
+@pytest.mark.task_library
+def test_ten_thousand_class_int8_classifier_loads_in_the_task_library_and_answers(tmp_path: Path) -> None:
+    from index_builder.classifier.task_library import image_classify
+
+    vectors, classes = labelled_unit_vectors(10_000, 3, seed=4)
+    names = [f"class-{c:05d}" for c in classes]
+    write_embeddings(tmp_path / "emb", vectors, MODEL_ID, {"label": names}, uri_prefix=f"{tmp_path}/none-")
+    output = tmp_path / "clf"
+    argv = ["--embeddings", str(tmp_path / "emb" / "*.parquet"), "--label_column", "label"]
+    report = build_classifier.run(
+        [*argv, "--output_dir", str(output), "--weights", "int8", "--holdout_fraction", "0.34"]
+    )
+    assert report["data"]["classes"] == 10_000 and report["classifier"]["items_in_model"] == 20_000
+    assert report["accuracy"]["cbr"]["top1"] >= 0.99 and report["accuracy"]["cbr"]["queries"] == 10_000
+    assert "random-pixel" in report["latency"]["inputs"]
+    # int8 item weights: the 20,000 x 128 matrix costs ~2.6 MB instead of ~10 MB.
+    assert report["size_bytes"]["cbr_classifier_tflite"] < report["size_bytes"]["image_tower_tflite"] + 3_000_000
+
+    images = []
+    for index in range(3):
+        _, data = generate_item(CatalogSettings(seed=5, image_size=64), index)
+        images.append(tmp_path / f"{index}.jpg")
+        images[-1].write_bytes(data)
+    results = image_classify(output / "classifier.tflite", [str(p) for p in images], k=3)
+    encoder = ImageQueryEncoder(DEFAULT_MODEL_DIR / IMAGE_TFLITE_FILE)
+    train = holdout_split(classes, 0.34, 0).train_rows  # the job's default --seed 0
+    items = dequantized(vectors[train])
+    for path, categories in zip(images, results):
+        assert categories[0]["label"] in names and len(categories) == 3
+        embedding = encoder.embed_bytes(path.read_bytes())[None]
+        reference = reference_scores(embedding, items, classes[train], 10_000, "topk_mean", 3)[0]
+        # Same winner up to the int8 input quantization of the hybrid layer (scores within 0.01).
+        assert abs(categories[0]["score"] - reference.max()) < 0.01
+        assert abs(reference[categories[0]["index"]] - categories[0]["score"]) < 0.01
