@@ -40,13 +40,19 @@ class BuildClassifierOptions(PipelineOptions):
     def _add_argparse_args(cls, parser) -> None:
         parser.add_argument("--embeddings", default=None, help="Parquet glob written by embed_images; required")
         parser.add_argument("--label_column", default=None, help="carried-through column naming each item's class")
-        parser.add_argument("--max_items_per_class", type=int, default=10, help="items kept per class (K)")
+        parser.add_argument("--max_items_per_class", type=int, default=10, help="items kept per class (K, default 10)")
         parser.add_argument(
-            "--selection", default="kmeans", help=f"{' or '.join(SELECTIONS)}: how a class over K items is reduced"
+            "--selection",
+            default="kmeans",
+            help=f"{' or '.join(SELECTIONS)}: how a class over K items is reduced (default kmeans)",
         )
-        parser.add_argument("--aggregation", default="topk_mean", help=f"per-class score: {', '.join(AGGREGATIONS)}")
+        parser.add_argument(
+            "--aggregation", default="topk_mean", help=f"per-class score: {', '.join(AGGREGATIONS)} (default topk_mean)"
+        )
         parser.add_argument("--topk", type=int, default=3, help="items averaged by --aggregation topk_mean")
-        parser.add_argument("--weights", default="float32", help=f"dense layer weights: {' or '.join(WEIGHTS)}")
+        parser.add_argument(
+            "--weights", default="float32", help=f"dense layer weights: {' or '.join(WEIGHTS)} (default float32)"
+        )
         parser.add_argument(
             "--holdout_fraction", type=float, default=0.2, help="labelled items per class kept out for eval.json"
         )
