@@ -44,7 +44,7 @@ class ClassifierSettings:
     model_dir: str | None = None
     max_items_per_class: int = 10
     # Defaults measured on the sample catalog (docs/BENCHMARKS.md): k-means beats a random sample
-    # at every K, and topk_mean stays at or above exact k-NN where max drops as K grows.
+    # at every K, and topk_mean stays level with exact k-NN where max drops as K grows.
     selection: str = "kmeans"
     aggregation: str = "topk_mean"
     topk: int = 3
@@ -53,8 +53,11 @@ class ClassifierSettings:
     seed: int = 0
 
     def check(self) -> None:
-        choices = {"aggregation": (self.aggregation, AGGREGATIONS), "selection": (self.selection, SELECTIONS)}
-        choices["weights"] = (self.weights, WEIGHTS)
+        choices = {
+            "aggregation": (self.aggregation, AGGREGATIONS),
+            "selection": (self.selection, SELECTIONS),
+            "weights": (self.weights, WEIGHTS),
+        }
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ClassifierInputError(f"--{flag} must be one of {', '.join(allowed)}, got {value!r}")

@@ -28,16 +28,16 @@ class CbrHead(keras.layers.Layer):
         self.topk = min(topk, layout.gather.shape[1])
         self.items = self._constant("items", items.astype(np.float32))
         self.gather = self._constant("gather", layout.gather)
-        self.pad = self._constant("pad", layout.pad)
-        real = (layout.pad == 0).astype(np.float32)
+        counts = layout.counts.astype(np.float32)
         if aggregation == "mean":
-            divisor = layout.counts[:, None]
+            # 1/count on a class's real slots, 0 on padding: the weighted sum is the class mean.
+            self.slot_weights = self._constant("slot_weights", (layout.pad == 0) / counts[:, None])
         else:
-            divisor = np.minimum(layout.counts, max(topk, 1))[:, None]
-        self.weights_per_slot = self._constant("slot_weights", real / divisor.astype(np.float32))
-        self.topk_divisor = self._constant("topk_divisor", 1.0 / divisor[:, 0].astype(np.float32))
+            self.pad = self._constant("pad", layout.pad)
+            self.topk_divisor = self._constant("topk_divisor", 1.0 / np.minimum(counts, self.topk))
 
     def _constant(self, name: str, value: np.ndarray):
+        value = np.asarray(value, np.int32 if value.dtype.kind in "iu" else np.float32)
         weight = self.add_weight(name=name, shape=value.shape, dtype=str(value.dtype), trainable=False)
         weight.assign(value)
         return weight
@@ -47,7 +47,7 @@ class CbrHead(keras.layers.Layer):
         similarity = tf.matmul(query, self.items, transpose_b=True)  # [1, M] cosines
         grid = tf.gather(similarity, self.gather, axis=1)  # [1, C, S]
         if self.aggregation == "mean":
-            return tf.reduce_sum(grid * self.weights_per_slot, axis=-1)
+            return tf.reduce_sum(grid * self.slot_weights, axis=-1)
         grid = grid + self.pad
         if self.aggregation == "max":
             return tf.reduce_max(grid, axis=-1)
