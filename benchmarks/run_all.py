@@ -17,6 +17,8 @@ BENCHMARKS = (
     ["benchmarks.ondevice_searcher_bench", "--num_items", "123000", "--tune_on", "texts"],
     ["benchmarks.build_index_scale", "--num_rows", "1000000"],
     ["benchmarks.nightly_incremental", "--num_images", "100000"],
+    ["benchmarks.incremental_index_bench", "--num_rows", "100000", "--changed_fraction", "0.01"],
+    ["benchmarks.cbr_classifier_bench"],
 )
 
 

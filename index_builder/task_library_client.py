@@ -7,6 +7,7 @@ none of this project's dependencies.
     {"kind": "image_searcher", "model": PATH, "images": [...], "k": 10}
     {"kind": "text_embedder", "model": PATH, "inputs": [...]}
     {"kind": "image_embedder", "model": PATH, "images": [...]}
+    {"kind": "image_classifier", "model": PATH, "images": [...], "k": 5}
 """
 
 import json
@@ -27,8 +28,29 @@ def _vector(result):
     return [float(v) for v in result.embeddings[0].feature_vector.value]
 
 
+def _categories(result):
+    return [
+        {"index": int(c.index), "label": c.category_name, "display_name": c.display_name, "score": float(c.score)}
+        for c in result.classifications[0].categories
+    ]
+
+
+def _classify(request):
+    from tflite_support.task import core, processor, vision
+
+    options = vision.ImageClassifierOptions(
+        base_options=core.BaseOptions(file_name=request["model"]),
+        classification_options=processor.ClassificationOptions(max_results=int(request.get("k", 5))),
+    )
+    classifier = vision.ImageClassifier.create_from_options(options)
+    return [_categories(classifier.classify(vision.TensorImage.create_from_file(path))) for path in request["images"]]
+
+
 def main() -> None:
     request = json.load(sys.stdin)
+    if request["kind"] == "image_classifier":
+        json.dump({"results": _classify(request)}, sys.stdout)
+        return
     from tflite_support.task import core, processor
 
     base = core.BaseOptions(file_name=request["model"])

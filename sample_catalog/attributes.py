@@ -20,6 +20,17 @@ COLORS: dict[str, tuple[int, int, int]] = {
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "diamond", "ring")
 # Object radius as a fraction of the image side; far enough apart for a 64 px model to tell.
 SIZES: dict[str, float] = {"small": 0.09, "large": 0.155}
+# Drawn area of each shape in units of r^2 (r = the object radius, see render._draw_object):
+# what decides which object of a scene is the largest, i.e. its dominant object.
+SHAPE_AREA: dict[str, float] = {
+    "circle": 3.14,
+    "square": 2.89,
+    "triangle": 1.8,
+    "star": 1.6,
+    "cross": 2.15,
+    "diamond": 1.6,
+    "ring": 1.93,
+}
 # A 3x3 grid: objects in one scene take distinct cells, so they never overlap much.
 REGIONS: dict[str, tuple[float, float]] = {
     "top left": (1 / 6, 1 / 6),

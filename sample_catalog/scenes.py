@@ -26,11 +26,19 @@ class Scene:
     tint: str
     noise_seed: int
 
+    def dominant_object(self) -> SceneObject:
+        """The object with the largest drawn area (the first listed wins a tie): what a label names."""
+        return max(self.objects, key=lambda o: attributes.SIZES[o.size] ** 2 * attributes.SHAPE_AREA[o.shape])
+
     def attributes(self) -> dict:
+        dominant = self.dominant_object()
         return {
             "objects": [{"color": o.color, "shape": o.shape, "size": o.size, "region": o.region} for o in self.objects],
             "background": self.background,
             "background_tint": self.tint,
+            # Single-label columns for classifiers (beam_jobs.build_classifier --label_column).
+            "dominant_shape": dominant.shape,
+            "dominant_color": dominant.color,
         }
 
 

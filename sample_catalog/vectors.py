@@ -36,8 +36,37 @@ def clustered_unit_vectors(
     return vectors
 
 
-def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> None:
+def labelled_unit_vectors(
+    num_classes: int, items_per_class: int, dim: int = 128, noise: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """([num_classes * items_per_class, dim] unit vectors, [N] class index): items around one random center per class.
+
+    What a labelled catalog looks like to a classifier; class c owns rows c*items_per_class .. +items_per_class-1.
+    """
+    rng = np.random.default_rng([seed, num_classes, items_per_class])
+    centers = rng.standard_normal((num_classes, dim), dtype=np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    labels = np.repeat(np.arange(num_classes), items_per_class)
+    vectors = centers[labels] + noise * rng.standard_normal((len(labels), dim), dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, labels
+
+
+def write_embeddings(
+    directory: Path,
+    vectors: np.ndarray,
+    model_id: str,
+    labels: dict[str, list[str]] | None = None,
+    uri_prefix: str = "gs://catalog/images/",
+) -> None:
+    """Writes embedding shards; `labels` adds carried-through string columns ({column: one value per row}).
+
+    The uris name images that do not exist; pass a local `uri_prefix` to keep readers off the network.
+    """
+    labels = labels or {}
     schema = embeddings_schema(vectors.shape[1], model_id)
+    for column in labels:
+        schema = schema.append(pa.field(column, pa.string()))
     directory.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
         block = vectors[start : start + ROWS_PER_SHARD]
@@ -45,7 +74,7 @@ def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> Non
         table = pa.table(
             {
                 "id": [f"item-{i:09d}" for i in rows],
-                "uri": [f"gs://catalog/images/{i:09d}.jpg" for i in rows],
+                "uri": [f"{uri_prefix}{i:09d}.jpg" for i in rows],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
                     pa.list_(pa.float32())
                 ),
@@ -53,6 +82,7 @@ def write_embeddings(directory: Path, vectors: np.ndarray, model_id: str) -> Non
                 "model_id": [model_id] * len(block),
                 "width": pa.array([256] * len(block), pa.int32()),
                 "height": pa.array([256] * len(block), pa.int32()),
+                **{column: values[start : start + len(block)] for column, values in labels.items()},
             },
             schema=schema,
         )

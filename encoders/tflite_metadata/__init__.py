@@ -7,6 +7,7 @@ flatbuffer, the model surgery and the associated-files zip are implemented here.
 from __future__ import annotations
 
 from encoders.tflite_metadata.associated_files import read_associated_files
+from encoders.tflite_metadata.classifiers import LABELS_FILE_NAME, add_image_classifier_metadata
 from encoders.tflite_metadata.embedders import (
     INDEX_FILE_NAME,
     VOCAB_FILE_NAME,
@@ -22,8 +23,10 @@ from encoders.tflite_metadata.regex_tokenizer import DEFAULT_DELIM_REGEX, tokeni
 __all__ = [
     "DEFAULT_DELIM_REGEX",
     "INDEX_FILE_NAME",
+    "LABELS_FILE_NAME",
     "VOCAB_FILE_NAME",
     "add_bert_text_embedder_metadata",
+    "add_image_classifier_metadata",
     "add_image_embedder_metadata",
     "add_text_embedder_metadata",
     "attach_scann_index",

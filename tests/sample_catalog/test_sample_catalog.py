@@ -104,3 +104,20 @@ def test_bad_flags_stop_with_a_message(tmp_path: Path) -> None:
     result = run_job("--output_dir", str(blocker / "sub"), "--num_images", "5")
     assert result.returncode == 2 and "--output_dir" in result.stderr
     assert not list(tmp_path.glob("**/*.jpg"))
+
+
+def test_dominant_labels_name_the_largest_object_and_cover_every_value() -> None:
+    shapes, colors = Counter(), Counter()
+    for index in range(600):
+        row, _ = generate_item(CatalogSettings(seed=8, image_size=64), index)
+        areas = [attributes.SIZES[o["size"]] ** 2 * attributes.SHAPE_AREA[o["shape"]] for o in row["objects"]]
+        largest = row["objects"][int(np.argmax(areas))]  # argmax keeps the first of equal areas, as the label does
+        assert (row["dominant_shape"], row["dominant_color"]) == (largest["shape"], largest["color"])
+        shapes[row["dominant_shape"]] += 1
+        colors[row["dominant_color"]] += 1
+    assert set(shapes) == set(attributes.SHAPES) and set(colors) == set(attributes.COLORS)
+    # A large object outranks any small one: the label follows size first, then the drawn shape's area.
+    assert (
+        min(attributes.SHAPE_AREA.values()) * attributes.SIZES["large"] ** 2
+        > max(attributes.SHAPE_AREA.values()) * attributes.SIZES["small"] ** 2
+    )
