@@ -47,13 +47,23 @@ def write_shards(directory: Path, ids: list[str], vectors: np.ndarray, model_id:
     return str(directory / "*.parquet")
 
 
-def changed_catalog(ids: list[str], vectors: np.ndarray, fraction: float, seed: int) -> tuple[list[str], np.ndarray]:
-    """Half of the changes rewrite existing ids, a quarter are new ids, a quarter are deletions."""
+def changed_catalog(
+    ids: list[str], vectors: np.ndarray, fraction: float, seed: int, drift: bool
+) -> tuple[list[str], np.ndarray]:
+    """Half of the changes rewrite existing ids, a quarter are new ids, a quarter are deletions. New
+    vectors look like the catalog (an existing item plus noise), or with `drift` come from clusters the
+    catalog never had (the worst case for reused quantizers)."""
     rng = np.random.default_rng(seed)
     count = max(4, int(len(ids) * fraction))
     chosen = rng.choice(len(ids), count // 2 + count // 4, replace=False)
     rewritten, deleted = chosen[: count // 2], set(chosen[count // 2 :].tolist())
-    fresh = clustered_unit_vectors(count // 2 + count // 4, vectors.shape[1], seed=seed + 1)
+    if drift:
+        fresh = clustered_unit_vectors(count // 2 + count // 4, vectors.shape[1], seed=seed + 1)
+    else:
+        fresh = vectors[rng.choice(len(ids), count // 2 + count // 4)] + rng.normal(
+            0, 0.1 / np.sqrt(vectors.shape[1]), (count // 2 + count // 4, vectors.shape[1])
+        ).astype(np.float32)
+        fresh /= np.linalg.norm(fresh, axis=1, keepdims=True)
     vectors = vectors.copy()
     vectors[rewritten] = fresh[: len(rewritten)]
     keep = [i for i in range(len(ids)) if i not in deleted]
@@ -79,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num_rows", type=int, default=100_000)
     parser.add_argument("--changed_fraction", type=float, default=0.01)
+    parser.add_argument("--drift", action="store_true", help="new vectors from clusters the catalog never had")
     args = parser.parse_args(argv)
     model_id = model_config.validate_model_dir(None).model_id
     vectors = clustered_unit_vectors(args.num_rows, 128, seed=3)
@@ -87,13 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
         base = Path(tmp)
         first = write_shards(base / "night1", ids, vectors, model_id)
         night1 = timed_build(first, base / "index1")
-        second_ids, second_vectors = changed_catalog(ids, vectors, args.changed_fraction, seed=7)
+        second_ids, second_vectors = changed_catalog(ids, vectors, args.changed_fraction, seed=7, drift=args.drift)
         second = write_shards(base / "night2", second_ids, second_vectors, model_id)
         updated = timed_build(second, base / "index2", "--previous_index", str(base / "index1"))
         retrained = timed_build(second, base / "index2_full")
     report = {
         "num_rows": args.num_rows,
         "changed_fraction": args.changed_fraction,
+        "drift": args.drift,
         "night1_full": night1,
         "night2_updated": updated,
         "night2_retrained": retrained,
