@@ -38,18 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from index_builder.index_search import IndexSearcher
-    from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
+    from index_builder.index_outputs import IndexIntegrityError
+    from index_builder.index_search import IndexSearcher, QueryError, embed_query
 
     index = Path(args.index)
-    searcher = IndexSearcher(index)
-    started = time.perf_counter()
-    if args.text is not None:
-        vector = TextQueryEncoder(index / "text_searcher.tflite").embed(args.text)
-    else:
-        vector = ImageQueryEncoder(index / "image_searcher.tflite").embed_bytes(
-            Path(args.image).read_bytes(), args.image
-        )
+    try:  # readable errors, not tracebacks: a bad index or query is the user's to fix
+        searcher = IndexSearcher(index)
+        started = time.perf_counter()
+        vector = embed_query(index, args.text, args.image)
+    except (IndexIntegrityError, QueryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     hits = searcher.search(vector, args.k)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if args.json:

@@ -52,6 +52,11 @@ class TextQueryEncoder:
     def embed(self, text: str) -> np.ndarray:
         return _l2_normalize(_run(self._interpreter, np.asarray(self.token_ids(text), np.int32)))
 
+    def known_words(self, text: str) -> int:
+        """Words of text the vocabulary knows: a query with none has no meaning to search for."""
+        special = {self._vocab[t] for t in ("<PAD>", "<START>", "<UNKNOWN>") if t in self._vocab}
+        return sum(1 for token in self.token_ids(text) if token not in special)
+
 
 class ImageQueryEncoder:
     def __init__(self, model_path: Path) -> None:
