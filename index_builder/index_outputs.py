@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.outputs import commit, markers
 from transforms.outputs.markers import SUCCESS_FILE
