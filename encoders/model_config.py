@@ -65,7 +65,7 @@ class ModelConfig:
         config = cls(**values)
         if config.resize not in ("squash", "center_crop"):
             raise ModelDirError(f"{source}: resize must be 'squash' or 'center_crop', got {config.resize!r}")
-        if any(not MIN_STD <= s for s in config.std):
+        if any(s < MIN_STD for s in config.std):
             raise ModelDirError(
                 f"{source}: 'std' must be positive and at least {MIN_STD} (pixels are divided by it), got {config.std}"
             )
