@@ -39,7 +39,9 @@ print(staging.token)
 """
 
 
-def write_generation(out: str, count: int, options: list[str], crash_at: str | None = None) -> subprocess.CompletedProcess:
+def write_generation(
+    out: str, count: int, options: list[str], crash_at: str | None = None
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop(commit.CRASH_ENV, None)
     if crash_at:
