@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import RuntimeValueProvider
 
-from images.reject_reasons import NOT_FOUND, READ_ERROR, TOO_LARGE  # the one closed set of error types
+# The one closed set of error types.
+from images.reject_reasons import DUPLICATE_ID, NOT_FOUND, NOT_REGULAR_FILE, READ_ERROR, TOO_LARGE
 from transforms.catalog import uris
 from transforms.items import CatalogItem, rejection
 
@@ -34,8 +36,20 @@ _MAX_DELAY_SECONDS = 10.0
 Opener = Callable[[str], IO[bytes]]
 
 
+class NotRegularFile(Exception):
+    """A FIFO, socket or device: opening it could block forever, so it is never opened."""
+
+
+def check_regular_file(path: str) -> os.stat_result:
+    """stat() of a local path that must be a regular file (symlinks followed); NotRegularFile otherwise."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise NotRegularFile(f"{path} is not a regular file (mode {stat.filemode(status.st_mode)}); not opened")
+    return status
+
+
 class ReadFailed(Exception):
-    """Reading an object failed for good; error_type is one of NOT_FOUND, READ_ERROR, TOO_LARGE."""
+    """Reading an object failed for good; error_type is NOT_FOUND, READ_ERROR, TOO_LARGE or NOT_REGULAR_FILE."""
 
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(error_type, message)  # both args, so the exception pickles between processes
@@ -88,6 +102,7 @@ def open_raw(uri: str) -> IO[bytes]:
     """Open an object for reading as stored (never decompressed: `x.jpg.gz` stays bytes)."""
     if uris.scheme_of(uri) in uris.REMOTE_SCHEMES:
         return storage_io(uri).open(uri, "r")
+    check_regular_file(uris.strip_file_scheme(uri))
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
@@ -104,9 +119,10 @@ def stat_object(uri: str) -> FileMetadata:
         status = storage_io(uri)._status(uri)
         return FileMetadata(uri, int(status["size"]), status.get("updated", status.get("last_updated", 0.0)))
     path = uris.strip_file_scheme(uri)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(path)
-    return FileSystems.get_filesystem(path).metadata(path)
+    status = check_regular_file(path)
+    return FileMetadata(path, status.st_size, status.st_mtime)
 
 
 def _causes(error: BaseException) -> Iterable[BaseException]:
@@ -211,6 +227,8 @@ def read_bytes_with_retry(
         try:
             with opener(uri) as stream:
                 data = _read_limited(stream, max_bytes)
+        except NotRegularFile as error:
+            raise ReadFailed(NOT_REGULAR_FILE, str(error)) from error
         except Exception as error:  # classified below; anything unknown becomes READ_ERROR
             if is_not_found(error):
                 raise ReadFailed(NOT_FOUND, f"{uri} does not exist") from error
@@ -250,7 +268,7 @@ class ReadImageBytes(beam.DoFn):
         self.read_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
         self.failures = {
             kind: Metrics.counter(METRICS_NAMESPACE, f"read_failures_{kind}")
-            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE)
+            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE, NOT_REGULAR_FILE)
         }
 
     def process(self, item: CatalogItem) -> Iterable[Any]:
@@ -302,3 +320,40 @@ class DedupeByUri(beam.PTransform):
             | "GroupByUri" >> beam.GroupByKey()
             | "KeepOne" >> beam.Map(keep_one)
         )
+
+
+class RejectDuplicateIds(beam.PTransform):
+    """One item per id: the smallest uri keeps it, every other uri is rejected as duplicate_id naming it.
+
+    Why reject rather than keep both: ids are the index's keys (ids.parquet, searcher
+    metadata), so two images under one id cannot both be searchable; rejecting says so
+    in rejected/ and run_summary.json instead of the index silently dropping one.
+    Outputs (items, rejected)."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def expand(self, items: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        stage = self.stage
+        duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_ids_rejected")
+
+        def split(id_and_items: tuple[str, Iterable[Any]]) -> Iterable[Any]:
+            group = sorted(id_and_items[1], key=lambda item: item.uri)
+            yield group[0]
+            for other in group[1:]:
+                duplicates.inc()
+                message = f"id {other.id!r} is also given to {group[0].uri}, which keeps it; give this image its own id"
+                yield beam.pvalue.TaggedOutput(
+                    RejectDuplicateIds.REJECTED, rejection(other.uri, stage, DUPLICATE_ID, message)
+                )
+
+        result = (
+            items
+            | "KeyById" >> beam.Map(lambda item: (item.id, item))
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepOnePerId" >> beam.FlatMap(split).with_outputs(self.REJECTED, main="items")
+        )
+        return result.items, result[self.REJECTED]
