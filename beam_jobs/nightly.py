@@ -97,6 +97,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         run_path = layout.run_dir(workspace, run_id)
         options.view_as(CommonJobOptions).output_dir = run_path  # embed_images.validate checks and probes it
         latest = latest_file.read_latest(workspace)
+        latest_file.check_lock(workspace)  # a live publisher fails now, a crashed one's lock is removed
         if latest.run_id == run_id:
             raise launcher.UsageError(f"--run_id {run_id} is the published run; pick another")
     previous = night.previous_embeddings(latest)
