@@ -95,5 +95,5 @@ def test_an_index_that_differs_from_its_manifest_is_refused(tmp_path: Path, dama
     for name in ("embeddings", "rejected"):
         (tmp_path / "run" / name).mkdir()
         (tmp_path / "run" / name / "_SUCCESS").write_text("{}")
-    with pytest.raises((index_outputs.IndexIntegrityError, RuntimeError), match="sha256|bytes|missing|_SUCCESS"):
+    with pytest.raises((index_outputs.IndexIntegrityError, RuntimeError), match=r"sha256|bytes|missing|_SUCCESS"):
         layout.check_outputs_complete(str(tmp_path / "run"))
