@@ -40,7 +40,7 @@ def bounded_s3_client(options: Any) -> Any:
     config = Config(
         connect_timeout=CONNECT_TIMEOUT_SECONDS,
         read_timeout=READ_TIMEOUT_SECONDS,
-        retries={"max_attempts": 1, "mode": "standard"},
+        retries={"total_max_attempts": 1, "mode": "standard"},  # our loop retries, not botocore
     )
     return boto3.session.Session().client(
         service_name="s3",
