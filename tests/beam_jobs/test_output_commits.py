@@ -3,8 +3,6 @@ destroy or half-publish the last complete output (issue #10, failures 1, 2 and 5
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -16,49 +14,16 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import embed_images
-from encoders import model_config
 from index_builder import index_outputs
-from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 from tests import ROOT
+from tests.commit_helpers import build, run_job, synthetic_embeddings, verified_index
 from tests.embed_helpers import read_parquet_dir, write_catalog
 from transforms.outputs import commit, run_outputs
 
 
 @pytest.fixture(scope="module")
 def embeddings(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """300 synthetic rows labelled with the bundled model, so build_index accepts them (seconds, no encoder)."""
-    config = json.loads((model_config.DEFAULT_MODEL_DIR / model_config.CONFIG_FILE).read_text())
-    directory = tmp_path_factory.mktemp("embeddings") / "embeddings"
-    write_embeddings(directory, clustered_unit_vectors(300, config["embedding_dim"], seed=3), config["model_id"])
-    return str(directory / "*.parquet")
-
-
-def run_job(module: str, *args: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop(commit.CRASH_ENV, None)
-    if crash_at:
-        env[commit.CRASH_ENV] = crash_at
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-
-
-def build(embeddings: str, out: str, *extra: str, crash_at: str | None = None) -> subprocess.CompletedProcess:
-    return run_job(
-        "beam_jobs.build_index", "--embeddings", embeddings, "--output_dir", out, "--eval_queries", "50", *extra,
-        crash_at=crash_at,
-    )  # fmt: skip
-
-
-def verified_index(out: str) -> str:
-    """The committed token of a complete index whose every file matches MANIFEST.json's size and sha256."""
-    marker = commit.verify_output(out)
-    index_outputs.verify_manifest_sizes(out)
-    for relative, entry in index_outputs.read_manifest(out).items():
-        with FileSystems.open(FileSystems.join(out, relative)) as handle:
-            assert hashlib.sha256(handle.read()).hexdigest() == entry["sha256"], f"{relative} is of another run"
-    assert set(marker["files"]) == {*index_outputs.read_manifest(out), index_outputs.MANIFEST_FILE}
-    return marker["run_token"]
+    return synthetic_embeddings(tmp_path_factory.mktemp("embeddings") / "embeddings")
 
 
 def test_gcs_index_killed_while_uploading_keeps_the_old_index(embeddings: str, gcs_emulator) -> None:

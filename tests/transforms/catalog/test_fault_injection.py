@@ -95,6 +95,6 @@ def test_faulty_reads_lose_nothing_and_a_dead_object_costs_bounded_requests(thro
 
 @pytest.mark.slow
 def test_five_hundred_faults_across_gcs_and_s3(through_proxy) -> None:
-    injected = sum(check_store(through_proxy, store, count=400, rate=0.4, seed=7) for store in ("gcs", "s3"))
+    injected = sum(check_store(through_proxy, store, count=450, rate=0.4, seed=7) for store in ("gcs", "s3"))
     print(f"injected faults: {injected}")
     assert injected >= 500
