@@ -27,7 +27,7 @@ from beam_jobs.job_logging import configure_logging
 from encoders import model_config
 from images import decoding
 from transforms import embedding_pipeline
-from transforms.catalog import uris
+from transforms.catalog import listing, uris
 from transforms.catalog.manifest import ManifestError, validate_manifest_path
 from transforms.embedding.encoding import freeze_long_lived_objects, load_encoder
 from transforms.outputs import commit, run_outputs
@@ -75,6 +75,8 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
         if value < low:
             raise launcher.UsageError(f"{flag} must be at least {low}, got {value}")
     FileSystems.set_options(options)
+    if feedback := listing.pattern_matching_outputs(options.input_pattern or [], shared.output_dir):
+        raise launcher.UsageError(f"--input_pattern {feedback} matches this job's own outputs in {shared.output_dir}")
     columns: tuple[str, ...] = ()
     if options.manifest:
         try:

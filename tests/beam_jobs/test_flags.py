@@ -24,3 +24,12 @@ def test_misspelled_flags_are_refused_with_a_suggestion(tmp_path: Path) -> None:
         "beam_jobs.embed_images", "--input_pattern", "x", "--output_dir", str(out), "--num_leaves", "3"
     )  # fmt: skip
     assert result.returncode == 2 and "unknown flag --num_leaves" in result.stderr
+
+
+def test_an_output_dir_inside_the_input_glob_is_refused(tmp_path: Path) -> None:
+    """A workspace inside the input pattern would feed each run's outputs back as the next run's inputs."""
+    (tmp_path / "photos").mkdir()
+    result = run_job(
+        "beam_jobs.embed_images", "--input_pattern", str(tmp_path / "**"), "--output_dir", str(tmp_path / "ws" / "out")
+    )  # fmt: skip
+    assert result.returncode == 2 and "matches this job's own outputs" in result.stderr

@@ -94,6 +94,30 @@ def list_local(pattern: str) -> Iterator[FileMetadata | Unlistable]:
                 yield _local_entry(path)
 
 
+# Files a job writes under its output directory (the nightly's run folder sits in the workspace).
+_OUTPUT_PROBES = (
+    "embeddings/part-00000-of-00001.parquet",
+    "rejected/part-00000-of-00001.parquet",
+    "run_summary.json",
+    "_SUCCESS",
+    ".staging-0/embeddings/part-00000-of-00001.parquet",
+    "index/text_searcher.tflite",
+    "index/scann/serialized_partitioner.pb",
+    "index/ids.parquet",
+)
+
+
+def pattern_matching_outputs(patterns: Sequence[str], output_dir: str) -> str | None:
+    """The first pattern that would list the job's own outputs (a workspace inside the input glob would
+    feed each run's files back as inputs of the next), or None."""
+    base = uris.absolutize_local(output_dir).rstrip("/")
+    for pattern in patterns:
+        wanted = uris.glob_regex(uris.absolutize_local(pattern))
+        if any(wanted.match(f"{base}/{probe}") for probe in _OUTPUT_PROBES):
+            return pattern
+    return None
+
+
 def match_pattern(pattern: str) -> Iterator[FileMetadata | Unlistable]:
     """Files (never folders) matching one pattern, with globstar `**` semantics; on local disk also what
     cannot be read as a file (dangling symlinks, FIFOs, sockets, devices) as Unlistable."""
