@@ -104,3 +104,24 @@ def test_manifest_columns_that_would_share_a_name_are_refused_up_front(tmp_path:
     assert result.returncode == 2
     assert f"'{columns[0]}' and '{columns[1]}'" in result.stderr and "rename one" in result.stderr
     assert not out.exists() or not any(out.rglob("*.parquet"))
+
+
+@pytest.mark.slow
+def test_nightly_counts_match_the_index_when_an_id_names_two_uris(tmp_path: Path) -> None:
+    """Failure 3, end to end: the nightly published num_items 301 over a 300-row index."""
+    from beam_jobs import nightly
+
+    manifest = write_catalog(tmp_path / "catalog", 300, seed=8, image_size=64)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    copy = Path(rows[5]["uri"]).with_name("copy.jpg")
+    shutil.copy(rows[5]["uri"], copy)
+    rows.append({**rows[5], "uri": str(copy)})
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    workspace = tmp_path / "ws"
+    summary = nightly.run(
+        ["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", "n1", "--eval_queries", "50"]
+    )
+    assert summary["published"] and summary["rejected_by_error_type"] == {"duplicate_id": 1}
+    latest = json.loads((workspace / "LATEST").read_text())
+    config = json.loads((Path(latest["index"]) / "index_config.json").read_text())
+    assert latest["num_items"] == config["num_items"] == 300 and config["duplicates_dropped"] == 0
