@@ -118,7 +118,6 @@ def settings_from_options(options: PipelineOptions) -> BuildSettings:
 
 def validate(options: PipelineOptions) -> tuple[BuildSettings, BuildInputs]:
     """Everything that can be wrong with flags and inputs, found before any training."""
-    launcher.reject_unknown_flags(options)
     settings = settings_from_options(options)
     FileSystems.set_options(options)
     try:

@@ -60,7 +60,6 @@ class EmbedImagesOptions(PipelineOptions):
 
 def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tuple[str, ...]]:
     """Everything that can be wrong before work starts; returns the model config and manifest columns."""
-    launcher.reject_unknown_flags(options)
     shared = common(options)
     if bool(options.input_pattern) == bool(options.manifest):
         raise launcher.UsageError("pass exactly one of --input_pattern (one or more) or --manifest")
