@@ -133,3 +133,17 @@ def test_two_runs_into_one_output_dir_do_not_mix(tmp_path: Path) -> None:
     assert codes == [0, 1], results
     loser = next(stderr for code, stderr in results if code == 1)
     assert "another run" in loser and marker["run_token"] not in ("", None)
+
+
+def test_a_run_where_every_input_fails_exits_non_zero_and_keeps_the_previous_output(tmp_path: Path) -> None:
+    """Weak behaviour: a run whose every image failed exited 0 with _SUCCESS (over the good output)."""
+    out = str(tmp_path / "out")
+    before = write_committed_output(out)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for index in range(3):
+        (broken / f"{index}.jpg").write_bytes(b"not an image at all" * index)
+    result = run_job("beam_jobs.embed_images", "--input_pattern", str(broken / "*.jpg"), "--output_dir", out)
+    assert result.returncode == 1
+    assert "all 3 inputs were rejected" in result.stderr and "nothing committed" in result.stderr
+    assert {k: v for k, v in snapshot(out).items() if not k.startswith(commit.STAGING_PREFIX)} == before
