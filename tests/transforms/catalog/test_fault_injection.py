@@ -85,6 +85,7 @@ def check_store(through_proxy, store: str, count: int, rate: float, seed: int) -
     assert digests == expected, "every other object arrives whole, exactly once"
     assert proxy.requests_for(doomed.split("/")[-1]) <= ATTEMPTS, "no hidden client retries on the bad object"
     assert {"503", "reset", "truncate", "delay"} <= set(proxy.faults)
+    print(f"{store}: {count} objects, faults {dict(proxy.faults)}")
     return proxy.total_faults
 
 
