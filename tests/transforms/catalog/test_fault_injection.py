@@ -99,3 +99,12 @@ def test_five_hundred_faults_across_gcs_and_s3(through_proxy) -> None:
     injected = sum(check_store(through_proxy, store, count=450, rate=0.4, seed=7) for store in ("gcs", "s3"))
     print(f"injected faults: {injected}")
     assert injected >= 500
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_a_server_that_went_away_ends_every_read_as_read_error(through_proxy, store: str) -> None:
+    """Nothing hangs and nothing is lost silently: each object is accounted for as read_error."""
+    prefix, data, proxy = through_proxy(store, 5, 0.0, seed=3)
+    proxy.__exit__(None, None, None)  # the endpoint now refuses connections
+    digests, failures = read_all(prefix, data)
+    assert digests == {} and failures == dict.fromkeys(data, "read_error")
