@@ -88,7 +88,7 @@ def run_embedding(options: PipelineOptions, run_path: str, previous: str | None)
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = launcher.default_to_direct_runner(PipelineOptions(argv))
+    options = launcher.default_to_direct_runner(NightlyOptions(argv))  # --help lists its flags
     flags = options.view_as(NightlyOptions)
     started = time.perf_counter()
     with launcher.usage_errors_exit():
