@@ -65,8 +65,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
     ``fingerprint``) to return in ``EmbeddingSet.columns``.
     Raises EmbeddingsError naming the offending file for any contract violation.
     """
-    files = match_files(pattern)
-    check_committed(files)
+    files = check_committed(match_files(pattern))
     row_counts = [_footer_row_count(path) for path in files]
     total_rows = sum(row_counts)
     if total_rows == 0:
@@ -90,7 +89,6 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
         _check_same_model(shard, *first)
         assert vectors is not None
         vectors[offset : offset + expected_rows] = shard.vectors
-
         for row, row_id in enumerate(shard.ids):
             if row_id in seen:
                 keep[offset + row] = False
@@ -183,11 +181,11 @@ def match_files(pattern: str) -> list[str]:
     return files
 
 
-def check_committed(files: Sequence[str]) -> None:
+def check_committed(files: list[str]) -> list[str]:
     """Shards inside an embed_images output (OUT/embeddings/...) must be exactly those its _SUCCESS lists.
 
     Refuses a folder whose commit a crash interrupted (a partial shard set) and shards of another run;
-    loose shards elsewhere (no _SUCCESS, no commit journal next to them) are read as given."""
+    loose shards elsewhere (no _SUCCESS, no commit journal next to them) are read as given. Returns files."""
     from transforms.outputs import commit
 
     by_output: dict[str, list[str]] = {}
@@ -212,6 +210,7 @@ def check_committed(files: Sequence[str]) -> None:
                 f"{foreign[0]} is not part of the run committed in {output_dir} ({marker.get('run_token')}): "
                 "remove it or point --embeddings at the committed shards"
             )
+    return files
 
 
 def _has_journal(staging_dir: str) -> bool:
