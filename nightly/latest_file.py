@@ -23,7 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from nightly.layout import LATEST_FILE, LOCK_FILE, WorkspaceError, join
 from transforms.catalog.uris import is_gcs, is_local
-from transforms.outputs.commit import owner_is_dead
+from transforms.outputs.commit import lock_is_stale
 
 LOG = logging.getLogger("nightly.latest")
 
@@ -114,7 +114,7 @@ def check_lock(workspace: str) -> None:
     if not os.path.exists(path):
         return
     holder, age = _holder(path)
-    if owner_is_dead(holder):
+    if lock_is_stale(path, holder):
         LOG.warning("removing stale publish lock %s (holder %s, %.0f s old, process gone)", path, holder or "?", age)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
@@ -133,7 +133,7 @@ def acquire_lock(workspace: str) -> str:
             break
         except FileExistsError:
             holder, age = _holder(path)
-            if attempt == 0 and owner_is_dead(holder):
+            if attempt == 0 and lock_is_stale(path, holder):
                 LOG.warning("taking over stale publish lock %s (holder %s, process gone)", path, holder or "?")
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)

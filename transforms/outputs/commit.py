@@ -189,6 +189,17 @@ def owner_is_dead(owner: dict[str, Any] | None, stale_after_seconds: float = 86_
     return time.time() - float(owner.get("since", 0)) > stale_after_seconds
 
 
+def lock_is_stale(path: str, owner: dict[str, Any] | None) -> bool:
+    """A lock file whose owner died. An empty one is being written by its owner right now (O_EXCL
+    create, then write) unless it has stayed empty for a minute."""
+    if owner:
+        return owner_is_dead(owner)
+    try:
+        return time.time() - os.path.getmtime(path) > 60
+    except FileNotFoundError:
+        return False
+
+
 def acquire_local_lock(path: str, what: str) -> str:
     """O_EXCL lock file with pid/host/time; a lock whose owner died is taken over (logged).
 
@@ -197,8 +208,8 @@ def acquire_local_lock(path: str, what: str) -> str:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            owner = _read_json(path)
-            if not owner_is_dead(owner):
+            owner = _read_json(path) or {}
+            if not lock_is_stale(path, owner):
                 raise ConcurrentRunError(
                     f"{path} is held by pid {owner.get('pid')} on {owner.get('host')} "
                     f"({time.time() - float(owner.get('since', 0)):.0f} s): another run is committing {what}"
@@ -311,6 +322,15 @@ def remove_tree(directory: str) -> None:
         FileSystems.delete(files)
 
 
+def _abandoned(staging_path: str) -> bool:
+    """A staging folder whose run can no longer commit. One without an owner record is being
+    created right now (the record is its first file) unless it is a minute old on local disk."""
+    owner = _read_json(join(staging_path, OWNER_FILE))
+    if owner:
+        return owner_is_dead(owner)
+    return uris.is_local(staging_path) and lock_is_stale(uris.strip_file_scheme(staging_path), None)
+
+
 def staging_dirs(output_dir: str) -> list[str]:
     """Every OUT/.staging-* folder (object stores: the prefixes that hold files)."""
     if uris.is_local(output_dir):
@@ -337,7 +357,7 @@ def recover(output_dir: str) -> str | None:
             LOG.warning("finishing the commit of run %s that a crash interrupted", journal.get("run_token"))
             roll_forward(output_dir, staging_path, journal)
             rolled = journal.get("run_token")
-        elif owner_is_dead(_read_json(join(staging_path, OWNER_FILE))):
+        elif _abandoned(staging_path):
             LOG.info("removing %s, left by a run that did not commit", staging_path)
             remove_tree(staging_path)
     return rolled
