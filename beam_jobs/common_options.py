@@ -27,7 +27,9 @@ class CommonJobOptions(PipelineOptions):
 
 
 def common(options: PipelineOptions) -> CommonJobOptions:
-    """The shared flags; --output_dir is checked here because argparse cannot require it per job."""
+    """The shared flags; --output_dir is checked here because argparse cannot require it per job.
+    Every job validates through here, so unknown (misspelled) flags are refused here too."""
+    launcher.reject_unknown_flags(options)
     shared = options.view_as(CommonJobOptions)
     if not shared.output_dir:
         raise launcher.UsageError("--output_dir is required")

@@ -27,10 +27,10 @@ from beam_jobs.job_logging import configure_logging
 from encoders import model_config
 from images import decoding
 from transforms import embedding_pipeline
-from transforms.catalog import uris
+from transforms.catalog import listing, uris
 from transforms.catalog.manifest import ManifestError, validate_manifest_path
 from transforms.embedding.encoding import freeze_long_lived_objects, load_encoder
-from transforms.outputs import markers, run_outputs
+from transforms.outputs import commit, run_outputs
 
 LOG = logging.getLogger("embed_images")
 
@@ -74,6 +74,8 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
         if value < low:
             raise launcher.UsageError(f"{flag} must be at least {low}, got {value}")
     FileSystems.set_options(options)
+    if feedback := listing.pattern_matching_outputs(options.input_pattern or [], shared.output_dir):
+        raise launcher.UsageError(f"--input_pattern {feedback} matches this job's own outputs in {shared.output_dir}")
     columns: tuple[str, ...] = ()
     if options.manifest:
         try:
@@ -86,7 +88,8 @@ def validate(options: EmbedImagesOptions) -> tuple[model_config.ModelConfig, tup
         raise launcher.UsageError(f"--model_dir: {error}") from error
     except Exception as error:  # a file that Keras cannot load is an unusable model, whatever the cause
         raise launcher.UsageError(f"--model_dir: the image encoder cannot be loaded: {error}") from error
-    launcher.check_writable(shared.output_dir, "--output_dir")
+    if not options.view_as(TestOptions).dry_run:  # a dry run touches nothing
+        launcher.check_writable(shared.output_dir, "--output_dir")
     return encoder.config, columns
 
 
@@ -98,42 +101,53 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     # validate() loaded TensorFlow here too; the local runner's bookkeeping runs in this process.
     freeze_long_lived_objects()
     output_dir = uris.absolutize_local(options.view_as(CommonJobOptions).output_dir)
+    dry_run = options.view_as(TestOptions).dry_run
     inputs = options.manifest or options.input_pattern
     LOG.info("embed_images: %s -> %s, model %s (%d px)", inputs, output_dir, config.model_id, config.image_size)
-    removed = run_outputs.clear_outputs(output_dir)
-    if removed:
-        LOG.info("removed %d files of a previous run in %s", removed, output_dir)
+    # The new run is written beside the committed one and replaces it only once complete (commit.py).
+    staging = commit.new_staging(output_dir)
+    if not dry_run:
+        commit.recover(output_dir)
+        staging.claim()
     pipeline_started = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
     model_dir = options.view_as(CommonJobOptions).model_dir
-    embedding_pipeline.build_embedding_pipeline(pipeline, options, config, columns, output_dir, model_dir)
+    embedding_pipeline.build_embedding_pipeline(pipeline, options, config, columns, staging.path, model_dir)
     result = pipeline.run()
     result.wait_until_finish()
-    if options.view_as(TestOptions).dry_run:
+    if dry_run:
         steps = launcher.dataflow_step_names(result)
         LOG.info("dry run: translated to a Dataflow job of %d steps; nothing was submitted", len(steps))
         return {"dry_run": True, "dataflow_steps": steps}
     pipeline_seconds = time.perf_counter() - pipeline_started
     timings = {"pipeline_seconds": round(pipeline_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3)}
     inputs = {"manifest": options.manifest, "input_pattern": options.input_pattern}
-    summary = run_outputs.run_summary(output_dir, config, inputs, timings, launcher.pipeline_counters(result))
-    markers.write_json(FileSystems.join(output_dir, run_outputs.SUMMARY_FILE), summary)
-    markers.write_success(output_dir)
+    summary = run_outputs.run_summary(staging.path, config, inputs, timings, launcher.pipeline_counters(result))
+    summary["run_token"] = staging.token
+    run_outputs.commit_run(staging, summary)
     LOG.info(
-        "embedded %d, rejected %d %s in %.1f s; outputs in %s",
+        "embedded %d, rejected %d %s in %.1f s; committed run %s in %s",
         summary["embedded"],
         summary["rejected"],
         summary["rejected_by_error_type"],
         pipeline_seconds,
+        staging.token,
         output_dir,
     )
     return summary
 
 
-if __name__ == "__main__":
+def main() -> int:
     configure_logging()
-    summary = run()
-    if summary.get("dry_run"):
-        sys.exit(0)
-    print(json.dumps({k: summary[k] for k in ("matched", "embedded", "rejected", "rejected_by_error_type")}))
-    sys.exit(0)
+    try:
+        summary = run()
+    except (commit.CommitError, run_outputs.NothingEmbedded) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    if not summary.get("dry_run"):
+        print(json.dumps({k: summary[k] for k in ("matched", "embedded", "rejected", "rejected_by_error_type")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

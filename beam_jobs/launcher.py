@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import sys
 import uuid
@@ -26,6 +27,26 @@ def usage_errors_exit(code: int = 2) -> Iterator[None]:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(code)
+
+
+def reject_unknown_flags(options: PipelineOptions) -> None:
+    """A misspelled flag (--max_image_pixel) must stop the job, not be dropped with a log line while the
+    default silently applies. Known = every flag of every registered PipelineOptions class (Beam's own
+    and this project's), parsed the way Beam parses them."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for cls in classes.values():
+        cls._add_argparse_args(parser)
+    _known, unknown = parser.parse_known_args(options._flags)  # _flags: the argv the options were built from
+    if not unknown:
+        return
+    flag = next((arg for arg in unknown if arg.startswith("-")), unknown[0])
+    names = [name for action in parser._actions for name in action.option_strings]
+    close = difflib.get_close_matches(flag.split("=", 1)[0], names, n=1)
+    hint = f"; did you mean {close[0]}?" if close else ""
+    raise UsageError(f"unknown flag {flag}{hint} (see --help for this job's flags)")
 
 
 def check_writable(directory: str, flag: str) -> None:

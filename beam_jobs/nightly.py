@@ -88,7 +88,7 @@ def run_embedding(options: PipelineOptions, run_path: str, previous: str | None)
 
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = launcher.default_to_direct_runner(PipelineOptions(argv))
+    options = launcher.default_to_direct_runner(NightlyOptions(argv))  # --help lists its flags
     flags = options.view_as(NightlyOptions)
     started = time.perf_counter()
     with launcher.usage_errors_exit():
@@ -97,6 +97,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         run_path = layout.run_dir(workspace, run_id)
         options.view_as(CommonJobOptions).output_dir = run_path  # embed_images.validate checks and probes it
         latest = latest_file.read_latest(workspace)
+        latest_file.check_lock(workspace)  # a live publisher fails now, a crashed one's lock is removed
         if latest.run_id == run_id:
             raise launcher.UsageError(f"--run_id {run_id} is the published run; pick another")
     previous = night.previous_embeddings(latest)

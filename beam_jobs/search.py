@@ -60,21 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     from apache_beam.io.filesystems import FileSystems
 
     from beam_jobs import launcher
-    from index_builder.index_search import IndexSearcher, local_index
-    from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
+    from index_builder.index_outputs import IndexIntegrityError
+    from index_builder.index_search import IndexSearcher, QueryError, embed_query, local_index
 
     with launcher.usage_errors_exit():
         FileSystems.set_options(launcher.pipeline_options_from(beam_args))
     source = resolve_index(args)
     model = "text_searcher.tflite" if args.text is not None else "image_searcher.tflite"
-    with local_index(source, [model]) as index:
-        searcher = IndexSearcher(index)
-        started = time.perf_counter()
-        if args.text is not None:
-            vector = TextQueryEncoder(index / model).embed(args.text)
-        else:
-            vector = ImageQueryEncoder(index / model).embed_bytes(Path(args.image).read_bytes(), args.image)
-        hits = searcher.search(vector, args.k)
+    try:  # readable errors, not tracebacks: a bad index or query is the user's to fix
+        with local_index(source, [model]) as index:
+            searcher = IndexSearcher(index, partial_copy=index != Path(source))
+            started = time.perf_counter()
+            vector = embed_query(index, args.text, args.image)
+            hits = searcher.search(vector, args.k)
+    except (IndexIntegrityError, QueryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     elapsed_ms = (time.perf_counter() - started) * 1000
     query = args.text or args.image
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -66,19 +67,50 @@ class ModelConfig:
             raise ModelDirError(f"{source}: missing required key(s) {', '.join(missing)}")
         known = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in raw.items() if key in known}
+        check_field_types(values, source)
         for key in ("mean", "std"):
             if key in values:
-                if len(values[key]) != 3:
-                    raise ModelDirError(f"{source}: '{key}' must have 3 values (R, G, B), got {values[key]!r}")
                 values[key] = tuple(float(v) for v in values[key])
         config = cls(**values)
-        if config.embedding_dim <= 0 or config.image_size <= 0:
-            raise ModelDirError(f"{source}: embedding_dim and image_size must be positive")
         if config.resize not in ("squash", "center_crop"):
             raise ModelDirError(f"{source}: resize must be 'squash' or 'center_crop', got {config.resize!r}")
-        if any(s == 0 for s in config.std):
-            raise ModelDirError(f"{source}: std must be non-zero")
+        if any(s < MIN_STD for s in config.std):
+            raise ModelDirError(
+                f"{source}: 'std' must be positive and at least {MIN_STD} (pixels are divided by it), got {config.std}"
+            )
         return config
+
+
+# (low, high) for integer fields: image_size 100000 would allocate tens of GiB per batch.
+INT_RANGES = {"embedding_dim": (1, 65_536), "image_size": (8, 4096), "text_max_len": (1, 4096)}
+MIN_STD = 1e-6
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_field_types(values: dict[str, Any], source: str) -> None:
+    """Names the field that has the wrong type or range, before any model is built on it."""
+    for name in ("model_id", "resize", "delim_regex"):
+        if name in values and (not isinstance(values[name], str) or not values[name]):
+            raise ModelDirError(f"{source}: '{name}' must be a non-empty string, got {values[name]!r}")
+    for name, (low, high) in INT_RANGES.items():
+        if name not in values:
+            continue
+        value = values[name]
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ModelDirError(f"{source}: '{name}' must be an integer, got {value!r} ({type(value).__name__})")
+        if not low <= value <= high:
+            raise ModelDirError(f"{source}: '{name}' must be between {low} and {high}, got {value}")
+    for name in ("mean", "std"):
+        if name in values:
+            value = values[name]
+            if not isinstance(value, (list, tuple)) or len(value) != 3 or not all(_is_number(v) for v in value):
+                raise ModelDirError(f"{source}: '{name}' must be 3 finite numbers (R, G, B), got {value!r}")
+    for name in ("metrics", "training"):
+        if name in values and not isinstance(values[name], dict):
+            raise ModelDirError(f"{source}: '{name}' must be an object, got {values[name]!r}")
 
 
 def resolve_model_dir(model_dir: str | Path | None) -> Path:

@@ -15,13 +15,28 @@ UNDECODABLE = "undecodable"
 # Reading stage (transforms.catalog.reading): reserved here so the set stays closed in one place.
 NOT_FOUND = "not_found"
 READ_ERROR = "read_error"
+# Listing/reading: a FIFO, socket or device matched by a pattern; never opened (a FIFO would block forever).
+NOT_REGULAR_FILE = "not_regular_file"
 # Manifest stage (transforms.catalog.manifest): a row without a usable uri.
 INVALID_MANIFEST_ROW = "invalid_manifest_row"
+# Manifest stage: the row's id already names another uri (the smallest uri keeps the id).
+DUPLICATE_ID = "duplicate_id"
 # Encoding stage (transforms.embedding.encoding): the model produced a non-finite or zero vector.
 ENCODE_ERROR = "encode_error"
 
 ERROR_TYPES: frozenset[str] = frozenset(
-    {EMPTY, TOO_LARGE, UNSUPPORTED_FORMAT, UNDECODABLE, NOT_FOUND, READ_ERROR, INVALID_MANIFEST_ROW, ENCODE_ERROR}
+    {
+        EMPTY,
+        TOO_LARGE,
+        UNSUPPORTED_FORMAT,
+        UNDECODABLE,
+        NOT_FOUND,
+        READ_ERROR,
+        NOT_REGULAR_FILE,
+        INVALID_MANIFEST_ROW,
+        DUPLICATE_ID,
+        ENCODE_ERROR,
+    }
 )
 
 

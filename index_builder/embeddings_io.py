@@ -65,7 +65,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
     ``fingerprint``) to return in ``EmbeddingSet.columns``.
     Raises EmbeddingsError naming the offending file for any contract violation.
     """
-    files = match_files(pattern)
+    files = check_committed(match_files(pattern))
     row_counts = [_footer_row_count(path) for path in files]
     total_rows = sum(row_counts)
     if total_rows == 0:
@@ -89,7 +89,6 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
         _check_same_model(shard, *first)
         assert vectors is not None
         vectors[offset : offset + expected_rows] = shard.vectors
-
         for row, row_id in enumerate(shard.ids):
             if row_id in seen:
                 keep[offset + row] = False
@@ -188,6 +187,46 @@ def match_files(pattern: str) -> list[str]:
             f"{pattern!r} matches no files: point --embeddings at OUT/embeddings/*.parquet of an embed_images run"
         )
     return files
+
+
+def check_committed(files: list[str]) -> list[str]:
+    """Shards inside an embed_images output (OUT/embeddings/...) must be exactly those its _SUCCESS lists.
+
+    Refuses a folder whose commit a crash interrupted (a partial shard set) and shards of another run;
+    loose shards elsewhere (no _SUCCESS, no commit journal next to them) are read as given. Returns files."""
+    from transforms.outputs import commit
+
+    by_output: dict[str, list[str]] = {}
+    for path in files:
+        folder, _name = path.rsplit("/", 1)
+        by_output.setdefault(folder.rsplit("/", 1)[0] if "/" in folder else folder, []).append(path)
+    for output_dir, paths in by_output.items():
+        marker = commit.read_marker(output_dir)
+        if marker is None:
+            if any(commit.read_marker(s) is None and _has_journal(s) for s in commit.staging_dirs(output_dir)):
+                raise EmbeddingsError(
+                    f"{output_dir}: a commit was interrupted (no _SUCCESS, a staged run waiting): the shards there "
+                    "are incomplete; re-run embed_images into it (it finishes the commit first)"
+                )
+            continue
+        listed = marker.get("files")
+        if not isinstance(listed, dict):
+            continue  # written before the commit protocol
+        foreign = [p for p in paths if p[len(output_dir) + 1 :] not in listed]
+        if foreign:
+            raise EmbeddingsError(
+                f"{foreign[0]} is not part of the run committed in {output_dir} ({marker.get('run_token')}): "
+                "remove it or point --embeddings at the committed shards"
+            )
+    return files
+
+
+def _has_journal(staging_dir: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    from transforms.outputs import commit
+
+    return FileSystems.exists(FileSystems.join(staging_dir, commit.STAGED_FILE))
 
 
 def _footer_row_count(path: str) -> int:

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from index_builder.index_outputs import MANIFEST_FILE, IndexIntegrityError, read_manifest, sha256_of, verify_index
 from index_builder.scann_index import load_server_index
 from transforms.catalog import uris
 from transforms.outputs.markers import SUCCESS_FILE
 
-QUERY_FILES = ("ids.parquet", "scann/*")
+QUERY_FILES = ("ids.parquet", "scann/*", MANIFEST_FILE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,8 @@ def local_index(index_dir: str, extra_files: Sequence[str] = ()) -> Iterator[Pat
         yield Path(uris.strip_file_scheme(index_dir))
         return
     if not is_complete_index(index_dir):
-        raise FileNotFoundError(f"{index_dir} is not a complete index directory (no {SUCCESS_FILE})")
+        raise IndexIntegrityError(f"{index_dir} is not a complete index directory (no {SUCCESS_FILE})")
+    verify_index(index_dir, check_hashes=False)  # _SUCCESS's file list and MANIFEST sizes, remotely
     with tempfile.TemporaryDirectory(prefix="index_copy_") as temp:
         root = index_dir.rstrip("/") + "/"
         for pattern in (*QUERY_FILES, *extra_files, SUCCESS_FILE):
@@ -64,11 +67,25 @@ def local_index(index_dir: str, extra_files: Sequence[str] = ()) -> Iterator[Pat
         yield Path(temp)
 
 
+def verify_copied_files(copy_dir: Path) -> dict[str, float]:
+    """A partial local copy of a remote index (see local_index): every copied file must match its sha256
+    in the copied MANIFEST.json (the remote index's _SUCCESS and sizes were checked before copying)."""
+    started = time.perf_counter()
+    manifest = read_manifest(str(copy_dir))
+    for path in sorted(p for p in copy_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(copy_dir).as_posix()
+        if relative in manifest and sha256_of(path) != manifest[relative]["sha256"]:
+            raise IndexIntegrityError(f"{relative} does not match its sha256 in {MANIFEST_FILE}: refusing to serve it")
+    return {"hashes_seconds": time.perf_counter() - started}
+
+
 class IndexSearcher:
-    def __init__(self, index_dir: str | Path) -> None:
+    """Serves only a verified index: _SUCCESS, its file list and MANIFEST sizes always, sha256 unless
+    check_hashes=False (measured in docs/RELIABILITY.md); IndexIntegrityError names what is wrong."""
+
+    def __init__(self, index_dir: str | Path, check_hashes: bool = True, partial_copy: bool = False) -> None:
         index_dir = Path(index_dir)
-        if not (index_dir / SUCCESS_FILE).exists():
-            raise FileNotFoundError(f"{index_dir} is not a complete index directory (no _SUCCESS)")
+        self.verification = verify_copied_files(index_dir) if partial_copy else verify_index(index_dir, check_hashes)
         self._searcher = load_server_index(str(index_dir / "scann"))
         ids = pq.read_table(index_dir / "ids.parquet").to_pydict()
         self._ids, self._uris = ids["id"], ids["uri"]
@@ -79,3 +96,32 @@ class IndexSearcher:
             Hit(rank + 1, float(score), self._ids[row], self._uris[row])
             for rank, (row, score) in enumerate(zip(rows, scores))
         ]
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered meaningfully; the message says what to change."""
+
+
+def embed_query(index_dir: str | Path, text: str | None = None, image: str | None = None) -> np.ndarray:
+    """The query vector from the index's own TFLite encoders; QueryError for empty, all-unknown-word
+    or unreadable queries instead of arbitrary results or a traceback."""
+    from images.reject_reasons import ImageRejected
+    from index_builder.query_encoders import ImageQueryEncoder, TextQueryEncoder
+
+    index_dir = Path(index_dir)
+    if text is not None:
+        if not text.strip():
+            raise QueryError("--text is empty: type some words to search for")
+        encoder = TextQueryEncoder(index_dir / "text_searcher.tflite")
+        if encoder.known_words(text) == 0:
+            raise QueryError(f"no word of {text!r} is in the model's vocabulary: results would be arbitrary")
+        return encoder.embed(text)
+    assert image is not None
+    try:
+        data = Path(image).read_bytes()
+    except OSError as error:
+        raise QueryError(f"--image {image} cannot be read: {error.strerror}") from error
+    try:
+        return ImageQueryEncoder(index_dir / "image_searcher.tflite").embed_bytes(data, image)
+    except ImageRejected as error:
+        raise QueryError(f"--image {image} is not a usable image ({error})") from error

@@ -95,6 +95,11 @@ class TextQueryEncoder:
         output = self._interpreter.get_output_details()[0]
         return _l2_normalize(self._interpreter.get_tensor(output["index"])[0].astype(np.float32))
 
+    def known_words(self, text: str) -> int:
+        """Words of text the vocabulary knows: a query with none has no meaning to search for."""
+        special = {self._vocab[t] for t in ("<PAD>", "<START>", "<UNKNOWN>") if t in self._vocab}
+        return sum(1 for token in self.token_ids(text) if token not in special)
+
 
 class ImageQueryEncoder:
     def __init__(self, model_path: Path) -> None:

@@ -9,6 +9,7 @@ and LATEST is replaced atomically (temp file + os.replace). Other filesystems
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from nightly.layout import LATEST_FILE, LOCK_FILE, WorkspaceError, join
 from transforms.catalog.uris import is_gcs, is_local
+from transforms.outputs.commit import lock_is_stale
 
 LOG = logging.getLogger("nightly.latest")
 
@@ -94,21 +96,52 @@ def read_latest(workspace: str) -> LatestState:
     return LatestState(_parse(raw, path), raw)
 
 
+def _holder(path: str) -> tuple[dict[str, Any], float]:
+    try:
+        with open(path) as handle:
+            holder = json.loads(handle.read() or "{}")
+        return (holder if isinstance(holder, dict) else {}), time.time() - os.path.getmtime(path)
+    except (OSError, ValueError):
+        return {}, 0.0
+
+
+def check_lock(workspace: str) -> None:
+    """At start, before any work: a lock held by a live nightly fails now (not after a whole rebuild);
+    one left by a crashed nightly (its process gone, or a day old on another host) is removed."""
+    if not is_local(workspace):
+        return
+    path = os.path.join(workspace, LOCK_FILE)
+    if not os.path.exists(path):
+        return
+    holder, age = _holder(path)
+    if lock_is_stale(path, holder):
+        LOG.warning("removing stale publish lock %s (holder %s, %.0f s old, process gone)", path, holder or "?", age)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    raise PublishConflict(
+        f"{path} is held by pid {holder.get('pid')} on {holder.get('host')} ({age:.0f} s): another nightly is "
+        "publishing into this workspace now; retry when it has finished"
+    )
+
+
 def acquire_lock(workspace: str) -> str:
     path = os.path.join(workspace, LOCK_FILE)
-    try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
+    for attempt in range(2):
         try:
-            with open(path) as handle:
-                holder = handle.read().strip()
-            age = time.time() - os.path.getmtime(path)
-        except OSError:
-            holder, age = "?", 0.0
-        raise PublishConflict(
-            f"{path} exists (held by {holder or '?'}, {age:.0f} s old): another nightly is publishing. "
-            f"If no nightly is running it is a stale lock left by a crash: delete {path} and rerun."
-        ) from None
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            holder, age = _holder(path)
+            if attempt == 0 and lock_is_stale(path, holder):
+                LOG.warning("taking over stale publish lock %s (holder %s, process gone)", path, holder or "?")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            raise PublishConflict(
+                f"{path} exists (held by {holder or '?'}, {age:.0f} s old): another nightly is publishing. "
+                f"If no nightly is running it is a stale lock left by a crash: delete {path} and rerun."
+            ) from None
     with os.fdopen(fd, "w") as handle:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
     return path

@@ -14,6 +14,7 @@ without a precondition; a warning says so.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from index_builder import index_outputs
 from transforms.catalog.uris import is_local
 from transforms.outputs import markers, run_outputs
 
@@ -29,6 +31,7 @@ LOG = logging.getLogger("nightly.publish")
 LATEST_FILE = "LATEST"
 LOCK_FILE = ".publish.lock"
 RUNS_DIR = "runs"
+RUN_RECORD = ".nightly_run.json"
 INDEX_DIR = "index"
 
 
@@ -56,6 +59,8 @@ def utc_run_id(now: float | None = None) -> str:
 
 
 def check_outputs_complete(run_path: str) -> None:
+    """Before LATEST names the run: every part complete, and the index exactly as built (sizes and, on
+    local disk, sha256 against MANIFEST.json): a corrupted searcher is never published."""
     missing = [
         d
         for d in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, INDEX_DIR)
@@ -63,6 +68,26 @@ def check_outputs_complete(run_path: str) -> None:
     ]
     if missing:
         raise RuntimeError(f"{run_path}: {', '.join(missing)} lack _SUCCESS; refusing to publish")
+    index_outputs.verify_index(join(run_path, INDEX_DIR), check_hashes=is_local(run_path))
+
+
+def write_run_record(run_path: str, run_id: str) -> None:
+    """Marks a folder as a nightly run, so retention never deletes a folder it did not create."""
+    markers.write_json(join(run_path, RUN_RECORD), {"run_id": run_id, "created": time.time()})
+
+
+def is_nightly_run(workspace: str, run_id: str) -> bool:
+    """A folder this job created: its run record (or, for runs of older versions, run_summary.json) names it."""
+    for name in (RUN_RECORD, run_outputs.SUMMARY_FILE):
+        path = join(run_dir(workspace, run_id), name)
+        try:
+            if FileSystems.exists(path):
+                with FileSystems.open(path) as handle:
+                    if json.loads(handle.read()).get("run_id") == run_id:
+                        return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def list_runs(workspace: str) -> list[str]:
@@ -87,8 +112,14 @@ def delete_run(workspace: str, run_id: str) -> None:
 
 
 def apply_retention(workspace: str, keep_runs: int, protect: set[str]) -> list[str]:
-    """Keeps the newest keep_runs runs (by run_id order) and every protected one; returns deleted ids."""
-    runs = list_runs(workspace)
+    """Keeps the newest keep_runs runs (by run_id order) and every protected one; returns deleted ids.
+    Only folders recognized by their run record count as runs: anything else under runs/ is the user's."""
+    runs = []
+    for run_id in list_runs(workspace):
+        if is_nightly_run(workspace, run_id):
+            runs.append(run_id)
+        else:
+            LOG.info("retention: %s has no nightly run record; not a run of this job, left alone", run_id)
     keep = set(runs[-keep_runs:]) if keep_runs > 0 else set()
     doomed = [r for r in runs if r not in keep and r not in protect]
     for run_id in doomed:

@@ -37,8 +37,10 @@ def maybe_crash(point: str) -> None:
 
 
 def clear_run(run_path: str) -> None:
-    """A rerun of the same run_id must never mix with the crashed attempt's files."""
+    """A rerun of the same run_id must never mix with the crashed attempt's files; the run record
+    written first marks the folder as this job's (retention deletes nothing else)."""
     run_outputs.clear_outputs(run_path)
+    layout.write_run_record(run_path, run_path.rstrip("/").rsplit("/", 1)[-1])
     stale = [
         FileSystems.join(run_path, name, markers.SUCCESS_FILE)
         for name in (run_outputs.EMBEDDINGS_DIR, run_outputs.REJECTED_DIR, layout.INDEX_DIR)

@@ -47,8 +47,8 @@ def list_items(pipeline: beam.Pipeline, options: Any) -> tuple[beam.PCollection,
         manifest = pipeline | "ReadManifest" >> ReadManifest(uris.absolutize_local(options.manifest))
         return manifest.items, manifest.rejected
     patterns = [uris.absolutize_local(p) for p in options.input_pattern]
-    items = pipeline | "MatchInputs" >> MatchInputs(patterns, deduplicate=True)
-    return items, pipeline | "NoListingRejections" >> beam.Create([])
+    listed = pipeline | "MatchInputs" >> MatchInputs(patterns, deduplicate=True, with_rejections=True)
+    return listed.items, listed.rejected
 
 
 def embed_items(

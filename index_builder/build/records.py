@@ -1,5 +1,5 @@
-"""Step 4: the index directory's records (ids.parquet, index_config.json, eval.json, MANIFEST.json,
-_SUCCESS) and the upload of a locally staged index to object storage."""
+"""Step 4: the index directory's records (ids.parquet, index_config.json, eval.json, MANIFEST.json),
+the upload of a locally built index to its staging folder, and the commit that writes _SUCCESS."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from index_builder.build.incremental_state import embedding_hashes
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import OnDeviceBuild
 from index_builder.build.settings import BuildSettings
-from transforms.outputs import markers
+from transforms.outputs import commit, markers
 
 
 def index_config(
@@ -62,11 +62,17 @@ def write_records(work: Path, inputs: BuildInputs, config: dict[str, Any], evalu
     )
 
 
-def upload_tree(work: Path, output_dir: str) -> None:
-    """Copies a locally built index to any filesystem; _SUCCESS goes last."""
+def upload_tree(work: Path, target_dir: str) -> None:
+    """Copies a locally built index into its staging folder on any filesystem (no _SUCCESS: commit writes it)."""
     for path in sorted(p for p in work.rglob("*") if p.is_file()):
-        target_path = FileSystems.join(output_dir, path.relative_to(work).as_posix())
+        target_path = FileSystems.join(target_dir, path.relative_to(work).as_posix())
         with path.open("rb") as source, FileSystems.create(target_path) as target:
             while chunk := source.read(16 << 20):
                 target.write(chunk)
-    markers.write_success(output_dir)
+        commit.maybe_crash("uploading")
+
+
+def commit_index(staging: commit.Staging) -> dict:
+    """Checks the staged files against MANIFEST.json, then commits them over the previous index."""
+    index_outputs.verify_manifest_sizes(staging.path)
+    return commit.commit(staging, index_outputs.legacy_index_files(staging.output_dir))

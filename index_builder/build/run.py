@@ -26,7 +26,7 @@ from index_builder.build.settings import BuildSettings
 from index_builder.report.page import REPORT_FILE, ReportSettings, write_report_safely
 from index_builder.tuning_queries import embed_query_texts
 from transforms.catalog import uris
-from transforms.outputs import markers
+from transforms.outputs import commit
 
 LOG = logging.getLogger("build_index")
 
@@ -42,25 +42,24 @@ class BuildResult:
 def build_index(
     settings: BuildSettings, inputs: BuildInputs, pipeline_options: PipelineOptions | None = None
 ) -> BuildResult:
-    """Builds into the output directory (local) or a local staging folder uploaded at the end (remote)."""
+    """Builds into a staging folder beside the committed index, then commits it (transforms.outputs.commit):
+    the previous index stays valid until the new one is complete, on local disk and object storage."""
     started = time.perf_counter()
     output_dir = settings.output_dir
     remote = not uris.is_local(output_dir)
-    with tempfile.TemporaryDirectory(prefix="build_index_") as staging:
-        work = Path(staging) if remote else Path(output_dir)
-        # A previous build's report would otherwise be listed in the new MANIFEST.json, then replaced.
-        for stale in (work / markers.SUCCESS_FILE, work / REPORT_FILE):
-            if stale.exists():
-                stale.unlink()
+    commit.recover(output_dir)
+    staging = commit.new_staging(output_dir)
+    staging.claim()
+    with tempfile.TemporaryDirectory(prefix="build_index_") as local_staging:
+        work = Path(local_staging) if remote else Path(uris.strip_file_scheme(staging.path))
         result = build_into(settings, inputs, work, pipeline_options)
         index_outputs.write_manifest(work)
         # A view of the records just written; it never fails the build (a warning at most).
         report = ReportSettings(embeddings=settings.embeddings, index_label=output_dir)
         write_report_safely(str(work), str(work / REPORT_FILE), report)
         if remote:
-            records.upload_tree(work, output_dir)
-        else:
-            markers.write_success(str(work))
+            records.upload_tree(work, staging.path)
+    records.commit_index(staging)
     result.timings["total_seconds"] = time.perf_counter() - started
     return result
 

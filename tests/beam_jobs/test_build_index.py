@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -147,6 +148,31 @@ def test_search_cli_finds_the_captioned_image(built: dict) -> None:
     assert len(hits) == 10 and built["uris"][3] in [h["uri"] for h in hits]
     scores = [h["score"] for h in hits]
     assert scores == sorted(scores, reverse=True)
+
+
+def search_cli(index: Path, *query: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "beam_jobs.search", "--index", str(index), *query]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_search_refuses_a_corrupted_searcher_and_bad_queries_without_tracebacks(built: dict, tmp_path: Path) -> None:
+    """Issue #10 failure 10: 20 changed bytes in text_searcher.tflite were served (3 results at score -0.0)."""
+    index = tmp_path / "index"
+    shutil.copytree(built["index"], index)
+    for query, message in (
+        (("--text", "   "), "--text is empty"),
+        (("--text", "zzqx vvkpl"), "vocabulary"),
+        (("--image", str(built["manifest"])), "not a usable image"),
+    ):
+        result = search_cli(index, *query)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    searcher = index / "text_searcher.tflite"
+    data = bytearray(searcher.read_bytes())
+    data[5000:5020] = bytes(b ^ 0x5A for b in data[5000:5020])
+    searcher.write_bytes(bytes(data))
+    result = search_cli(index, "--text", built["captions"][3])
+    assert result.returncode == 2 and "text_searcher.tflite does not match its sha256" in result.stderr
+    assert "Traceback" not in result.stderr and not result.stdout
 
 
 def test_mismatched_model_or_bad_embeddings_stop_before_training(built: dict, tmp_path: Path) -> None:

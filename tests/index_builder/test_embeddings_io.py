@@ -211,3 +211,27 @@ def test_rows_come_back_in_id_order_whatever_the_file_layout(tmp_path: Path) -> 
     np.testing.assert_array_equal(loaded["a"].vectors, vectors)
     np.testing.assert_array_equal(loaded["b"].vectors, vectors)
     assert loaded["a"].uris == loaded["b"].uris
+
+
+def test_shards_of_a_committed_output_are_checked_against_its_success_record(tmp_path: Path) -> None:
+    """A reader never indexes a partial shard set (interrupted commit) or another run's shard."""
+    from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
+    from transforms.outputs import commit
+
+    out = tmp_path / "out"
+    staging = commit.new_staging(str(out))
+    write_embeddings(Path(staging.path) / "embeddings", clustered_unit_vectors(40, 8, seed=1), "m")
+    commit.commit(staging)
+    pattern = str(out / "embeddings" / "*.parquet")
+    assert load_embeddings(pattern).num_rows == 40
+    foreign = out / "embeddings" / "part-00009.parquet"
+    foreign.write_bytes((out / "embeddings" / "part-00000.parquet").read_bytes())
+    with pytest.raises(EmbeddingsError, match="not part of the run committed"):
+        load_embeddings(pattern)
+    foreign.unlink()
+    (out / "_SUCCESS").unlink()
+    interrupted = out / ".staging-feed" / commit.STAGED_FILE
+    interrupted.parent.mkdir()
+    interrupted.write_text('{"files": {"embeddings/part-00000.parquet": 1}}')
+    with pytest.raises(EmbeddingsError, match="commit was interrupted"):
+        load_embeddings(pattern)

@@ -10,7 +10,11 @@ every file of a pattern would be read by the worker that listed it).
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystem import FileMetadata
@@ -18,11 +22,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.catalog import uris
-from transforms.catalog.reading import DedupeByUri
-from transforms.items import CatalogItem, item_from_metadata
+from transforms.catalog.reading import NOT_FOUND, NOT_REGULAR_FILE, READ_ERROR, DedupeByUri
+from transforms.items import item_from_metadata, rejection
 
 LOG = logging.getLogger(__name__)
 METRICS_NAMESPACE = "listing"
+LIST_STAGE = "list"
+REJECTED = "rejected"
 
 
 class ListingFailed(RuntimeError):
@@ -45,10 +51,81 @@ def normalize_patterns(patterns: Sequence[str] | str) -> list[str]:
     return [uris.absolutize_local(pattern) for pattern in cleaned]
 
 
-def match_pattern(pattern: str) -> Iterator[FileMetadata]:
-    """Files (never folders) matching one pattern, with globstar `**` semantics."""
+@dataclass(frozen=True)
+class Unlistable:
+    """A local name the pattern matches that is not a readable regular file: becomes a rejection."""
+
+    path: str
+    error_type: str
+    message: str
+
+
+def _local_entry(path: str) -> FileMetadata | Unlistable:
+    """Why not Beam's local listing: it silently skips what it cannot stat (a dangling symlink)
+    and lists FIFOs, whose read then blocks forever. Both are accounted for here, never opened."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        target = os.readlink(path) if os.path.islink(path) else "?"
+        return Unlistable(path, NOT_FOUND, f"{path} is a dangling symlink (to {target})")
+    except OSError as error:
+        return Unlistable(path, READ_ERROR, f"{path} cannot be inspected: {error.strerror}")
+    if stat.S_ISDIR(status.st_mode):
+        return FileMetadata(path + "/", 0, status.st_mtime)  # skipped as a folder by the caller
+    if not stat.S_ISREG(status.st_mode):
+        kind = stat.filemode(status.st_mode)
+        return Unlistable(path, NOT_REGULAR_FILE, f"{path} is not a regular file (mode {kind}); not opened")
+    return FileMetadata(path, status.st_size, status.st_mtime)
+
+
+def list_local(pattern: str) -> Iterator[FileMetadata | Unlistable]:
+    """Every name below the pattern's literal folder that the pattern matches, as Beam lists local disk."""
+    wanted = uris.glob_regex(pattern)
+    root = uris.literal_prefix(pattern)
+    if not uris.has_glob(pattern):
+        if os.path.lexists(pattern):
+            yield _local_entry(pattern)
+        return
+    root = root if root.endswith("/") else os.path.dirname(root)
+    for folder, _dirs, names in os.walk(root or "/"):
+        for name in names:
+            path = os.path.join(folder, name)
+            if wanted.match(path):
+                yield _local_entry(path)
+
+
+# Files a job writes under its output directory (the nightly's run folder sits in the workspace).
+_OUTPUT_PROBES = (
+    "embeddings/part-00000-of-00001.parquet",
+    "rejected/part-00000-of-00001.parquet",
+    "run_summary.json",
+    "_SUCCESS",
+    ".staging-0/embeddings/part-00000-of-00001.parquet",
+    "index/text_searcher.tflite",
+    "index/scann/serialized_partitioner.pb",
+    "index/ids.parquet",
+)
+
+
+def pattern_matching_outputs(patterns: Sequence[str], output_dir: str) -> str | None:
+    """The first pattern that would list the job's own outputs (a workspace inside the input glob would
+    feed each run's files back as inputs of the next), or None."""
+    base = uris.absolutize_local(output_dir).rstrip("/")
+    for pattern in patterns:
+        wanted = uris.glob_regex(uris.absolutize_local(pattern))
+        if any(wanted.match(f"{base}/{probe}") for probe in _OUTPUT_PROBES):
+            return pattern
+    return None
+
+
+def match_pattern(pattern: str) -> Iterator[FileMetadata | Unlistable]:
+    """Files (never folders) matching one pattern, with globstar `**` semantics; on local disk also what
+    cannot be read as a file (dangling symlinks, FIFOs, sockets, devices) as Unlistable."""
     if pattern.endswith("/"):
         pattern += "*"  # Beam's convention: a folder means the files directly in it
+    if uris.is_local(pattern):
+        yield from list_local(uris.strip_file_scheme(pattern))
+        return
     try:
         if not uris.has_glob(pattern):
             results = FileSystems.match([pattern])
@@ -74,9 +151,15 @@ class MatchPatternFn(beam.DoFn):
         self.folders_skipped = Metrics.counter(METRICS_NAMESPACE, "folders_skipped")
         self.patterns_matching_nothing = Metrics.counter(METRICS_NAMESPACE, "patterns_matching_nothing")
 
-    def process(self, pattern: str) -> Iterable[CatalogItem]:
+    def process(self, pattern: str) -> Iterable[Any]:
         matched = 0
         for metadata in match_pattern(pattern):
+            if isinstance(metadata, Unlistable):
+                matched += 1
+                yield beam.pvalue.TaggedOutput(
+                    REJECTED, rejection(metadata.path, LIST_STAGE, metadata.error_type, metadata.message)
+                )
+                continue
             if uris.is_directory_entry(metadata.path):
                 self.folders_skipped.inc()
                 continue
@@ -98,19 +181,30 @@ class MatchInputs(beam.PTransform):
     because one listing names each object once.
     """
 
-    def __init__(self, patterns: Sequence[str] | str, deduplicate: bool = False) -> None:
+    def __init__(self, patterns: Sequence[str] | str, deduplicate: bool = False, with_rejections: bool = False) -> None:
         super().__init__()
         self.patterns = normalize_patterns(patterns)
         self.deduplicate = deduplicate
+        self.with_rejections = with_rejections
 
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+    def expand(self, pbegin: beam.pvalue.PBegin) -> Any:
+        """Items, or with_rejections: MatchOutputs(items, rejected) (dangling links, FIFOs, ...)."""
         matched = (
             pbegin
             | "Patterns" >> beam.Create(self.patterns)
             # Spread patterns over workers so several large prefixes list in parallel.
             | "SpreadPatterns" >> beam.Reshuffle()
-            | "Match" >> beam.ParDo(MatchPatternFn())
+            | "Match" >> beam.ParDo(MatchPatternFn()).with_outputs(REJECTED, main="items")
         )
         if self.deduplicate and len(self.patterns) > 1:
-            return matched | "DedupeByUri" >> DedupeByUri()
-        return matched | "SpreadFiles" >> beam.Reshuffle()
+            items = matched.items | "DedupeByUri" >> DedupeByUri()
+            rejected = matched[REJECTED] | "DedupeRejectedByUri" >> beam.Distinct()
+        else:
+            items = matched.items | "SpreadFiles" >> beam.Reshuffle()
+            rejected = matched[REJECTED]
+        return MatchOutputs(items, rejected) if self.with_rejections else items
+
+
+class MatchOutputs(NamedTuple):
+    items: beam.PCollection
+    rejected: beam.PCollection

@@ -35,14 +35,18 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.catalog import uris
 from transforms.catalog.reading import (
     NOT_FOUND,
+    NOT_REGULAR_FILE,
     READ_ERROR,
     DedupeByUri,
+    NotRegularFile,
+    RejectDuplicateIds,
     backoff_delay,
     is_not_found,
     is_transient,
     stat_object,
 )
 from transforms.items import CatalogItem, item_from_metadata, rejection
+from transforms.outputs import embedding_schema
 
 JSONL, CSV, PARQUET = "jsonl", "csv", "parquet"
 _EXTENSIONS = {".jsonl": JSONL, ".ndjson": JSONL, ".json": JSONL, ".csv": CSV, ".parquet": PARQUET}
@@ -165,6 +169,10 @@ def validate_manifest_path(path: str, options: PipelineOptions | None = None) ->
             f"Manifest {path} has no '{URI_COLUMN}' column (found: {', '.join(columns) or 'none'}); "
             f"add one holding each image's path or gs:// / s3:// URI."
         )
+    try:
+        embedding_schema.carried_column_names(columns)
+    except embedding_schema.ColumnClash as clash:
+        raise ManifestError(f"Manifest {path}: {clash}") from clash
     return ManifestInfo(path=path, format=fmt, columns=columns)
 
 
@@ -261,7 +269,9 @@ class LookupMetadataFn(beam.DoFn):
             try:
                 yield self._lookup(entry)
             except Exception as error:
-                if is_not_found(error):
+                if isinstance(error, NotRegularFile):
+                    record = rejection(entry.uri, LIST_STAGE, NOT_REGULAR_FILE, str(error))
+                elif is_not_found(error):
                     self.not_found.inc()
                     record = rejection(entry.uri, LIST_STAGE, NOT_FOUND, f"{entry.uri} does not exist")
                 else:
@@ -273,7 +283,8 @@ class LookupMetadataFn(beam.DoFn):
 class ReadManifest(beam.PTransform):
     """Manifest path -> ManifestOutputs(items=CatalogItems, rejected=rejection dicts).
 
-    Duplicate URIs collapse to one item (smallest id). Relative local paths in
+    Duplicate URIs collapse to one item (smallest id); an id on several uris stays with the
+    smallest uri and the others are rejected as duplicate_id. Relative local paths in
     the manifest are resolved against the manifest's folder.
     """
 
@@ -293,13 +304,21 @@ class ReadManifest(beam.PTransform):
         parsed = raw | "ParseRows" >> beam.ParDo(ParseRowFn(info.format, base_dir, info.columns)).with_outputs(
             ParseRowFn.REJECTED, main="entries"
         )
-        looked_up = (
+        unique, duplicate_ids = (
             parsed.entries
             | "DedupeByUri" >> DedupeByUri()
+            | "RejectDuplicateIds" >> (RejectDuplicateIds(MANIFEST_STAGE))
+        )
+        looked_up = (
+            unique
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=_LOOKUP_BATCH)
             | "LookupMetadata" >> beam.ParDo(LookupMetadataFn()).with_outputs(LookupMetadataFn.REJECTED, main="items")
         )
-        rejected = (parsed[ParseRowFn.REJECTED], looked_up[LookupMetadataFn.REJECTED]) | "Rejections" >> beam.Flatten()
+        rejected = (
+            parsed[ParseRowFn.REJECTED],
+            duplicate_ids,
+            looked_up[LookupMetadataFn.REJECTED],
+        ) | "Rejections" >> beam.Flatten()
         # No Reshuffle: the dedupe GroupByKey already spread the items over workers, and the
         # metadata lookup is cheap next to reading and encoding, so reads fuse onto it.
         return ManifestOutputs(items=looked_up.items, rejected=rejected)

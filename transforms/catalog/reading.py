@@ -8,9 +8,11 @@ must become one rejection record while the job goes on.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,20 +24,49 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.value_provider import RuntimeValueProvider
 
-from images.reject_reasons import NOT_FOUND, READ_ERROR, TOO_LARGE  # the one closed set of error types
-from transforms.catalog import uris
+# The one closed set of error types.
+from images.reject_reasons import DUPLICATE_ID, NOT_FOUND, NOT_REGULAR_FILE, READ_ERROR, TOO_LARGE
+from transforms.catalog import object_clients, uris
 from transforms.items import CatalogItem, rejection
 
 READ_STAGE = "read"
 METRICS_NAMESPACE = "reading"
 _CHUNK_BYTES = 4 * 1024 * 1024
 _MAX_DELAY_SECONDS = 10.0
+# Total time one object may take, retries included: a permanently failing object costs this at most
+# (plus one request's timeout), never minutes.
+DEFAULT_DEADLINE_SECONDS = 60.0
+# botocore, urllib3, requests and http.client connection, timeout and truncated-body errors.
+_TRANSIENT_NAME_ENDINGS = (
+    "ConnectionError",
+    "Timeout",
+    "TimeoutError",
+    "ProtocolError",
+    "IncompleteRead",
+    "IncompleteReadError",
+    "ResponseStreamingError",
+    "ChunkedEncodingError",
+    "ContentDecodingError",
+    "DataCorruption",
+)
 
 Opener = Callable[[str], IO[bytes]]
 
 
+class NotRegularFile(Exception):
+    """A FIFO, socket or device: opening it could block forever, so it is never opened."""
+
+
+def check_regular_file(path: str) -> os.stat_result:
+    """stat() of a local path that must be a regular file (symlinks followed); NotRegularFile otherwise."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        raise NotRegularFile(f"{path} is not a regular file (mode {stat.filemode(status.st_mode)}); not opened")
+    return status
+
+
 class ReadFailed(Exception):
-    """Reading an object failed for good; error_type is one of NOT_FOUND, READ_ERROR, TOO_LARGE."""
+    """Reading an object failed for good; error_type is NOT_FOUND, READ_ERROR, TOO_LARGE or NOT_REGULAR_FILE."""
 
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(error_type, message)  # both args, so the exception pickles between processes
@@ -55,6 +86,23 @@ def _current_pipeline_options() -> Any:
     return FileSystems._pipeline_options or RuntimeValueProvider.runtime_options or _NO_OPTIONS
 
 
+def _cached_client(uri: str, kind: str, build: Callable[[Any], Any]) -> Any:
+    """One client per thread, scheme and kind, rebuilt when the pipeline options change."""
+    options = _current_pipeline_options()
+    cache: dict = _thread_clients.__dict__.setdefault("by_scheme", {})
+    key = (uris.scheme_of(uri), kind)
+    cached = cache.get(key)
+    if cached is None or cached[0] is not options:
+        cached = (options, build(options))
+        cache[key] = cached
+    return cached[1]
+
+
+def reset_clients() -> None:
+    """Forgets this thread's clients (tests that move an endpoint between servers)."""
+    _thread_clients.__dict__.pop("by_scheme", None)
+
+
 def storage_io(uri: str) -> Any:
     """A GcsIO or S3IO for this thread, reused across objects.
 
@@ -66,47 +114,57 @@ def storage_io(uri: str) -> Any:
     state, and are rebuilt when the pipeline options change.
     """
     scheme = uris.scheme_of(uri)
-    options = _current_pipeline_options()
-    cache: dict = _thread_clients.__dict__.setdefault("by_scheme", {})
-    cached = cache.get(scheme)
-    if cached is None or cached[0] is not options:
-        if scheme == "gs":
-            from apache_beam.io.gcp.gcsio import GcsIO
+    if scheme == "gs":
+        from apache_beam.io.gcp.gcsio import GcsIO
 
-            cached = (options, GcsIO(pipeline_options=options))
-        elif scheme == "s3":
-            from apache_beam.io.aws.s3io import S3IO
+        return _cached_client(uri, "io", lambda options: GcsIO(pipeline_options=options))
+    if scheme == "s3":
+        from apache_beam.io.aws.s3io import S3IO
 
-            cached = (options, S3IO(options=options))
-        else:
-            raise ValueError(f"No object-store client for {uri!r}")
-        cache[scheme] = cached
-    return cached[1]
+        return _cached_client(uri, "io", lambda options: S3IO(options=options))
+    raise ValueError(f"No object-store client for {uri!r}")
+
+
+def bounded_client(uri: str) -> Any:
+    """The client of object_clients for uri: one request per call, with timeouts."""
+    if uris.scheme_of(uri) == "s3":
+        return _cached_client(uri, "bounded", object_clients.bounded_s3_client)
+    return storage_io(uri).client  # GcsIO's google.cloud.storage client; timeouts are passed per call
+
+
+def read_object(uri: str, max_bytes: int | None) -> bytes:
+    """At most max_bytes + 1 bytes of a remote object in one bounded request."""
+    if uris.scheme_of(uri) == "s3":
+        return object_clients.s3_read(bounded_client(uri), uri, max_bytes)
+    return object_clients.gcs_read(bounded_client(uri), uri, max_bytes)
 
 
 def open_raw(uri: str) -> IO[bytes]:
     """Open an object for reading as stored (never decompressed: `x.jpg.gz` stays bytes)."""
     if uris.scheme_of(uri) in uris.REMOTE_SCHEMES:
-        return storage_io(uri).open(uri, "r")
+        return io.BytesIO(read_object(uri, None))
+    check_regular_file(uris.strip_file_scheme(uri))
     return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def stat_object(uri: str) -> FileMetadata:
     """Size and modification time of one object, without reading it and without glob expansion.
 
-    Uses the same status call Beam's FileSystem.metadata uses, so the
-    fingerprint matches what listing the same object gives.
+    Converts times as Beam's FileSystem.metadata does, so the fingerprint matches
+    what listing the same object gives; one bounded request (object_clients).
     """
     scheme = uris.scheme_of(uri)
     if scheme in uris.REMOTE_SCHEMES:
         if uri.endswith("/"):
             raise FileNotFoundError(f"{uri} names a folder, not an object")
-        status = storage_io(uri)._status(uri)
-        return FileMetadata(uri, int(status["size"]), status.get("updated", status.get("last_updated", 0.0)))
+        stat_fn = object_clients.s3_stat if scheme == "s3" else object_clients.gcs_stat
+        size, updated = stat_fn(bounded_client(uri), uri)
+        return FileMetadata(uri, size, updated)
     path = uris.strip_file_scheme(uri)
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(path)
-    return FileSystems.get_filesystem(path).metadata(path)
+    status = check_regular_file(path)
+    return FileMetadata(path, status.st_size, status.st_mtime)
 
 
 def _causes(error: BaseException) -> Iterable[BaseException]:
@@ -160,7 +218,7 @@ def is_transient(error: BaseException) -> bool:
             return True
         # botocore and urllib3 connection/timeouts do not derive from the builtins.
         name = type(cause).__name__
-        if name.endswith(("ConnectionError", "Timeout", "TimeoutError", "ProtocolError", "IncompleteRead")):
+        if name.endswith(_TRANSIENT_NAME_ENDINGS):
             return True
     return isinstance(error, OSError) and not isinstance(error, BeamIOError)
 
@@ -185,6 +243,14 @@ def _read_limited(stream: IO[bytes], max_bytes: int | None) -> bytes:
     return b"".join(chunks)
 
 
+def _fetch(uri: str, max_bytes: int | None, opener: Opener) -> bytes:
+    """Remote objects through the default opener: one bounded ranged request; else the opener's stream."""
+    if opener is open_raw and uris.scheme_of(uri) in uris.REMOTE_SCHEMES:
+        return read_object(uri, max_bytes)
+    with opener(uri) as stream:
+        return _read_limited(stream, max_bytes)
+
+
 def read_bytes_with_retry(
     uri: str,
     *,
@@ -194,23 +260,32 @@ def read_bytes_with_retry(
     opener: Opener = open_raw,
     on_retry: Callable[[BaseException], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
+    clock: Callable[[], float] = time.monotonic,
 ) -> bytes:
-    """All bytes of uri, retrying transient failures; raises ReadFailed otherwise.
+    """All bytes of uri, retrying transient failures within a total deadline; raises ReadFailed otherwise.
 
-    `opener` is the seam that chooses how objects are opened (Beam's
-    filesystems by default). A missing object raises ReadFailed(NOT_FOUND) at
-    once; an object over max_bytes raises ReadFailed(TOO_LARGE) after reading
-    only max_bytes + 1 bytes; exhausted retries raise ReadFailed(READ_ERROR).
+    `opener` is the seam that chooses how objects are opened. A missing object
+    raises ReadFailed(NOT_FOUND) at once; an object over max_bytes raises
+    ReadFailed(TOO_LARGE) after reading only max_bytes + 1 bytes; exhausted
+    retries or the deadline (no retry starts after it) raise ReadFailed(READ_ERROR).
     """
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
+    started = clock()
     last_error: BaseException | None = None
+    tried = 0
     for attempt in range(attempts):
         if attempt:
-            sleep(backoff_delay(attempt - 1, base_delay))
+            delay = backoff_delay(attempt - 1, base_delay)
+            if clock() - started + delay > deadline_seconds:
+                break
+            sleep(delay)
+        tried += 1
         try:
-            with opener(uri) as stream:
-                data = _read_limited(stream, max_bytes)
+            data = _fetch(uri, max_bytes, opener)
+        except NotRegularFile as error:
+            raise ReadFailed(NOT_REGULAR_FILE, str(error)) from error
         except Exception as error:  # classified below; anything unknown becomes READ_ERROR
             if is_not_found(error):
                 raise ReadFailed(NOT_FOUND, f"{uri} does not exist") from error
@@ -225,7 +300,8 @@ def read_bytes_with_retry(
         return data
     raise ReadFailed(
         READ_ERROR,
-        f"{uri}: gave up after {attempts} attempts; last error {type(last_error).__name__}: {last_error}",
+        f"{uri}: gave up after {tried} attempts in {clock() - started:.1f} s; "
+        f"last error {type(last_error).__name__}: {last_error}",
     )
 
 
@@ -250,7 +326,7 @@ class ReadImageBytes(beam.DoFn):
         self.read_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
         self.failures = {
             kind: Metrics.counter(METRICS_NAMESPACE, f"read_failures_{kind}")
-            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE)
+            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE, NOT_REGULAR_FILE)
         }
 
     def process(self, item: CatalogItem) -> Iterable[Any]:
@@ -302,3 +378,40 @@ class DedupeByUri(beam.PTransform):
             | "GroupByUri" >> beam.GroupByKey()
             | "KeepOne" >> beam.Map(keep_one)
         )
+
+
+class RejectDuplicateIds(beam.PTransform):
+    """One item per id: the smallest uri keeps it, every other uri is rejected as duplicate_id naming it.
+
+    Why reject rather than keep both: ids are the index's keys (ids.parquet, searcher
+    metadata), so two images under one id cannot both be searchable; rejecting says so
+    in rejected/ and run_summary.json instead of the index silently dropping one.
+    Outputs (items, rejected)."""
+
+    REJECTED = "rejected"
+
+    def __init__(self, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def expand(self, items: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        stage = self.stage
+        duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_ids_rejected")
+
+        def split(id_and_items: tuple[str, Iterable[Any]]) -> Iterable[Any]:
+            group = sorted(id_and_items[1], key=lambda item: item.uri)
+            yield group[0]
+            for other in group[1:]:
+                duplicates.inc()
+                message = f"id {other.id!r} is also given to {group[0].uri}, which keeps it; give this image its own id"
+                yield beam.pvalue.TaggedOutput(
+                    RejectDuplicateIds.REJECTED, rejection(other.uri, stage, DUPLICATE_ID, message)
+                )
+
+        result = (
+            items
+            | "KeyById" >> beam.Map(lambda item: (item.id, item))
+            | "GroupById" >> beam.GroupByKey()
+            | "KeepOnePerId" >> beam.FlatMap(split).with_outputs(self.REJECTED, main="items")
+        )
+        return result.items, result[self.REJECTED]

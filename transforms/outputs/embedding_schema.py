@@ -24,13 +24,32 @@ REJECTED_SCHEMA = pa.schema(
 )
 
 
+class ColumnClash(ValueError):
+    """Two manifest columns would land in one output column: refused, never overwritten."""
+
+
 def carried_column_names(manifest_columns: Sequence[str]) -> dict[str, str]:
-    """Manifest column -> output column, for every column other than uri and id."""
-    names = {}
+    """Manifest column -> output column, for every column other than uri and id.
+
+    A manifest column named like one of ours (width) is carried as manifest_width; if the
+    manifest also has a manifest_width column, the two would share a name and one would be
+    lost, so ColumnClash asks the user to rename one."""
+    names: dict[str, str] = {}
     for column in manifest_columns:
         if column in ("uri", "id"):
             continue
         names[column] = CARRIED_PREFIX + column if column in CORE_COLUMNS else column
+    by_target: dict[str, list[str]] = {}
+    for source, target in names.items():
+        by_target.setdefault(target, []).append(source)
+    clashes = {target: sources for target, sources in by_target.items() if len(sources) > 1}
+    if clashes:
+        target, sources = sorted(clashes.items())[0]
+        raise ColumnClash(
+            f"manifest columns {' and '.join(repr(s) for s in sources)} would both be written as {target!r} "
+            f"({', '.join(CORE_COLUMNS)} are the pipeline's own and get the prefix {CARRIED_PREFIX!r}): "
+            "rename one of them"
+        )
     return names
 
 

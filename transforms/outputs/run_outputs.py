@@ -1,4 +1,4 @@
-"""The embedding job's output folder: clearing, counting, run_summary.json and _SUCCESS.
+"""The embedding job's output folder: counting, run_summary.json and the commit (transforms.outputs.commit).
 
 Counts come from the written files themselves (Parquet footers and the small
 rejected table), not from runner metrics, so the summary is exact on any runner
@@ -14,6 +14,7 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.catalog import uris
+from transforms.outputs import commit, markers
 from transforms.outputs.markers import SUCCESS_FILE
 from transforms.outputs.parquet_shards import TEMP_PREFIX, open_parquet, parquet_row_count, remove_temp_dir
 
@@ -89,3 +90,27 @@ def run_summary(
         "timings": timings,
         "counters": counters,
     }
+
+
+# What an embeddings directory written before the commit protocol holds (its _SUCCESS lists no files).
+LEGACY_PATTERNS = (f"{EMBEDDINGS_DIR}/part-*.parquet", f"{REJECTED_DIR}/part-*.parquet", SUMMARY_FILE)
+MANAGED_PREFIXES = (f"{EMBEDDINGS_DIR}/", f"{REJECTED_DIR}/")
+
+
+class NothingEmbedded(RuntimeError):
+    """Every input failed: nothing is committed and the job exits non-zero."""
+
+
+def commit_run(staging: commit.Staging, summary: dict[str, Any]) -> dict[str, Any]:
+    """Writes run_summary.json into the staging folder and commits it, unless every input failed.
+
+    A run whose every matched input was rejected is almost always a broken model or
+    catalog, not a catalog of bad images: publishing it would replace good outputs
+    with nothing. Its files stay in the staging folder for inspection."""
+    markers.write_json(FileSystems.join(staging.path, SUMMARY_FILE), summary)
+    if summary["matched"] > 0 and summary["embedded"] == 0:
+        raise NothingEmbedded(
+            f"all {summary['matched']} inputs were rejected {summary['rejected_by_error_type']}; nothing committed "
+            f"(the previous output of {staging.output_dir} is unchanged). Rejections are in {staging.path}/rejected/"
+        )
+    return commit.commit(staging, LEGACY_PATTERNS)
