@@ -103,6 +103,7 @@ def train_dual_encoder(
     token_ids: np.ndarray,
     settings: TrainingSettings,
     backbone: keras.Model | None = None,
+    on_epoch_end: Callable[[int, str], None] | None = None,
 ) -> dict[str, list | float | int]:
     """Trains both towers in place; returns the loss and phase history and the final temperature.
 
@@ -138,6 +139,8 @@ def train_dual_encoder(
             )
         phases.append("full" if backbone is None else "head" if epoch < settings.freeze_epochs else "finetune")
         history.append(run_epoch(step, dataset, steps_per_epoch, f"epoch {epoch + 1}/{settings.epochs} ({phases[-1]})"))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, phases[-1])
     return {
         "loss_history": history,
         "phase_history": phases,

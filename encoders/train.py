@@ -26,9 +26,7 @@ import numpy as np
 
 from encoders import backbones, model_config, tokens
 from encoders.backbones import NO_BACKBONE, BackboneError
-from encoders.contrastive import TrainingSettings
 from encoders.retrieval_metrics import dual_encoder_report
-from encoders.tflite_metadata.regex_tokenizer import vocab_file_bytes
 from encoders.training_data import (
     CaptionedImages,
     ManifestError,
@@ -90,11 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Parses and checks every flag without TensorFlow, so a bad one answers at once."""
+    """Parses and checks every flag without TensorFlow, so a bad one answers at once.
+
+    Cheap range checks run before the weights file and network checks of the backbone.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_backbone_args(args)
+        fill_backbone_defaults(args)
     except BackboneError as error:
         parser.error(str(error))
     checks = {
@@ -112,11 +113,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--learning_rate and --finetune_lr_scale must be positive")
     if args.unfreeze_layers is not None and args.unfreeze_layers < 1:
         parser.error("--unfreeze_layers must be at least 1 (leave it out to unfreeze the whole backbone)")
+    if args.image_backbone != NO_BACKBONE:
+        try:
+            backbones.check_backbone_flags(args.image_backbone, args.backbone_weights, args.image_size)
+        except BackboneError as error:
+            parser.error(str(error))
     return args
 
 
-def check_backbone_args(args: argparse.Namespace) -> None:
-    """Fills the backbone defaults and validates them (names, weights file, network for 'imagenet')."""
+def fill_backbone_defaults(args: argparse.Namespace) -> None:
+    """Defaults that depend on --image_backbone; refuses an unknown name and backbone flags without one."""
     backbone_flags = ("backbone_weights", "freeze_epochs", "unfreeze_layers", "finetune_lr_scale")
     if args.image_backbone == NO_BACKBONE:
         given = [f"--{name}" for name in backbone_flags if getattr(args, name) is not None]
@@ -130,12 +136,10 @@ def check_backbone_args(args: argparse.Namespace) -> None:
     if args.image_backbone not in backbones.BACKBONES:
         choices = ", ".join([NO_BACKBONE, *backbones.BACKBONES])
         raise BackboneError(f"unknown --image_backbone {args.image_backbone!r}; choose one of {choices}")
-    spec = backbones.BACKBONES[args.image_backbone]
-    args.image_size = args.image_size or spec.default_image_size
+    args.image_size = args.image_size or backbones.BACKBONES[args.image_backbone].default_image_size
     args.backbone_weights = args.backbone_weights or backbones.IMAGENET
     args.freeze_epochs = 0 if args.freeze_epochs is None else args.freeze_epochs
     args.finetune_lr_scale = 0.1 if args.finetune_lr_scale is None else args.finetune_lr_scale
-    backbones.check_backbone_flags(args.image_backbone, args.backbone_weights, args.image_size)
 
 
 def embed(model: Any, inputs: np.ndarray, batch: int = 512) -> np.ndarray:
@@ -197,6 +201,7 @@ def export_model(
     import tensorflow as tf
 
     from encoders import tflite_export
+    from encoders.tflite_metadata.regex_tokenizer import vocab_file_bytes
 
     converted = tflite_export.to_tflite(image_tower, tf.float32)
     # The model_id names the exact image model, so it hashes the file as labelled before the id exists.
@@ -283,7 +288,7 @@ def train_and_export(args: argparse.Namespace, train_set: CaptionedImages, eval_
     import keras
     import tensorflow_transform as tft
 
-    from encoders.contrastive import train_dual_encoder
+    from encoders.contrastive import TrainingSettings, train_dual_encoder
     from encoders.transform_pipeline import run_transform, transform_captions
 
     output_dir = Path(args.output_dir)
