@@ -7,6 +7,7 @@ places, not what they recognize.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,14 +31,40 @@ def keras_backbone(constructor: str, size: int = SIZE, **kwargs: object):
     return getattr(keras.applications, constructor)(**options)
 
 
+def recalibrate_batch_norm(model, pixels: np.ndarray) -> None:
+    """Sets every BatchNormalization's moving statistics to those of `pixels` (one pass at momentum 0).
+
+    With Keras' initial statistics (mean 0, variance 1) a random network's
+    features barely differ between images; recalibrated ones differ as much as a
+    trained network's, so the agreement and cropping checks below can fail.
+    """
+    import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0
+    model(pixels, training=True)
+
+
+def catalog_pixels(folder: Path, count: int, size: int) -> np.ndarray:
+    from images.decoding import decode_image, resize_for_model
+
+    manifest = write_catalog(folder, count, seed=21, image_size=96)
+    paths = [Path(json.loads(line)["uri"]) for line in manifest.read_text().splitlines()]
+    return np.stack([resize_for_model(decode_image(p.read_bytes()).rgb, size) for p in paths]).astype(np.float32)
+
+
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Random-weight files for both backbones, saved at another input size than they are loaded at."""
     folder = tmp_path_factory.mktemp("weights")
+    pixels = catalog_pixels(folder / "catalog", 16, 96)
     files = {}
     for name, constructor in (("mobilenet_v3_small", "MobileNetV3Small"), ("efficientnet_b0", "EfficientNetB0")):
         files[name] = folder / f"{name}.weights.h5"
-        keras_backbone(constructor, 96).save_weights(files[name])
+        model = keras_backbone(constructor, 96)
+        recalibrate_batch_norm(model, pixels)
+        model.save_weights(files[name])
     return files
 
 
@@ -221,14 +248,15 @@ def test_frozen_phase_keeps_the_backbone_then_finetuning_trains_only_its_top_lay
     assert not changed & batch_norm
 
 
-def test_backbone_tower_converts_to_tflite_that_agrees_with_keras(weights: dict[str, Path]) -> None:
+def test_backbone_tower_converts_to_tflite_that_agrees_with_keras(weights: dict[str, Path], tmp_path: Path) -> None:
     from encoders import tflite_export
     from encoders.tflite_metadata import read_metadata
 
     _, image_tower, _ = small_towers(weights["mobilenet_v3_small"], size=SIZE)
-    pixels = tiny_pairs(SIZE, 6)[0].astype(np.float32)
+    pixels = catalog_pixels(tmp_path, 6, SIZE)
     model = tflite_export.export_image_encoder(image_tower, (0.0,) * 3, (1.0,) * 3, "test-backbone")
     keras_vectors = image_tower(pixels, training=False).numpy()
+    assert (keras_vectors @ keras_vectors.T)[np.triu_indices(len(pixels), 1)].max() < 0.99  # images differ
     assert tflite_export.agreement(keras_vectors, tflite_export.run_tflite(model, pixels)) > 0.99
     options = read_metadata(model).subgraph_metadata[0].input_tensor_metadata[0].process_units[0].options
     assert list(options.mean) == [0.0] * 3 and list(options.std) == [1.0] * 3  # raw [0, 255] pixels, as the pipeline
@@ -238,14 +266,14 @@ def test_backbone_tower_converts_to_tflite_that_agrees_with_keras(weights: dict[
 
 
 def write_non_square_images(folder: Path, count: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(11)
+    """Two catalog pictures side by side: a center crop sees halves of both, a squash sees both whole."""
+    manifest = write_catalog(folder / "catalog", count * 2, seed=33, image_size=96)
+    sources = [Path(json.loads(line)["uri"]) for line in manifest.read_text().splitlines()]
     paths = []
     for index in range(count):
-        pixels = rng.integers(0, 256, (60 + 40 * index, 150, 3), dtype=np.uint8)
-        pixels[:, :50] = 255  # a white band the center crop cuts off
+        left, right = (np.asarray(Image.open(p).convert("RGB")) for p in sources[2 * index : 2 * index + 2])
         paths.append(folder / f"wide_{index}.jpg")
-        Image.fromarray(pixels).save(paths[-1], quality=95)
+        Image.fromarray(np.concatenate([left, right], axis=1)).save(paths[-1], quality=95)
     return paths
 
 
@@ -286,25 +314,28 @@ def test_mobilenet_model_directory_tflite_and_embedding_job(mobilenet_model: Pat
 
     config = check_model_dir(mobilenet_model, "mobilenet_v3_small")
     assert config.resize == "center_crop"
-    images = write_non_square_images(tmp_path / "images", 3)
+    images = write_non_square_images(tmp_path / "images", 4)
     pixels = np.stack([resize_for_model(decode_image(p.read_bytes()).rgb, SIZE, "center_crop") for p in images])
     encoder = load_encoder(str(mobilenet_model))
     keras_vectors = encoder.embed(pixels)
+    assert (keras_vectors @ keras_vectors.T)[np.triu_indices(len(images), 1)].max() < 0.99  # images differ
     tflite = run_tflite((mobilenet_model / model_config.IMAGE_TFLITE_FILE).read_bytes(), pixels.astype(np.float32))
     assert agreement(keras_vectors, tflite) > 0.99
+    squashed = np.stack([resize_for_model(decode_image(p.read_bytes()).rgb, SIZE, "squash") for p in images])
+    assert np.sum(encoder.embed(squashed) * keras_vectors, axis=1).min() < 0.99  # so the crop check below can fail
 
     out = tmp_path / "out"
     summary = embed_images.run(
         [
             "--input_pattern",
-            str(tmp_path / "images" / "*.jpg"),
+            str(tmp_path / "images" / "wide_*.jpg"),
             "--output_dir",
             str(out),
             "--model_dir",
             str(mobilenet_model),
         ]
     )
-    assert summary["embedded"] == 3 and summary["rejected"] == 0 and summary["model_id"] == config.model_id
+    assert summary["embedded"] == 4 and summary["rejected"] == 0 and summary["model_id"] == config.model_id
     rows = {
         Path(row["uri"]).name: np.asarray(row["embedding"], np.float32)
         for row in read_parquet_dir(str(out), "embeddings").to_pylist()
@@ -320,5 +351,7 @@ def test_efficientnet_training_writes_a_valid_model_directory(weights: dict[str,
     model = train_backbone_model(tmp_path, "efficientnet_b0", weights["efficientnet_b0"], "--unfreeze_layers", "40")
     config = check_model_dir(model, "efficientnet_b0")
     assert config.training["image_backbone"]["unfreeze_layers"] == 40
-    vectors = load_encoder(str(model)).embed(tiny_pairs(SIZE, 4)[0])
+    vectors = load_encoder(str(model)).embed(catalog_pixels(tmp_path / "probe", 4, SIZE).astype(np.uint8))
     assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Random backbone weights and two tiny epochs: not a useful model, but not a constant one either.
+    assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.999
