@@ -355,3 +355,20 @@ def test_efficientnet_training_writes_a_valid_model_directory(weights: dict[str,
     assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # Random backbone weights and two tiny epochs: not a useful model, but not a constant one either.
     assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.999
+
+
+@pytest.mark.slow
+@pytest.mark.task_library
+def test_task_library_image_embedder_loads_the_backbone_model(mobilenet_model: Path, tmp_path: Path) -> None:
+    from images.decoding import decode_image, resize_for_model
+    from index_builder import task_library_searcher
+    from transforms.embedding.encoding import load_encoder
+
+    manifest = write_catalog(tmp_path / "catalog", 4, seed=44, image_size=96)
+    paths = [json.loads(line)["uri"] for line in manifest.read_text().splitlines()]
+    theirs = np.asarray(task_library_searcher.image_embed(mobilenet_model / model_config.IMAGE_TFLITE_FILE, paths))
+    # The Task Library squashes with its own resampling; our side squashes too for the comparison.
+    pixels = np.stack([resize_for_model(decode_image(Path(p).read_bytes()).rgb, SIZE, "squash") for p in paths])
+    ours = load_encoder(str(mobilenet_model)).embed(pixels)
+    cosine = np.sum(ours * theirs, axis=1) / np.linalg.norm(theirs, axis=1)
+    assert cosine.min() >= 0.98, cosine
