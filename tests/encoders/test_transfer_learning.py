@@ -56,13 +56,13 @@ def catalog_pixels(folder: Path, count: int, size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Random-weight files for both backbones, saved at another input size than they are loaded at."""
+    """Random-weight files for both backbones, BatchNorm statistics calibrated on catalog pictures at SIZE."""
     folder = tmp_path_factory.mktemp("weights")
-    pixels = catalog_pixels(folder / "catalog", 16, 96)
+    pixels = catalog_pixels(folder / "catalog", 16, SIZE)
     files = {}
     for name, constructor in (("mobilenet_v3_small", "MobileNetV3Small"), ("efficientnet_b0", "EfficientNetB0")):
         files[name] = folder / f"{name}.weights.h5"
-        model = keras_backbone(constructor, 96)
+        model = keras_backbone(constructor, SIZE)
         recalibrate_batch_norm(model, pixels)
         model.save_weights(files[name])
     return files
@@ -354,7 +354,7 @@ def test_efficientnet_training_writes_a_valid_model_directory(weights: dict[str,
     vectors = load_encoder(str(model)).embed(catalog_pixels(tmp_path / "probe", 4, SIZE).astype(np.uint8))
     assert vectors.shape == (4, 32) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     # Random backbone weights and two tiny epochs: not a useful model, but not a constant one either.
-    assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.999
+    assert (vectors @ vectors.T)[np.triu_indices(4, 1)].max() < 0.99
 
 
 @pytest.mark.slow
