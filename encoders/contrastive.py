@@ -1,15 +1,30 @@
-"""CLIP-style training: symmetric InfoNCE with a learned temperature."""
+"""CLIP-style training: symmetric InfoNCE with a learned temperature.
+
+With a pretrained image backbone, training runs in two phases: for the first
+`freeze_epochs` only the projection head (and the text tower and temperature)
+learn while the backbone is frozen, so random head gradients cannot wreck its
+features; then the backbone (or its top `unfreeze_layers` layers) joins with
+its own optimizer at `finetune_lr_scale` times the learning rate, while the
+rest keeps its schedule.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
+from collections.abc import Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
+
+from encoders import backbones
+
+LOG = logging.getLogger(__name__)
+StepFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,6 +35,10 @@ class TrainingSettings:
     weight_decay: float = 1e-4
     initial_temperature: float = 0.07
     seed: int = 0
+    # Only with a pretrained backbone:
+    freeze_epochs: int = 0  # first epochs with the backbone frozen
+    finetune_lr_scale: float = 0.1  # backbone learning rate relative to learning_rate once unfrozen
+    unfreeze_layers: int | None = None  # unfreeze only the backbone's last K layers (None: all)
 
 
 def symmetric_info_nce(image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor) -> tf.Tensor:
@@ -31,26 +50,24 @@ def symmetric_info_nce(image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, 
     return (tf.reduce_mean(image_to_text) + tf.reduce_mean(text_to_image)) / 2.0
 
 
-def train_dual_encoder(
+def make_optimizer(learning_rate: float, total_steps: int, weight_decay: float, variables: list) -> keras.Optimizer:
+    """AdamW with a 5% linear warm-up then cosine decay, built for `variables` outside any tf.function."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, total_steps, alpha=0.02, warmup_target=learning_rate, warmup_steps=max(1, total_steps // 20)
+    )
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=weight_decay)
+    optimizer.build(variables)
+    return optimizer
+
+
+def make_step(
     image_tower: keras.Model,
     text_tower: keras.Model,
-    pixels: np.ndarray,
-    token_ids: np.ndarray,
-    settings: TrainingSettings,
-) -> dict[str, list[float] | float]:
-    """Trains both towers in place; returns the loss history and the final temperature."""
-    tf.random.set_seed(settings.seed)
-    steps_per_epoch = len(pixels) // settings.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"need at least batch_size={settings.batch_size} training pairs, got {len(pixels)}")
-    total_steps = steps_per_epoch * settings.epochs
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, total_steps, alpha=0.02, warmup_target=settings.learning_rate, warmup_steps=max(1, total_steps // 20)
-    )
-    optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=settings.weight_decay)
-    # The learned temperature, stored as log(1/T) and capped at 100 as in CLIP.
-    logit_scale = tf.Variable(math.log(1.0 / settings.initial_temperature), dtype=tf.float32, name="logit_scale")
-    variables = image_tower.trainable_variables + text_tower.trainable_variables + [logit_scale]
+    logit_scale: tf.Variable,
+    groups: list[tuple[keras.Optimizer, list]],
+) -> StepFunction:
+    """One training step; each (optimizer, variables) group gets its own update."""
+    variables = [variable for _, group in groups for variable in group]
 
     @tf.function(reduce_retracing=True)
     def step(batch_pixels: tf.Tensor, batch_ids: tf.Tensor) -> tf.Tensor:
@@ -58,10 +75,53 @@ def train_dual_encoder(
             image_embeddings = image_tower(tf.cast(batch_pixels, tf.float32), training=True)
             text_embeddings = text_tower(batch_ids, training=True)
             loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale)
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        gradients = tape.gradient(loss, variables)
+        start = 0
+        for optimizer, group in groups:
+            optimizer.apply_gradients(zip(gradients[start : start + len(group)], group))
+            start += len(group)
+        # The learned temperature, stored as log(1/T) and capped at 100 as in CLIP.
         logit_scale.assign(tf.clip_by_value(logit_scale, 0.0, math.log(100.0)))
         return loss
 
+    return step
+
+
+def run_epoch(step: StepFunction, dataset: tf.data.Dataset, steps: int, description: str) -> float:
+    losses = []
+    progress = tqdm(dataset, total=steps, desc=description, unit="batch")
+    for batch_pixels, batch_ids in progress:
+        losses.append(float(step(batch_pixels, batch_ids)))
+        progress.set_postfix(loss=f"{losses[-1]:.3f}")
+    return float(np.mean(losses))
+
+
+def train_dual_encoder(
+    image_tower: keras.Model,
+    text_tower: keras.Model,
+    pixels: np.ndarray,
+    token_ids: np.ndarray,
+    settings: TrainingSettings,
+    backbone: keras.Model | None = None,
+    on_epoch_end: Callable[[int, str], None] | None = None,
+) -> dict[str, list | float | int]:
+    """Trains both towers in place; returns the loss and phase history and the final temperature.
+
+    `backbone` is the pretrained model inside `image_tower`, if any: it is frozen
+    for `settings.freeze_epochs` epochs, then fine-tuned (see the module docstring).
+    """
+    tf.random.set_seed(settings.seed)
+    steps_per_epoch = len(pixels) // settings.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"need at least batch_size={settings.batch_size} training pairs, got {len(pixels)}")
+    logit_scale = tf.Variable(math.log(1.0 / settings.initial_temperature), dtype=tf.float32, name="logit_scale")
+    if backbone is not None:
+        backbones.freeze(backbone)
+    head = image_tower.trainable_variables + text_tower.trainable_variables + [logit_scale]
+    groups = [
+        (make_optimizer(settings.learning_rate, steps_per_epoch * settings.epochs, settings.weight_decay, head), head)
+    ]
+    step = make_step(image_tower, text_tower, logit_scale, groups)
     dataset = (
         tf.data.Dataset.from_tensor_slices((pixels, token_ids.astype(np.int32)))
         .shuffle(len(pixels), seed=settings.seed, reshuffle_each_iteration=True)
@@ -69,16 +129,41 @@ def train_dual_encoder(
         .prefetch(2)
     )
     history: list[float] = []
+    phases: list[str] = []
+    unfrozen_layers = 0
     started = time.perf_counter()
     for epoch in range(settings.epochs):
-        losses = []
-        progress = tqdm(dataset, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch")
-        for batch_pixels, batch_ids in progress:
-            losses.append(float(step(batch_pixels, batch_ids)))
-            progress.set_postfix(loss=f"{losses[-1]:.3f}")
-        history.append(float(np.mean(losses)))
+        if backbone is not None and epoch == settings.freeze_epochs:
+            unfrozen_layers, step = unfreeze(
+                backbone, image_tower, text_tower, logit_scale, groups, settings, steps_per_epoch
+            )
+        phases.append("full" if backbone is None else "head" if epoch < settings.freeze_epochs else "finetune")
+        history.append(run_epoch(step, dataset, steps_per_epoch, f"epoch {epoch + 1}/{settings.epochs} ({phases[-1]})"))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, phases[-1])
     return {
         "loss_history": history,
+        "phase_history": phases,
+        "unfrozen_backbone_layers": unfrozen_layers,
         "temperature": float(1.0 / math.exp(float(logit_scale.numpy()))),
         "train_seconds": time.perf_counter() - started,
     }
+
+
+def unfreeze(
+    backbone: keras.Model,
+    image_tower: keras.Model,
+    text_tower: keras.Model,
+    logit_scale: tf.Variable,
+    groups: list[tuple[keras.Optimizer, list]],
+    settings: TrainingSettings,
+    steps_per_epoch: int,
+) -> tuple[int, StepFunction]:
+    """Unfreezes the backbone with its own optimizer; returns how many layers with weights now train, and the new step."""
+    names = backbones.set_trainable_layers(backbone, settings.unfreeze_layers)
+    variables = backbone.trainable_variables
+    steps = steps_per_epoch * (settings.epochs - settings.freeze_epochs)
+    learning_rate = settings.learning_rate * settings.finetune_lr_scale
+    optimizer = make_optimizer(learning_rate, steps, settings.weight_decay, variables)
+    LOG.info("unfroze %d backbone layers (%d arrays) at learning rate %g", len(names), len(variables), learning_rate)
+    return len(names), make_step(image_tower, text_tower, logit_scale, [*groups, (optimizer, variables)])

@@ -76,9 +76,14 @@ def export_text_encoder(text_tower: keras.Model, vocabulary: list[str], delim_re
 
 
 def export_image_encoder(
-    image_tower: keras.Model, mean: tuple[float, ...], std: tuple[float, ...], model_id: str
+    image_tower: keras.Model,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    model_id: str,
+    converted: bytes | None = None,
 ) -> bytes:
-    model = to_tflite(image_tower, tf.float32)
+    """`converted` (to_tflite's output for this tower) skips the conversion, e.g. to label one model twice."""
+    model = converted if converted is not None else to_tflite(image_tower, tf.float32)
     return tflite_metadata.add_image_embedder_metadata(
         model,
         mean=list(mean),

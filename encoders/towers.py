@@ -43,6 +43,23 @@ def build_image_tower(
     return keras.Model(pixels, embedding, name="image_encoder")
 
 
+def build_backbone_image_tower(backbone: keras.Model, embedding_dim: int, head_width: int = 512) -> keras.Model:
+    """A pretrained backbone (pooled features) and a projection head to the embedding.
+
+    No normalization layer here: keras.applications backbones rescale raw RGB in
+    [0, 255] themselves, so the tower takes the same pixels as the CNN tower.
+    The head is a small MLP rather than one linear layer so a frozen backbone's
+    features can still be bent towards the captions.
+    """
+    size = backbone.inputs[0].shape[1]
+    pixels = keras.Input((size, size, 3), dtype="float32", name="image")
+    features = backbone(pixels)
+    x = layers.Dense(head_width, activation="relu", name="head_hidden")(features)
+    x = layers.Dense(embedding_dim, name="projection")(x)
+    embedding = layers.UnitNormalization(axis=-1, name="embedding")(x)
+    return keras.Model(pixels, embedding, name="image_encoder")
+
+
 class MaskedMeanMaxPooling(layers.Layer):
     """Concatenated mean and max over non-padding positions (token id != 0)."""
 
