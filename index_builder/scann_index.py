@@ -115,6 +115,14 @@ def default_num_leaves(num_rows: int) -> int:
     return int(min(max(1, round(math.sqrt(num_rows))), max(1, num_rows // MIN_ROWS_PER_LEAF)))
 
 
+def bytes_per_item(dim: int, dims_per_block: int, for_ondevice: bool, reorder: int) -> int:
+    """Index bytes per item that scoring reads: AH codes (one byte per block with lut256 on device,
+    half a byte with the server's lut16), plus the float32 row kept for exact reordering."""
+    blocks = math.ceil(dim / dims_per_block)  # ScaNN's last block is narrower when dim is not a multiple
+    codes = blocks if for_ondevice else math.ceil(blocks / 2)
+    return codes + (4 * dim if reorder else 0)
+
+
 def scann_config_text(vectors: np.ndarray, params: IndexParams) -> str:
     """The ScaNN config (text proto) for ``params`` on a database shaped like ``vectors``."""
     num_rows = vectors.shape[0]

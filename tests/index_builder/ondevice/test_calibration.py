@@ -19,6 +19,7 @@ from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
+from index_builder.recall_target import TargetRule
 from sample_catalog.vectors import clustered_unit_vectors
 
 
@@ -105,7 +106,7 @@ def calibrate(encoded, start: int, target_recall: float):
     queries = vectors[::40]
     true_ids, _ = exact_top_k(queries, vectors, 10)
     return calibrate_leaves_to_search(
-        quantizer, assignment, codes, queries, true_ids, rows, start=start, target_recall=target_recall
+        quantizer, assignment, codes, queries, true_ids, rows, start=start, rule=TargetRule(target_recall)
     )
 
 
@@ -119,3 +120,14 @@ def test_calibration_searches_more_leaves_when_the_start_misses_the_target(encod
 def test_calibration_searches_fewer_leaves_when_the_start_was_pessimistic(encoded) -> None:
     leaves, trials = calibrate(encoded, start=40, target_recall=0.5)
     assert leaves < 40 and all(t.meets_target for t in trials if t.num_leaves_to_search >= leaves)
+
+
+def test_calibration_does_not_climb_a_plateau_the_codes_cap(encoded) -> None:
+    """An unreachable target: the fewest leaves within the tolerance of the best recall tried, not the
+    most accurate leaf count (which searches several times the leaves for a hair more recall)."""
+    leaves, trials = calibrate(encoded, start=10, target_recall=0.999)
+    best = max(t.recall for t in trials)
+    assert not any(t.meets_target for t in trials) and trials[-1].num_leaves_to_search >= 2 * leaves
+    chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
+    assert chosen.recall >= best - 0.01 and chosen.recall < best  # on the plateau, below its top
+    assert all(t.recall < best - 0.01 for t in trials if t.num_leaves_to_search < leaves)
