@@ -2,6 +2,7 @@
 
     python -m beam_jobs.nightly (--input_pattern GLOB... | --manifest M) --workspace WS [--model_dir MODEL]
         [--run_id ID] [--max_shrink 0.10] [--max_rejected_fraction 0.05] [--min_recall 0.9]
+        [--min_ondevice_recall 0.75]
         [--force] [--keep_runs 7] [embed_images / build_index / Beam flags]
 
 Writes WS/runs/<run_id>/{embeddings,rejected,index}/ (each with _SUCCESS),
@@ -68,6 +69,12 @@ class NightlyOptions(PipelineOptions):
             help="refuse to publish when the server index recall@10 (eval.json) is lower",
         )
         parser.add_argument(
+            "--min_ondevice_recall",
+            type=float,
+            default=0.75,
+            help="refuse to publish when the on-device index recall@10 (eval.json) is lower (0 = off)",
+        )
+        parser.add_argument(
             "--force", action="store_true", default=False, help="publish even if the validation gate fails (logged)"
         )
         parser.add_argument(
@@ -96,6 +103,7 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
         ("--max_shrink", nightly.max_shrink),
         ("--max_rejected_fraction", nightly.max_rejected_fraction),
         ("--min_recall", nightly.min_recall),
+        ("--min_ondevice_recall", nightly.min_ondevice_recall),
     ):
         if not 0 <= value <= 1:
             raise launcher.UsageError(f"{flag} must be in [0, 1], got {value}")
@@ -244,6 +252,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
         maybe_crash("after_index")
         checks.append(gate.recall_check(result.server.get("recall@10"), nightly.min_recall))
+        checks.append(gate.ondevice_recall_check(result.ondevice.get("recall@10"), nightly.min_ondevice_recall))
         summary["index"] = {
             "server_recall@10": result.server.get("recall@10"),
             "ondevice_recall@10": result.ondevice.get("recall@10"),
