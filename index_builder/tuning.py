@@ -279,8 +279,11 @@ def _train_and_sweep(
             index = build_scann_index(vectors, trial_params)
             log.info("tuning: trained %d leaves, dims_per_block %d in %.1fs", num_leaves, dims, index.build_seconds)
             trials += _pruned_sweep(index, held_out, leaves_to_search, reorders, options, trials)
-            if _built_by(choose_trial(trials, rule), index):
+            choice = choose_trial(trials, rule)
+            if _built_by(choice, index):
                 kept = index
+            elif kept is not None and not _built_by(choice, kept):
+                kept = None  # the choice moved to an index let go earlier: _index_for retrains it
             del index  # frees the float copy ScaNN keeps for reordering before the next build
     return trials, kept
 
