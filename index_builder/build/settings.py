@@ -8,8 +8,9 @@ from index_builder.scann_index import IndexParams
 from index_builder.tuning import TuningOptions
 
 # On-device AH code sizes tuning tries when --ondevice_dims_per_block is not given, coarsest first:
-# D/2 bytes per item, then D bytes (the code size sets the on-device recall ceiling: at 250K
-# clustered rows, 64-byte codes top out near 0.84, 128-byte codes reach 0.979).
+# D/2 bytes per item, then D bytes (the code size sets the on-device recall ceiling: on 250K clustered
+# 128-d rows with float lookup tables, 64-byte codes top out at 0.905, 128-byte codes reach 0.96
+# searching 100 of 500 leaves; docs/BENCHMARKS.md).
 ONDEVICE_DIMS_PER_BLOCK_CANDIDATES = (2, 1)
 
 
