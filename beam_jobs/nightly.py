@@ -2,6 +2,7 @@
 
     python -m beam_jobs.nightly (--input_pattern GLOB... | --manifest M) --workspace WS [--model_dir MODEL]
         [--run_id ID] [--max_shrink 0.10] [--max_rejected_fraction 0.05] [--min_recall 0.9]
+        [--min_ondevice_recall 0.75]
         [--force] [--keep_runs 7] [embed_images / build_index / Beam flags]
 
 Writes WS/runs/<run_id>/{embeddings,rejected,index}/ (each with _SUCCESS),
@@ -46,6 +47,7 @@ class NightlyOptions(PipelineOptions):
         add("--max_shrink", type=float, default=0.10, help="gate: max item-count shrink vs the published run")
         add("--max_rejected_fraction", type=float, default=0.05, help="gate: max fraction of inputs rejected")
         add("--min_recall", type=float, default=0.9, help="gate: min server index recall@10 (eval.json)")
+        add("--min_ondevice_recall", type=float, default=0.75, help="gate: min on-device recall@10 (0 = off)")
         add("--force", action="store_true", default=False, help="publish even if the gate fails (logged)")
         add("--keep_runs", type=int, default=7, help="runs kept after publishing (never the published one)")
 
@@ -58,7 +60,9 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
         raise launcher.UsageError("--output_dir is not a nightly flag: outputs go to WS/runs/<run_id>/")
     if options.view_as(build_index.BuildIndexOptions).embeddings:
         raise launcher.UsageError("--embeddings is not a nightly flag: the run's own embeddings are indexed")
-    problem = gate.threshold_problem(nightly.max_shrink, nightly.max_rejected_fraction, nightly.min_recall)
+    problem = gate.threshold_problem(
+        nightly.max_shrink, nightly.max_rejected_fraction, nightly.min_recall, nightly.min_ondevice_recall
+    )
     if problem:
         raise launcher.UsageError(problem)
     if nightly.keep_runs < 1:
@@ -136,7 +140,10 @@ def build_and_check(index_argv: list[str], summary: dict[str, Any], flags: Night
         "server_recall@10": result.server.get("recall@10"),
         "ondevice_recall@10": result.ondevice.get("recall@10"),
     }
-    return [gate.recall_check(result.server.get("recall@10"), flags.min_recall)]
+    return [
+        gate.recall_check(result.server.get("recall@10"), flags.min_recall),
+        gate.ondevice_recall_check(result.ondevice.get("recall@10"), flags.min_ondevice_recall),
+    ]
 
 
 def main() -> None:

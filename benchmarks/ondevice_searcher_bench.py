@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> dict:
     tuned = tuning.tune_scann_index(
         vectors,
         scann_index.IndexParams(
-            for_ondevice=True, dims_per_block=args.dims_per_block, num_leaves_to_search=args.num_leaves_to_search
+            for_ondevice=True,
+            dims_per_block=args.dims_per_block,
+            num_leaves_to_search=args.num_leaves_to_search,
+            ondevice_lookup=args.lookup_type,  # tune on the recall the shipped lookup tables give
         ),
         tuning.TuningOptions(target_recall=args.target_recall),
         queries=tuning_queries,

@@ -83,6 +83,8 @@ def brute_force_result(
         num_leaves=1,
         num_leaves_to_search=1,
         reorder=0,
+        dims_per_block=0,  # no AH codes: every item is its float32 embedding
+        bytes_per_item=4 * vectors.shape[1],
         recall=recall,
         recall_standard_error=float(recalls.std(ddof=1) / np.sqrt(len(recalls))) if len(recalls) > 1 else 0.0,
         mean_ms=latency["mean_ms"],

@@ -28,13 +28,18 @@ def evaluate_indexes(
     index_bytes: bytes,
 ) -> Evaluation:
     """Queries are database rows the server tuning did not use; the on-device index is searched by the
-    numpy twin of the runtime (exactly its results), over index.ldb as written."""
+    numpy twin of the runtime (exactly its results), over index.ldb as written.
+
+    ``target_met`` is the tuner's verdict (recall on the tuning queries less 1.64 standard errors
+    reaches the target), not a comparison with the recall here: a verdict on these fresh queries would
+    flip with their sampling noise, and --require_targets must not fail a job on noise."""
     num_rows = len(vectors)
     queries_idx = tuning.sample_query_rows(
         num_rows, settings.eval_queries, settings.seed + 1, exclude=server.queries_idx
     )
     true_ids, _ = evaluation.exact_top_k(vectors[queries_idx], vectors, min(100, num_rows))
     server_eval = evaluation.evaluate(server.index.searcher, vectors, queries_idx, true_ids=true_ids)
+    server_eval.update(server.target_outcome().report())
     reference = ReferenceSearcher(index_bytes)
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     device_found = np.where(hits >= 0, device.rows[hits], -1)
@@ -46,5 +51,6 @@ def evaluate_indexes(
         "index_file_bytes": len(index_bytes),
         "bytes_per_item_total": len(index_bytes) / num_rows,
         "method": "numpy twin of the on-device search over index.ldb",
+        **device.target.report(),
     }
     return Evaluation(server_eval, device_eval, queries_idx)

@@ -194,10 +194,11 @@ def _reused_result(
         dim=inputs.embeddings.dim,
         build_seconds=time.perf_counter() - started,
     )
+    chosen = tuning.Trial(**tuned["chosen"])
     return tuning.TuningResult(
         index=index,
-        trials=[],
-        chosen=tuning.Trial(**tuned["chosen"]),
+        trials=[chosen],  # last night's choice, the only configuration this index was measured in
+        chosen=chosen,
         target_met=bool(tuned.get("target_met")),
         queries_idx=np.empty(0, np.int64),
         true_ids=np.empty((0, options.k), np.int64),
@@ -239,7 +240,7 @@ def update_ondevice_index(
         "num_leaves_to_search": leaves,
         "largest_partition_over_mean": partition_skew(state.assignment, summary.num_partitions),
     }
-    return OnDeviceBuild(tuned, np.asarray(summary.item_order, np.int64), details), state
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, np.int64), tuned.target_outcome(), details), state
 
 
 def _merged_state(

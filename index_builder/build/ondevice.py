@@ -34,6 +34,7 @@ from index_builder.ondevice.convert import convert_searcher
 from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
+from index_builder.recall_target import TargetOutcome, outcome
 from index_builder.searcher_models import build_searcher_model
 
 LOG = logging.getLogger("build_index")
@@ -44,6 +45,7 @@ INDEX_FILE = "index.ldb"
 class OnDeviceBuild:
     tuned: tuning.TuningResult
     rows: np.ndarray  # rows[i] = embeddings row of the i-th item in index.ldb
+    target: TargetOutcome  # of the configuration written (after calibration on all rows, if any)
     details: dict[str, Any] = field(default_factory=dict)  # for index_config.json
 
 
@@ -102,7 +104,7 @@ def _build_in_process(
         "training_rows": min(settings.training_sample_size, embeddings.num_rows),
         "num_leaves_to_search": tuned.chosen.num_leaves_to_search,
     }
-    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), details)
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), tuned.target_outcome(), details)
 
 
 def _build_brute_force(
@@ -130,7 +132,7 @@ def _build_brute_force(
         "training_rows": 0,
         "num_leaves_to_search": 1,
     }
-    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), details)
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, dtype=np.int64), tuned.target_outcome(), details)
 
 
 def _build_in_beam(
@@ -143,50 +145,12 @@ def _build_in_beam(
     pipeline_options: PipelineOptions | None,
 ) -> OnDeviceBuild:
     """Tunes and trains on a row sample, then encodes every row in Beam workers."""
-    params = settings.ondevice_params()
-    sample_size = min(settings.training_sample_size, embeddings.num_rows)
-    sample = np.sort(np.random.default_rng(params.seed).choice(embeddings.num_rows, sample_size, replace=False))
-    tuned = tuning.tune_scann_index(
-        embeddings.vectors[sample], params, settings.ondevice_tuning(), queries=tuning_queries
-    )
-    quantizer = OnDeviceQuantizer.from_artifacts(
-        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
-    )
-    LOG.info(
-        "on-device: trained on %d sampled rows (%d leaves); encoding all %d rows in Beam",
-        sample_size,
-        len(quantizer.partition_centroids),
-        embeddings.num_rows,
-    )
+    sample, tuned, quantizer = _tune_on_sample(settings, embeddings, tuning_queries)
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
     row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
     rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
-    started = time.perf_counter()
     queries, true_ids = _calibration_queries(embeddings, sample, tuned, tuning_queries, hints)
-    leaves, calibration = params.num_leaves_to_search, []
-    if leaves is None:
-        leaves, trials = calibrate_leaves_to_search(
-            quantizer,
-            items.assignment,
-            items.codes,
-            queries,
-            true_ids,
-            rows,
-            start=tuned.chosen.num_leaves_to_search,
-            target_recall=settings.ondevice_target_recall,
-        )
-        calibration = [asdict(t) for t in trials]
-    LOG.info(
-        "on-device: calibrated leaves-to-search on all rows (%d settings tried) in %.1f s",
-        len(calibration),
-        time.perf_counter() - started,
-    )
-    if leaves != tuned.chosen.num_leaves_to_search:
-        LOG.info(
-            "on-device: %d leaves to search on all rows (the sample chose %d)",
-            leaves,
-            tuned.chosen.num_leaves_to_search,
-        )
+    leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, rows, queries, true_ids)
     summary = parallel_encode.write_index(
         items,
         quantizer,
@@ -198,11 +162,74 @@ def _build_in_beam(
     details = {
         "num_partitions": summary.num_partitions,
         "encoding": "beam",
-        "training_rows": sample_size,
+        "training_rows": len(sample),
         "num_leaves_to_search": leaves,
         "calibration_on_all_rows": calibration,
     }
-    return OnDeviceBuild(tuned, rows, details)
+    return OnDeviceBuild(tuned, rows, target, details)
+
+
+def _tune_on_sample(
+    settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
+) -> tuple[np.ndarray, tuning.TuningResult, OnDeviceQuantizer]:
+    """The sampled rows, the tuning on them (code size, tree, leaves-to-search) and its quantizer."""
+    params = settings.ondevice_params()
+    sample_size = min(settings.training_sample_size, embeddings.num_rows)
+    sample = np.sort(np.random.default_rng(params.seed).choice(embeddings.num_rows, sample_size, replace=False))
+    tuned = tuning.tune_scann_index(
+        embeddings.vectors[sample], params, settings.ondevice_tuning(), queries=tuning_queries
+    )
+    quantizer = OnDeviceQuantizer.from_artifacts(
+        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
+    )
+    LOG.info(
+        "on-device: trained on %d sampled rows (%d leaves, %d B/item codes); encoding all %d rows in Beam",
+        sample_size,
+        len(quantizer.partition_centroids),
+        len(quantizer.codebooks),
+        embeddings.num_rows,
+    )
+    return sample, tuned, quantizer
+
+
+def _calibrate_on_all_rows(
+    settings: BuildSettings,
+    tuned: tuning.TuningResult,
+    quantizer: OnDeviceQuantizer,
+    items: parallel_encode.EncodedItems,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    true_ids: np.ndarray,
+) -> tuple[int, list[dict[str, Any]], TargetOutcome]:
+    """Leaves-to-search re-checked on every row, by the rule the sample was tuned with.
+
+    The code size stays the sample's: changing it would mean encoding every row again.
+    """
+    if settings.ondevice_num_leaves_to_search is not None:
+        return settings.ondevice_num_leaves_to_search, [], tuned.target_outcome()
+    started = time.perf_counter()
+    rule = settings.ondevice_tuning().rule()
+    leaves, trials = calibrate_leaves_to_search(
+        quantizer,
+        items.assignment,
+        items.codes,
+        queries,
+        true_ids,
+        rows,
+        start=tuned.chosen.num_leaves_to_search,
+        rule=rule,
+    )
+    chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
+    code_bytes = len(quantizer.codebooks)  # one byte per AH block
+    target = outcome(rule, trials, chosen, lambda _: code_bytes)
+    LOG.info(
+        "on-device: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f",
+        time.perf_counter() - started,
+        leaves,
+        tuned.chosen.num_leaves_to_search,
+        chosen.recall,
+    )
+    return leaves, [asdict(t) for t in trials], target
 
 
 def _encode_all_rows(

@@ -37,6 +37,25 @@ class BuildResult:
     ondevice: dict[str, Any]  # eval.json's on-device figures
     timings: dict[str, float]
     incremental: dict[str, Any] = dataclasses.field(default_factory=dict)  # trained or updated, and why
+    exit_code: int = 0  # what the job exits with (set by the job: --require_targets)
+
+    def missed_targets(self) -> list[str]:
+        """One "<index>: target missed: ..." line per index whose recall target was missed."""
+        return [
+            f"{name}: {figures['target_message']}"
+            for name, figures in (("server", self.server), ("on-device", self.ondevice))
+            if not figures.get("target_met", True)
+        ]
+
+    def summary(self, output_dir: str) -> str:
+        """The job's last log line: where, how good, how big, and any missed target."""
+        line = (
+            f"index written to {output_dir}: server recall@10 {self.server['recall@10']:.4f} "
+            f"({self.server['query_latency_ms']['mean_ms']:.3f} ms/query), on-device recall@10 "
+            f"{self.ondevice['recall@10']:.4f}, {self.ondevice['bytes_per_item_total']:.1f} bytes/item"
+        )
+        missed = self.missed_targets()
+        return f"{line}; {'; '.join(missed)}" if missed else line
 
 
 def build_index(

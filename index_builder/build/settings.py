@@ -7,6 +7,12 @@ from dataclasses import dataclass
 from index_builder.scann_index import IndexParams
 from index_builder.tuning import TuningOptions
 
+# On-device AH code sizes tuning tries when --ondevice_dims_per_block is not given, coarsest first:
+# D/2 bytes per item, then D bytes (the code size sets the on-device recall ceiling: on 250K clustered
+# 128-d rows with float lookup tables, 64-byte codes top out at 0.905, 128-byte codes reach 0.96
+# searching 100 of 500 leaves; docs/BENCHMARKS.md).
+ONDEVICE_DIMS_PER_BLOCK_CANDIDATES = (2, 1)
+
 
 @dataclass(frozen=True)
 class BuildSettings:
@@ -25,7 +31,7 @@ class BuildSettings:
     ondevice_target_recall: float = 0.9
     ondevice_num_leaves: int | None = None
     ondevice_num_leaves_to_search: int | None = None
-    ondevice_dims_per_block: int = 2
+    ondevice_dims_per_block: int | None = None  # None: tuning picks from ONDEVICE_DIMS_PER_BLOCK_CANDIDATES
     ondevice_lookup: str = "FLOAT"
     ondevice_encoding: str = "auto"
     metadata_columns: tuple[str, ...] = ("uri",)
@@ -34,6 +40,8 @@ class BuildSettings:
     # Last night's index directory: update it instead of retraining when the model is unchanged.
     previous_index: str | None = None
     retrain_every: int = 7  # nights between full retrains when updating
+    # A missed recall target makes the job exit non-zero (after writing the index).
+    require_targets: bool = False
 
     def server_params(self) -> IndexParams:
         return IndexParams(
@@ -49,17 +57,21 @@ class BuildSettings:
         return IndexParams(
             num_leaves=self.ondevice_num_leaves,
             num_leaves_to_search=self.ondevice_num_leaves_to_search,
-            dims_per_block=self.ondevice_dims_per_block,
+            dims_per_block=self.ondevice_dims_per_block or ONDEVICE_DIMS_PER_BLOCK_CANDIDATES[0],
             training_sample_size=self.training_sample_size,
             seed=self.seed,
             for_ondevice=True,
+            ondevice_lookup=self.ondevice_lookup,
         )
 
     def server_tuning(self) -> TuningOptions:
         return TuningOptions(target_recall=self.target_recall, seed=self.seed)
 
     def ondevice_tuning(self) -> TuningOptions:
-        return TuningOptions(target_recall=self.ondevice_target_recall, seed=self.seed)
+        candidates = () if self.ondevice_dims_per_block else ONDEVICE_DIMS_PER_BLOCK_CANDIDATES
+        return TuningOptions(
+            target_recall=self.ondevice_target_recall, seed=self.seed, dims_per_block_candidates=candidates
+        )
 
     def encodes_ondevice_in_beam(self, num_rows: int) -> bool:
         """Beam workers encode when asked, or (auto) when the rows outnumber the training sample."""

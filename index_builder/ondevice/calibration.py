@@ -14,6 +14,10 @@ one Python LUT scan per query and setting (1M items: the on-device stage of buil
 overall best items are ranked once (``rank_candidates``), and a setting's top k is read off them.
 INT8 tables round the scores slightly; the final on-device recall in eval.json is measured with
 the runtime's own arithmetic (ReferenceSearcher).
+
+Which leaf count wins is decided by the tuner's rule (index_builder.recall_target): the fewest
+leaves meeting the target, or if none does, the fewest within the tolerance of the best recall
+reached, never a climb along a plateau the codes cap.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 from index_builder.evaluation import per_query_recall
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import decode_codes
+from index_builder.recall_target import RecallEstimate, TargetRule
 
 STEPS_UP = (1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 STEPS_DOWN = (0.75, 0.5)
@@ -128,11 +133,11 @@ def calibrate_leaves_to_search(
     item_rows: np.ndarray,
     *,
     start: int,
-    target_recall: float,
+    rule: TargetRule,
     k: int = 10,
-    confidence_z: float = 1.64,
 ) -> tuple[int, list[CalibrationTrial]]:
-    """The fewest leaves near ``start`` whose recall@k meets the target, else the most accurate tried.
+    """The fewest leaves near ``start`` whose recall@k meets the target; if none does, the fewest
+    within the rule's tolerance of the best recall tried.
 
     Items are in index order (``assignment[g]``, ``codes[g]``); ``item_rows[g]`` is item g's database
     row, the space ``true_ids`` (exact neighbours) is in.
@@ -143,30 +148,22 @@ def calibrate_leaves_to_search(
     ranked = rank_candidates(queries, decoded, assignment, centroids, depth=_CANDIDATE_DEPTH)
     tried: dict[int, CalibrationTrial] = {}
 
-    def trial(leaves: int) -> CalibrationTrial:
+    def trial(value: float) -> CalibrationTrial:
+        leaves = min(num_partitions, max(1, math.ceil(value)))
         if leaves not in tried:
             found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, decoded, assignment, centroids)]
-            recalls = per_query_recall(found, true_ids, k)
-            error = float(recalls.std(ddof=1) / np.sqrt(len(recalls))) if len(recalls) > 1 else 0.0
-            mean = float(recalls.mean())
-            tried[leaves] = CalibrationTrial(leaves, mean, error, mean - confidence_z * error >= target_recall)
+            estimate = RecallEstimate.of(per_query_recall(found, true_ids, k))
+            tried[leaves] = CalibrationTrial(leaves, estimate.mean, estimate.standard_error, rule.meets(estimate))
         return tried[leaves]
 
-    def clamp(value: float) -> int:
-        return min(num_partitions, max(1, math.ceil(value)))
-
-    chosen = trial(clamp(start))
-    if chosen.meets_target:
+    if trial(start).meets_target:
         for step in STEPS_DOWN:  # the sample may have been pessimistic
-            smaller = trial(clamp(start * step))
-            if not smaller.meets_target:
+            if not trial(start * step).meets_target:
                 break
-            chosen = smaller
     else:
         for step in STEPS_UP:
-            chosen = trial(clamp(start * step))
-            if chosen.meets_target:
+            if trial(start * step).meets_target:
                 break
-    if not chosen.meets_target:
-        chosen = max(tried.values(), key=lambda t: (t.recall, -t.num_leaves_to_search))
-    return chosen.num_leaves_to_search, sorted(tried.values(), key=lambda t: t.num_leaves_to_search)
+    trials = sorted(tried.values(), key=lambda t: t.num_leaves_to_search)
+    chosen = min(rule.eligible(trials), key=lambda t: t.num_leaves_to_search)
+    return chosen.num_leaves_to_search, trials

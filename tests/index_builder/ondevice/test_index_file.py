@@ -385,6 +385,20 @@ def _linear_image_embedder(path: Path, weights: np.ndarray) -> None:
 @pytest.mark.skipif(not _tasklib_available(), reason="needs .venv-tasklib (scripts/make_task_library_venv.sh)")
 @pytest.mark.parametrize("lookup_type", ["FLOAT", "INT8"])
 def test_task_library_image_searcher_returns_reference_results(tmp_path, artifacts, lookup_type: str) -> None:
+    _image_searcher_returns_reference_results(tmp_path, artifacts, lookup_type)
+
+
+@pytest.mark.task_library
+@pytest.mark.skipif(not _tasklib_available(), reason="needs .venv-tasklib (scripts/make_task_library_venv.sh)")
+def test_task_library_image_searcher_loads_one_dim_per_block_codes(tmp_path, database) -> None:
+    """Tuning may choose 1-dim AH blocks (D bytes per item) when 2-dim ones cap recall below the target:
+    the runtime must load and search them like any other block size."""
+    artifacts = read_searcher(_searcher(database, dims_per_block=1))
+    assert len(artifacts.codebooks) == D and all(book.shape == (256, 1) for book in artifacts.codebooks)
+    _image_searcher_returns_reference_results(tmp_path, artifacts, "FLOAT")
+
+
+def _image_searcher_returns_reference_results(tmp_path, artifacts, lookup_type: str) -> None:
     rng = np.random.default_rng(5)
     weights = rng.normal(size=(48, D)).astype(np.float32)
     model = tmp_path / "embedder.tflite"
