@@ -18,7 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
-from beam_jobs.common_options import common
+from beam_jobs.common_options import CommonJobOptions, common
 from beam_jobs.job_logging import configure_logging
 from index_builder.classifier.build import (
     WEIGHTS,
@@ -38,7 +38,6 @@ LOG = logging.getLogger("build_classifier")
 class BuildClassifierOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        parser.add_argument("--embeddings", default=None, help="Parquet glob written by embed_images; required")
         parser.add_argument("--label_column", default=None, help="carried-through column naming each item's class")
         parser.add_argument("--max_items_per_class", type=int, default=10, help="items kept per class (K, default 10)")
         parser.add_argument(
@@ -61,12 +60,13 @@ class BuildClassifierOptions(PipelineOptions):
 def settings_from_options(options: PipelineOptions) -> ClassifierSettings:
     job = options.view_as(BuildClassifierOptions)
     shared = common(options)
-    if not job.embeddings:
+    embeddings = options.view_as(CommonJobOptions).embeddings
+    if not embeddings:
         raise launcher.UsageError("--embeddings is required (e.g. 'OUT/embeddings/*.parquet')")
     if not job.label_column:
         raise launcher.UsageError("--label_column is required: the manifest column that names each item's class")
     return ClassifierSettings(
-        embeddings=job.embeddings,
+        embeddings=embeddings,
         label_column=job.label_column,
         output_dir=uris.absolutize_local(shared.output_dir),
         model_dir=shared.model_dir,

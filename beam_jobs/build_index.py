@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
-from beam_jobs.common_options import common
+from beam_jobs.common_options import CommonJobOptions, common
 from beam_jobs.job_logging import configure_logging
 from index_builder.build.inputs import BuildInputError, BuildInputs, load_inputs
 from index_builder.build.run import BuildResult, build_index
@@ -39,7 +39,6 @@ class BuildIndexOptions(PipelineOptions):
         add = parser.add_argument
         # A flag table reads best one flag per line.
         # fmt: off
-        add("--embeddings", default=None, help="Parquet glob written by embed_images; required")
         add("--target_recall", type=float, default=0.95, help="server index: recall@10 target")
         add("--num_leaves", type=int, default=None, help="server index: fix the tree size")
         add("--num_leaves_to_search", type=int, default=None, help="server index: fix leaves searched")
@@ -74,7 +73,7 @@ class BuildIndexOptions(PipelineOptions):
 def settings_from_options(options: PipelineOptions) -> BuildSettings:
     """Checks the flags a build cannot start without and freezes them into one settings object."""
     job = options.view_as(BuildIndexOptions)
-    if not job.embeddings:
+    if not options.view_as(CommonJobOptions).embeddings:
         raise launcher.UsageError("--embeddings is required (e.g. 'OUT/embeddings/*.parquet')")
     if not 0 < job.target_recall <= 1 or not 0 < job.ondevice_target_recall <= 1:
         raise launcher.UsageError("--target_recall and --ondevice_target_recall must be in (0, 1]")

@@ -24,6 +24,9 @@ class CommonJobOptions(PipelineOptions):
             help="model directory (see README 'Model directory format'); default: the bundled model",
         )
         parser.add_argument("--seed", type=int, default=0, help="seed of everything random in the job")
+        parser.add_argument(
+            "--embeddings", default=None, help="Parquet glob written by embed_images (build_index, build_classifier)"
+        )
 
 
 def common(options: PipelineOptions) -> CommonJobOptions:

@@ -58,7 +58,7 @@ def validate(options: PipelineOptions, argv: list[str]) -> tuple[str, str]:
         raise launcher.UsageError("--workspace is required")
     if options.view_as(CommonJobOptions).output_dir:
         raise launcher.UsageError("--output_dir is not a nightly flag: outputs go to WS/runs/<run_id>/")
-    if options.view_as(build_index.BuildIndexOptions).embeddings:
+    if options.view_as(CommonJobOptions).embeddings:
         raise launcher.UsageError("--embeddings is not a nightly flag: the run's own embeddings are indexed")
     problem = gate.threshold_problem(
         nightly.max_shrink, nightly.max_rejected_fraction, nightly.min_recall, nightly.min_ondevice_recall

@@ -17,34 +17,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from encoders import model_config
-from sample_catalog.vectors import clustered_unit_vectors
-from transforms.outputs.embedding_schema import embeddings_schema
-
-
-def write_shards(directory: Path, ids: list[str], vectors: np.ndarray, model_id: str, rows: int = 100_000) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    for shard, start in enumerate(range(0, len(ids), rows)):
-        block, names = vectors[start : start + rows], ids[start : start + rows]
-        table = pa.table(
-            {
-                "id": names,
-                "uri": [f"gs://catalog/{i}.jpg" for i in names],
-                "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
-                    pa.list_(pa.float32())
-                ),
-                "fingerprint": ["0"] * len(names),
-                "model_id": [model_id] * len(names),
-                "width": pa.array([256] * len(names), pa.int32()),
-                "height": pa.array([256] * len(names), pa.int32()),
-            },
-            schema=embeddings_schema(block.shape[1], model_id),
-        )
-        pq.write_table(table, directory / f"part-{shard:05d}.parquet")
-    return str(directory / "*.parquet")
+from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 
 
 def changed_catalog(
@@ -96,10 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     ids = [f"item-{i:09d}" for i in range(args.num_rows)]
     with tempfile.TemporaryDirectory(prefix="incremental_bench_") as tmp:
         base = Path(tmp)
-        first = write_shards(base / "night1", ids, vectors, model_id)
+        first = write_embeddings(base / "night1", vectors, model_id, ids=ids)
         night1 = timed_build(first, base / "index1")
         second_ids, second_vectors = changed_catalog(ids, vectors, args.changed_fraction, seed=7, drift=args.drift)
-        second = write_shards(base / "night2", second_ids, second_vectors, model_id)
+        second = write_embeddings(base / "night2", second_vectors, model_id, ids=second_ids)
         updated = timed_build(second, base / "index2", "--previous_index", str(base / "index1"))
         retrained = timed_build(second, base / "index2_full")
     report = {

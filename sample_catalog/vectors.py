@@ -58,11 +58,14 @@ def write_embeddings(
     model_id: str,
     labels: dict[str, list[str]] | None = None,
     uri_prefix: str = "gs://catalog/images/",
-) -> None:
-    """Writes embedding shards; `labels` adds carried-through string columns ({column: one value per row}).
+    ids: list[str] | None = None,
+) -> str:
+    """Writes embedding shards and returns their glob; `labels` adds carried-through string columns
+    ({column: one value per row}); `ids` replaces the default item-<row> ids (uris follow the ids).
 
     The uris name images that do not exist; pass a local `uri_prefix` to keep readers off the network.
     """
+    ids = ids or [f"item-{i:09d}" for i in range(len(vectors))]
     labels = labels or {}
     schema = embeddings_schema(vectors.shape[1], model_id)
     for column in labels:
@@ -70,11 +73,11 @@ def write_embeddings(
     directory.mkdir(parents=True, exist_ok=True)
     for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
         block = vectors[start : start + ROWS_PER_SHARD]
-        rows = range(start, start + len(block))
+        names = ids[start : start + len(block)]
         table = pa.table(
             {
-                "id": [f"item-{i:09d}" for i in rows],
-                "uri": [f"{uri_prefix}{i:09d}.jpg" for i in rows],
+                "id": names,
+                "uri": [f"{uri_prefix}{name}.jpg" for name in names],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
                     pa.list_(pa.float32())
                 ),
@@ -87,3 +90,4 @@ def write_embeddings(
             schema=schema,
         )
         pq.write_table(table, directory / f"part-{shard:05d}.parquet", row_group_size=10_000)
+    return str(directory / "*.parquet")

@@ -18,19 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from encoders.tflite_metadata.embedders import image_input_metadata
 from encoders.tflite_metadata.model_buffer import TensorInfo, model_io
 from encoders.tflite_metadata.populate import populate
 from encoders.tflite_metadata.schema import (
     AssociatedFile,
     AssociatedFileType,
-    ColorSpaceType,
     Content,
     FeatureProperties,
-    ImageProperties,
-    ImageSize,
     ModelMetadata,
-    NormalizationOptions,
-    ProcessUnit,
     Stats,
     SubGraphMetadata,
     TensorMetadata,
@@ -57,29 +53,6 @@ def check_labels(labels: Sequence[str]) -> None:
 def labels_file_bytes(labels: Sequence[str]) -> bytes:
     check_labels(labels)
     return ("\n".join(labels) + "\n").encode("utf-8")
-
-
-def _image_input_metadata(image: TensorInfo, mean: Sequence[float], std: Sequence[float]) -> TensorMetadata:
-    if image.dtype != "FLOAT32" or len(image.shape) != 4 or image.shape[0] != 1 or image.shape[3] != 3:
-        raise ValueError(
-            f"the classifier needs a FLOAT32 RGB input [1, H, W, 3], got {image.dtype} {list(image.shape)}"
-        )
-    if len(mean) != len(std) or len(mean) not in (1, 3):
-        raise ValueError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std values must be positive, got {list(std)}")
-    _, height, width, _ = image.shape
-    return TensorMetadata(
-        name="image",
-        description=f"RGB image {width}x{height}, normalized as (pixel - mean) / std.",
-        content=Content(
-            content_properties=ImageProperties(
-                color_space=ColorSpaceType.RGB, default_size=ImageSize(width=width, height=height)
-            )
-        ),
-        process_units=[ProcessUnit(NormalizationOptions(mean=[float(m) for m in mean], std=[float(s) for s in std]))],
-        stats=Stats(max=[(255.0 - m) / s for m, s in zip(mean, std)], min=[(0.0 - m) / s for m, s in zip(mean, std)]),
-    )
 
 
 def _scores_output(outputs: list[TensorInfo], num_labels: int) -> TensorInfo:
@@ -115,7 +88,7 @@ def add_image_classifier_metadata(
     inputs, outputs = model_io(model)
     if len(inputs) != 1:
         raise ValueError(f"the classifier needs a single image input, it has {len(inputs)}")
-    input_metadata = _image_input_metadata(inputs[0], mean, std)
+    input_metadata = image_input_metadata(inputs[0], mean, std)
     _scores_output(outputs, len(labels))
     labels_file = AssociatedFile(
         name=LABELS_FILE_NAME,

@@ -219,31 +219,10 @@ def add_image_embedder_metadata(
     (1 value for all channels, or 3 per channel). A float32 input requires them.
     """
     inputs, outputs = model_io(model)
-    if len(inputs) != 1 or inputs[0].dtype != "FLOAT32" or len(inputs[0].shape) != 4:
-        found = [(i.dtype, list(i.shape)) for i in inputs]
-        raise ValueError(f"the image model needs a single FLOAT32 input of shape [1, H, W, 3]; it has {found}")
-    batch, height, width, channels = inputs[0].shape
-    if batch != 1 or channels != 3 or height < 1 or width < 1:
-        raise ValueError(f"the image input must be [1, H, W, 3] (RGB), got {list(inputs[0].shape)}")
+    if len(inputs) != 1:
+        raise ValueError(f"the image model needs a single FLOAT32 input of shape [1, H, W, 3]; it has {len(inputs)}")
+    input_metadata = image_input_metadata(inputs[0], mean, std)
     output = _single_embedding_output(outputs)
-    if len(mean) != len(std) or len(mean) not in (1, 3):
-        raise ValueError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
-    if any(s <= 0 for s in std):
-        raise ValueError(f"std values must be positive, got {list(std)}")
-    input_metadata = TensorMetadata(
-        name="image",
-        description=f"RGB image {width}x{height}, normalized as (pixel - mean) / std.",
-        content=Content(
-            content_properties=ImageProperties(
-                color_space=ColorSpaceType.RGB, default_size=ImageSize(width=width, height=height)
-            )
-        ),
-        process_units=[ProcessUnit(NormalizationOptions(mean=[float(m) for m in mean], std=[float(s) for s in std]))],
-        stats=Stats(
-            max=[(255.0 - m) / s for m, s in zip(mean, std)],
-            min=[(0.0 - m) / s for m, s in zip(mean, std)],
-        ),
-    )
     metadata = ModelMetadata(
         name=model_name,
         description=description,
@@ -298,3 +277,30 @@ def attach_scann_index(
     )
     files[file_name] = index_file_bytes
     return populate(model, metadata, files)
+
+
+def image_input_metadata(image: TensorInfo, mean: Sequence[float], std: Sequence[float]) -> TensorMetadata:
+    """RGB image properties and normalization of a [1, H, W, 3] FLOAT32 input (embedders and classifiers).
+
+    The Task Library resizes the RGB image to H x W and feeds (pixel - mean) / std with pixels in 0..255,
+    so `mean`/`std` are in that scale (1 value for all channels, or 3 per channel)."""
+    if image.dtype != "FLOAT32" or len(image.shape) != 4 or image.shape[0] != 1 or image.shape[3] != 3:
+        raise ValueError(f"the image input must be FLOAT32 RGB [1, H, W, 3], got {image.dtype} {list(image.shape)}")
+    if image.shape[1] < 1 or image.shape[2] < 1:
+        raise ValueError(f"the image input must be [1, H, W, 3] (RGB), got {list(image.shape)}")
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ValueError(f"mean and std need 1 or 3 values each, got {len(mean)} and {len(std)}")
+    if any(s <= 0 for s in std):
+        raise ValueError(f"std values must be positive, got {list(std)}")
+    _, height, width, _ = image.shape
+    return TensorMetadata(
+        name="image",
+        description=f"RGB image {width}x{height}, normalized as (pixel - mean) / std.",
+        content=Content(
+            content_properties=ImageProperties(
+                color_space=ColorSpaceType.RGB, default_size=ImageSize(width=width, height=height)
+            )
+        ),
+        process_units=[ProcessUnit(NormalizationOptions(mean=[float(m) for m in mean], std=[float(s) for s in std]))],
+        stats=Stats(max=[(255.0 - m) / s for m, s in zip(mean, std)], min=[(0.0 - m) / s for m, s in zip(mean, std)]),
+    )

@@ -33,3 +33,19 @@ def test_an_output_dir_inside_the_input_glob_is_refused(tmp_path: Path) -> None:
         "beam_jobs.embed_images", "--input_pattern", str(tmp_path / "**"), "--output_dir", str(tmp_path / "ws" / "out")
     )  # fmt: skip
     assert result.returncode == 2 and "matches this job's own outputs" in result.stderr
+
+
+def test_every_job_flag_is_declared_once_across_all_jobs() -> None:
+    """Beam parses every PipelineOptions class with one parser: a flag two jobs both declare breaks every
+    job in a process that imports both (the demo, the nightly, tests). Shared flags go in CommonJobOptions."""
+    import importlib
+    import pkgutil
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    import beam_jobs
+
+    for module in pkgutil.iter_modules(beam_jobs.__path__):
+        importlib.import_module(f"beam_jobs.{module.name}")
+    options = PipelineOptions(["--embeddings", "x"])
+    assert options.get_all_options()["embeddings"] == "x"

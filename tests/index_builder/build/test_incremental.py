@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,8 +15,7 @@ from encoders import model_config
 from index_builder.build import incremental
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.scann_import import scann_ops_pybind
-from sample_catalog.vectors import clustered_unit_vectors
-from transforms.outputs.embedding_schema import embeddings_schema
+from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 
 N = 3000
 MODEL_ID = model_config.validate_model_dir(None).model_id
@@ -25,23 +23,7 @@ FAST = ["--eval_queries", "300"]
 
 
 def write_shard(directory: Path, ids: list[str], vectors: np.ndarray) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    table = pa.table(
-        {
-            "id": ids,
-            "uri": [f"gs://catalog/{i}.jpg" for i in ids],
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1]).cast(
-                pa.list_(pa.float32())
-            ),
-            "fingerprint": ["0"] * len(ids),
-            "model_id": [MODEL_ID] * len(ids),
-            "width": pa.array([64] * len(ids), pa.int32()),
-            "height": pa.array([64] * len(ids), pa.int32()),
-        },
-        schema=embeddings_schema(vectors.shape[1], MODEL_ID),
-    )
-    pq.write_table(table, directory / "part-00000.parquet")
-    return str(directory / "*.parquet")
+    return write_embeddings(directory, vectors, MODEL_ID, uri_prefix="gs://catalog/", ids=ids)
 
 
 def build(embeddings: str, output: Path, *extra: str) -> build_index.BuildResult:
