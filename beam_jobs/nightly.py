@@ -2,8 +2,7 @@
 
     python -m beam_jobs.nightly (--input_pattern GLOB... | --manifest M) --workspace WS [--model_dir MODEL]
         [--run_id ID] [--max_shrink 0.10] [--max_rejected_fraction 0.05] [--min_recall 0.9]
-        [--min_ondevice_recall 0.75]
-        [--force] [--keep_runs 7] [embed_images / build_index / Beam flags]
+        [--min_ondevice_recall 0.75] [--force] [--keep_runs 7] [embed_images / build_index / Beam flags]
 
 Writes WS/runs/<run_id>/{embeddings,rejected,index}/ (each with _SUCCESS),
 run_summary.json, diff_counts.json and _SUCCESS; then, if the validation gate
@@ -112,9 +111,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     summary = night.run_summary(run_id, workspace, latest, embedded["config"], run_path, embedded)
     night.maybe_crash("after_embeddings")
 
-    checks = gate.catalog_checks(
-        summary, night.previous_item_count(latest), flags.max_shrink, flags.max_rejected_fraction
-    )
+    previous_items = night.previous_item_count(latest)
+    checks = gate.catalog_checks(summary, previous_items, flags.max_shrink, flags.max_rejected_fraction)
     if all(c.passed for c in checks) or flags.force:
         checks.extend(build_and_check(night.index_argv(argv, run_path, latest), summary, flags))
     else:
@@ -135,15 +133,7 @@ def build_and_check(index_argv: list[str], summary: dict[str, Any], flags: Night
     result = build_index.run(index_argv)
     summary["timings"]["index_seconds"] = round(time.perf_counter() - index_started, 3)
     night.maybe_crash("after_index")
-    summary["index"] = {
-        "build": result.incremental,
-        "server_recall@10": result.server.get("recall@10"),
-        "ondevice_recall@10": result.ondevice.get("recall@10"),
-    }
-    return [
-        gate.recall_check(result.server.get("recall@10"), flags.min_recall),
-        gate.ondevice_recall_check(result.ondevice.get("recall@10"), flags.min_ondevice_recall),
-    ]
+    return night.index_checks(summary, result, flags.min_recall, flags.min_ondevice_recall)
 
 
 def main() -> None:

@@ -51,6 +51,16 @@ def write_manifest(index_dir: Path) -> dict[str, Any]:
     return manifest
 
 
+def add_to_manifest(index_dir: Path, relative: str) -> None:
+    """Lists one more file (written after the manifest, like report.html, which reads it) without
+    hashing the others again."""
+    path = index_dir / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    target = index_dir / relative
+    manifest["files"][relative] = {"bytes": target.stat().st_size, "sha256": sha256_of(target)}
+    markers.write_json(str(path), manifest)
+
+
 class IndexIntegrityError(ValueError):
     """An index directory is incomplete or its files differ from what it was committed with."""
 

@@ -187,3 +187,19 @@ def refused(summary: dict[str, Any], checks: list[gate.Check]) -> dict[str, Any]
     LOG.error(message)
     print(f"error: {message}", file=sys.stderr)
     return {**summary, "published": False, "exit_code": EXIT_REFUSED, "message": message}
+
+
+def index_checks(
+    summary: dict[str, Any], result: Any, min_recall: float, min_ondevice_recall: float
+) -> list[gate.Check]:
+    """Records the built index in the summary (how it was made, its recalls) and returns its gate checks.
+    `result` is build_index's BuildResult."""
+    summary["index"] = {
+        "build": result.incremental,
+        "server_recall@10": result.server.get("recall@10"),
+        "ondevice_recall@10": result.ondevice.get("recall@10"),
+    }
+    return [
+        gate.recall_check(result.server.get("recall@10"), min_recall),
+        gate.ondevice_recall_check(result.ondevice.get("recall@10"), min_ondevice_recall),
+    ]

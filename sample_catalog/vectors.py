@@ -65,6 +65,7 @@ def write_embeddings(
 
     The uris name images that do not exist; pass a local `uri_prefix` to keep readers off the network.
     """
+    custom_ids = ids is not None
     ids = ids or [f"item-{i:09d}" for i in range(len(vectors))]
     labels = labels or {}
     schema = embeddings_schema(vectors.shape[1], model_id)
@@ -74,10 +75,11 @@ def write_embeddings(
     for shard, start in enumerate(range(0, len(vectors), ROWS_PER_SHARD)):
         block = vectors[start : start + ROWS_PER_SHARD]
         names = ids[start : start + len(block)]
+        files = names if custom_ids else [f"{i:09d}" for i in range(start, start + len(block))]
         table = pa.table(
             {
                 "id": names,
-                "uri": [f"{uri_prefix}{name}.jpg" for name in names],
+                "uri": [f"{uri_prefix}{name}.jpg" for name in files],
                 "embedding": pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1]).cast(
                     pa.list_(pa.float32())
                 ),

@@ -285,7 +285,7 @@ def image_input_metadata(image: TensorInfo, mean: Sequence[float], std: Sequence
     The Task Library resizes the RGB image to H x W and feeds (pixel - mean) / std with pixels in 0..255,
     so `mean`/`std` are in that scale (1 value for all channels, or 3 per channel)."""
     if image.dtype != "FLOAT32" or len(image.shape) != 4 or image.shape[0] != 1 or image.shape[3] != 3:
-        raise ValueError(f"the image input must be FLOAT32 RGB [1, H, W, 3], got {image.dtype} {list(image.shape)}")
+        raise ValueError(f"the model needs a FLOAT32 RGB input [1, H, W, 3], got {image.dtype} {list(image.shape)}")
     if image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"the image input must be [1, H, W, 3] (RGB), got {list(image.shape)}")
     if len(mean) != len(std) or len(mean) not in (1, 3):

@@ -75,7 +75,8 @@ def build_index(
         index_outputs.write_manifest(work)
         # A view of the records just written; it never fails the build (a warning at most).
         report = ReportSettings(embeddings=settings.embeddings, index_label=output_dir)
-        write_report_safely(str(work), str(work / REPORT_FILE), report)
+        if write_report_safely(str(work), str(work / REPORT_FILE), report):
+            index_outputs.add_to_manifest(work, REPORT_FILE)
         if remote:
             records.upload_tree(work, staging.path)
     records.commit_index(staging)

@@ -196,7 +196,7 @@ def test_bad_flags_and_models_stop_before_any_work(catalog: Path, tmp_path: Path
     broken_model.mkdir()
     (broken_model / "model_config.json").write_text("{}")
     result = run_cli("--manifest", str(catalog), "--output_dir", str(out), "--model_dir", str(broken_model))
-    assert result.returncode == 2 and "missing" in result.stderr and "image_encoder.keras" in result.stderr
+    assert result.returncode == 2 and "missing" in result.stderr and "image_encoder.tflite" in result.stderr
     result = run_cli("--manifest", str(tmp_path / "nope.jsonl"), "--output_dir", str(out))
     assert result.returncode == 2 and "does not exist" in result.stderr
     blocker = tmp_path / "blocker"
