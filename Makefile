@@ -13,10 +13,12 @@ DEMO_DIR ?= demo_output
 
 venv: $(STAMP)
 
+# pip and setuptools print pages of warnings no user can act on: the log is shown only if the install fails.
 $(STAMP): setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
-	$(PY) -m pip install --quiet -e '.[test]'
+	@echo "Installing the Python packages into $(VENV) (a few minutes the first time; log: $(VENV)/install.log)"
+	@$(PY) -m pip install --quiet --upgrade pip wheel setuptools > $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; false)
+	@$(PY) -m pip install --quiet -e '.[test]' >> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log; false)
 	@touch $(STAMP)
 
 # The reference on-device client (tflite-support needs protobuf<4, so it lives in its own venv).

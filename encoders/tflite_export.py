@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from encoders import tflite_metadata
 from encoders.tflite_metadata.regex_tokenizer import vocab_from_tokens, with_case_variants
+from encoders.tflite_runtime import open_interpreter
 
 
 def to_tflite(model: keras.Model, input_dtype: tf.DType) -> bytes:
@@ -33,10 +34,7 @@ def to_tflite(model: keras.Model, input_dtype: tf.DType) -> bytes:
 
 def run_tflite(model: bytes, inputs: np.ndarray) -> np.ndarray:
     """Runs a batch-1 TFLite model over each row of `inputs`."""
-    from ai_edge_litert.interpreter import Interpreter  # tf.lite.Interpreter is deprecated
-
-    interpreter = Interpreter(model_content=model)
-    interpreter.allocate_tensors()
+    interpreter = open_interpreter(model)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     outputs = []
     for row in inputs:

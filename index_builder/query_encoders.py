@@ -22,15 +22,12 @@ from encoders.tflite_metadata.schema import (
     RegexTokenizerOptions,
     SentencePieceTokenizerOptions,
 )
+from encoders.tflite_runtime import open_interpreter
 from images.decoding import decode_image, resize_for_model
 
 
 def _interpreter(model: bytes):
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_content=model)
-    interpreter.allocate_tensors()
-    return interpreter
+    return open_interpreter(model)
 
 
 def _run(interpreter, inputs: np.ndarray) -> np.ndarray:

@@ -278,7 +278,7 @@ def _train_and_sweep(
                 dims_per_block=dims,
             )
             index = build_scann_index(vectors, trial_params)
-            log.info("tuning: trained %d leaves, dims_per_block %d in %.1fs", num_leaves, dims, index.build_seconds)
+            log.debug("tuning: trained %d leaves, dims_per_block %d in %.1fs", num_leaves, dims, index.build_seconds)
             trials += _pruned_sweep(index, held_out, leaves_to_search, reorders, options, trials)
             choice = choose_trial(trials, rule)
             if _built_by(choice, index):
@@ -302,10 +302,10 @@ def _pruned_sweep(
     trials: list[Trial] = []
     for trial in _sweep(index, held_out, leaves_to_search, reorders, options):
         trials.append(trial)
-        log.info("tuning: %s", trial.summary())
+        log.debug("tuning: %s", trial.summary())  # every trial is in index_config.json too
         incumbent = choose_trial(earlier + trials, rule)
         if _cannot_win(trial, incumbent, reorders[0]):
-            log.info("tuning: %d leaves cannot beat %s; next", trial.num_leaves, incumbent.summary())
+            log.debug("tuning: %d leaves cannot beat %s; next", trial.num_leaves, incumbent.summary())
             break
     return trials
 

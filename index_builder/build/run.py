@@ -120,6 +120,7 @@ def _train(
     # The server tuner already has the exact neighbours of the tuning queries; calibration reuses them.
     hints = ServerHints(tuning_truth=server.true_ids if tuning_queries is not None else None)
     device = build_ondevice_index(settings, inputs, tuning_queries, hints, _user_info(inputs), work, pipeline_options)
+    LOG.info("on-device index: %s", device.tuned.chosen.summary())
     timings["ondevice_seconds"] = time.perf_counter() - started
     history = {"mode": "trained", "reason": plan.reason, "nights_since_retrain": 0}
     return _finish(settings, inputs, tuning_queries, server, device, history, timings, work)

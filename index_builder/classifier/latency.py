@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from encoders.model_config import ModelConfig
+from encoders.tflite_runtime import open_interpreter
 from images.decoding import decode_image, resize_for_model
 
 LATENCY_IMAGES = 10
@@ -47,10 +48,7 @@ def model_inputs(uris: list[str], config: ModelConfig, seed: int) -> tuple[np.nd
 
 def measure(model: bytes, inputs: np.ndarray, threads: int = 1) -> tuple[dict[str, float], np.ndarray]:
     """(latency summary in ms, [n, C] scores) running each input LATENCY_REPEATS times after a warm-up."""
-    import tensorflow as tf
-
-    interpreter = tf.lite.Interpreter(model_content=model, num_threads=threads)
-    interpreter.allocate_tensors()
+    interpreter = open_interpreter(model, threads)
     source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     timings, scores = [], []
     for image in inputs:

@@ -128,7 +128,7 @@ def write_report(index_dir: str, output: str, settings: ReportSettings | None = 
     else:
         with FileSystems.create(output, mime_type="text/html") as stream:
             stream.write(page)
-    LOG.info("report: %s (%d KB) in %.2f s", output, len(page) // 1024, time.perf_counter() - started)
+    LOG.debug("report: %s (%d KB) in %.2f s", output, len(page) // 1024, time.perf_counter() - started)
     return output
 
 

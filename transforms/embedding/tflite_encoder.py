@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from encoders import model_config
+from encoders.tflite_runtime import open_interpreter
 
 LOG = logging.getLogger(__name__)
 
@@ -65,10 +66,7 @@ class _InterpreterRunner:
     """One interpreter: batched invokes while the model accepts the batch size, single images after."""
 
     def __init__(self, model: bytes, threads: int | None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self._interpreter = Interpreter(model_content=model, num_threads=threads or None)
-        self._interpreter.allocate_tensors()
+        self._interpreter = open_interpreter(model, threads)
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self.input_dtype = self._input["dtype"]
