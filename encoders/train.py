@@ -47,6 +47,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0, help="seeds weight init and shuffling")
+    parser.add_argument(
+        "--short_caption_share",
+        type=float,
+        default=0.0,
+        help="share of training pairs (redrawn each epoch) that use one of the manifest's short_captions "
+        "(partial captions like 'a red circle', from make_sample_catalog --short_captions) instead of the caption",
+    )
     parser.add_argument("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     args = parser.parse_args(argv)
     checks = {
@@ -61,6 +68,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{flag} must be between {low} and {high}, got {value}")
     if args.learning_rate <= 0:
         parser.error("--learning_rate must be positive")
+    if not 0.0 <= args.short_caption_share < 1.0:
+        parser.error(f"--short_caption_share must be in [0, 1), got {args.short_caption_share}")
     return args
 
 
@@ -77,16 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    shorts = train_set.short_caption_table() if args.short_caption_share > 0 else None
+    if args.short_caption_share > 0 and shorts is None:
+        print(f"error: --short_caption_share needs 'short_captions' on every row of {args.manifest}", file=sys.stderr)
+        return 2
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
     # Heavy imports after validation, so a bad flag answers at once.
     import keras
     import tensorflow as tf
+    import tensorflow_transform as tft
 
     from encoders import tflite_export
     from encoders.towers import build_image_tower, build_text_tower
-    from encoders.transform_pipeline import run_transform, transform_captions
+    from encoders.transform_pipeline import run_transform, transform_caption_table, transform_captions
 
     keras.utils.set_random_seed(args.seed)
     timings: dict[str, float] = {}
@@ -99,13 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         eval_pixels, eval_captions = pixels[-args.holdout :], captions[-args.holdout :]
         pixels, captions = pixels[: -args.holdout], captions[: -args.holdout]
+        shorts = shorts[: -args.holdout] if shorts else None
     else:
         eval_pixels, eval_captions = load_image_array(eval_set.uris, args.image_size), eval_set.captions
     timings["decode_seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()
     channel_mean, channel_sq_mean = channel_statistics(pixels)
-    transform = run_transform(captions, channel_mean, channel_sq_mean, output_dir, max_len=args.max_len)
+    # The vocabulary must also cover words only partial captions use ("something", "object").
+    vocabulary_text = [" ".join([c, *s]) for c, s in zip(captions, shorts)] if shorts else captions
+    transform = run_transform(vocabulary_text, channel_mean, channel_sq_mean, output_dir, max_len=args.max_len)
+    token_ids = transform.token_ids
+    if shorts:
+        token_ids = transform_caption_table(tft.TFTransformOutput(str(output_dir)), captions, shorts)
     timings["transform_seconds"] = time.perf_counter() - started
     LOG.info(
         "vocabulary %d tokens; pixel mean %s std %s",
@@ -117,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     image_tower = build_image_tower(args.image_size, args.embedding_dim, transform.pixel_mean, transform.pixel_std)
     text_tower = build_text_tower(len(transform.vocabulary), args.max_len, args.embedding_dim)
     settings = TrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        short_caption_share=args.short_caption_share,
     )
-    training = train_dual_encoder(image_tower, text_tower, pixels, transform.token_ids, settings)
+    training = train_dual_encoder(image_tower, text_tower, pixels, token_ids, settings)
     timings["train_seconds"] = training["train_seconds"]
-
-    import tensorflow_transform as tft
 
     eval_ids = transform_captions(tft.TFTransformOutput(str(output_dir)), eval_captions)
     metrics = dual_encoder_report(
@@ -175,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "learning_rate": args.learning_rate,
             "seed": args.seed,
+            "short_caption_share": args.short_caption_share,
             "vocabulary_size": len(transform.vocabulary),
             "pixel_mean": transform.pixel_mean.tolist(),
             "pixel_std": transform.pixel_std.tolist(),

@@ -91,3 +91,11 @@ def transform_captions(tft_output: tft.TFTransformOutput, captions: list[str], b
         }
         out.append(np.asarray(layer(features)[text_transform.TOKEN_IDS], np.int32))
     return np.concatenate(out) if out else np.zeros((0, tokens.MAX_LEN), np.int32)
+
+
+def transform_caption_table(
+    tft_output: tft.TFTransformOutput, captions: list[str], shorts: list[list[str]]
+) -> np.ndarray:
+    """[N, 1 + S, max_len] ids: each row's full caption, then its S partial captions."""
+    columns = [captions] + [list(column) for column in zip(*shorts)]
+    return np.stack([transform_captions(tft_output, column) for column in columns], axis=1)

@@ -104,3 +104,22 @@ def test_bad_flags_stop_with_a_message(tmp_path: Path) -> None:
     result = run_job("--output_dir", str(blocker / "sub"), "--num_images", "5")
     assert result.returncode == 2 and "--output_dir" in result.stderr
     assert not list(tmp_path.glob("**/*.jpg"))
+
+
+def test_short_captions_name_a_subset_of_the_scene_and_leave_the_item_unchanged() -> None:
+    vocabulary = {*attributes.COLORS, *attributes.SHAPES}
+    seen = Counter()
+    for i in range(300):
+        plain_row, plain_image = generate_item(CatalogSettings(seed=13, image_size=32), i)
+        row, image = generate_item(CatalogSettings(seed=13, image_size=32, short_captions=4), i)
+        assert image == plain_image and row["caption"] == plain_row["caption"] and "short_captions" not in plain_row
+        assert len(row["short_captions"]) == 4
+        held = {o[key] for o in row["objects"] for key in ("color", "shape")}
+        for text in row["short_captions"]:
+            named = set(text.split()) & vocabulary
+            assert named and named <= held, (text, row["objects"])
+            assert len(text.split()) < len(row["caption"].split()) or len(row["objects"]) == 1, text
+            colors, shapes = named & set(attributes.COLORS), named & set(attributes.SHAPES)
+            seen["shape only" if not colors else "color only" if not shapes else "color and shape"] += 1
+            seen["with region"] += " at the " in text or " on the " in text or "center" in text or "middle" in text
+    assert min(seen.values()) > 50, seen
