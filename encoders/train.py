@@ -96,11 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     # Heavy imports after validation, so a bad flag answers at once.
     import keras
     import tensorflow as tf
-    import tensorflow_transform as tft
 
     from encoders import tflite_export
     from encoders.towers import build_image_tower, build_text_tower
-    from encoders.transform_pipeline import run_transform, transform_caption_table, transform_captions
+    from encoders.transform_pipeline import run_transform, transform_captions
 
     keras.utils.set_random_seed(args.seed)
     timings: dict[str, float] = {}
@@ -120,12 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     channel_mean, channel_sq_mean = channel_statistics(pixels)
-    # The vocabulary must also cover words only partial captions use ("something", "object").
-    vocabulary_text = [" ".join([c, *s]) for c, s in zip(captions, shorts)] if shorts else captions
-    transform = run_transform(vocabulary_text, channel_mean, channel_sq_mean, output_dir, max_len=args.max_len)
-    token_ids = transform.token_ids
-    if shorts:
-        token_ids = transform_caption_table(tft.TFTransformOutput(str(output_dir)), captions, shorts)
+    transform = run_transform(captions, channel_mean, channel_sq_mean, output_dir, args.max_len, short_captions=shorts)
     timings["transform_seconds"] = time.perf_counter() - started
     LOG.info(
         "vocabulary %d tokens; pixel mean %s std %s",
@@ -143,8 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         short_caption_share=args.short_caption_share,
     )
-    training = train_dual_encoder(image_tower, text_tower, pixels, token_ids, settings)
+    training = train_dual_encoder(image_tower, text_tower, pixels, transform.token_ids, settings)
     timings["train_seconds"] = training["train_seconds"]
+
+    import tensorflow_transform as tft
 
     eval_ids = transform_captions(tft.TFTransformOutput(str(output_dir)), eval_captions)
     metrics = dual_encoder_report(
