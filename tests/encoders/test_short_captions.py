@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from encoders import model_config
-from encoders.contrastive import pick_captions, symmetric_info_nce
+from encoders.contrastive import pick_captions
 from encoders.tflite_metadata.regex_tokenizer import parse_vocab_file
 from encoders.training_data import ManifestError, read_captioned_manifest
 from tests import ROOT
@@ -48,27 +48,6 @@ def test_pick_captions_mixes_full_and_partial_captions_at_the_share() -> None:
     assert np.all(mixed == mixed[:, :1]) and set(columns) == {0, 1, 2, 3, 4}
     assert abs(np.mean(columns > 0) - 0.6) < 0.04
     assert np.bincount(columns[columns > 0])[1:].min() > 0.8 * np.sum(columns > 0) / 4
-
-
-def test_identical_captions_in_a_batch_are_not_negatives_of_each_other() -> None:
-    rng = np.random.default_rng(0)
-    images = tf.math.l2_normalize(tf.constant(rng.normal(size=(6, 8)), tf.float32), axis=1)
-    texts = tf.math.l2_normalize(tf.constant(rng.normal(size=(6, 8)), tf.float32), axis=1)
-    scale = tf.constant(2.5)
-    distinct = tf.constant(np.arange(6)[:, None].repeat(4, axis=1), tf.int32)
-    # Distinct captions: exactly the CLIP loss, computed here by hand.
-    logits = np.exp(2.5) * images.numpy() @ texts.numpy().T
-    by_hand = np.mean([np.log(np.exp(row).sum()) - row[i] for m in (logits, logits.T) for i, row in enumerate(m)])
-    assert float(symmetric_info_nce(images, texts, scale, distinct)) == pytest.approx(by_hand, rel=1e-5)
-    assert float(symmetric_info_nce(images, texts, scale)) == pytest.approx(by_hand, rel=1e-5)
-    # Pairs 0 and 1 share a caption ("a circle" twice): matching image 0 to text 1 is no longer penalized,
-    # so the loss falls when text 1 is moved onto image 0's text.
-    shared = distinct.numpy().copy()
-    shared[1] = shared[0]
-    moved = tf.concat([texts[:1], texts[:1], texts[2:]], axis=0)
-    assert float(symmetric_info_nce(images, moved, scale, tf.constant(shared))) < float(
-        symmetric_info_nce(images, moved, scale, distinct)
-    )
 
 
 def test_training_with_short_captions_covers_their_words(tmp_path: Path) -> None:
