@@ -33,24 +33,12 @@ def pick_captions(batch_ids: tf.Tensor, share: float, seed: int) -> tf.Tensor:
     return tf.gather(batch_ids, tf.where(use_short, short, 0), batch_dims=1)
 
 
-def symmetric_info_nce(
-    image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor, token_ids: tf.Tensor | None = None
-) -> tf.Tensor:
-    """Mean of image->text and text->image cross-entropy over in-batch negatives.
-
-    With `token_ids`, pairs whose captions are identical (short captions repeat: "a circle") are
-    positives of each other rather than negatives: the target spreads evenly over them. With all
-    captions distinct this is the plain CLIP loss.
-    """
+def symmetric_info_nce(image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor) -> tf.Tensor:
+    """Mean of image->text and text->image cross-entropy over in-batch negatives."""
     logits = tf.exp(logit_scale) * tf.matmul(image_embeddings, text_embeddings, transpose_b=True)
-    if token_ids is None:
-        targets = tf.eye(tf.shape(logits)[0])
-    else:
-        same = tf.reduce_all(tf.equal(token_ids[:, None, :], token_ids[None, :, :]), axis=-1)
-        targets = tf.cast(same, logits.dtype)
-    targets = targets / tf.reduce_sum(targets, axis=1, keepdims=True)  # symmetric, so rows = columns
-    image_to_text = tf.nn.softmax_cross_entropy_with_logits(targets, logits)
-    text_to_image = tf.nn.softmax_cross_entropy_with_logits(targets, tf.transpose(logits))
+    labels = tf.range(tf.shape(logits)[0])
+    image_to_text = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+    text_to_image = tf.keras.losses.sparse_categorical_crossentropy(labels, tf.transpose(logits), from_logits=True)
     return (tf.reduce_mean(image_to_text) + tf.reduce_mean(text_to_image)) / 2.0
 
 
@@ -80,7 +68,7 @@ def train_dual_encoder(
         with tf.GradientTape() as tape:
             image_embeddings = image_tower(tf.cast(batch_pixels, tf.float32), training=True)
             text_embeddings = text_tower(batch_ids, training=True)
-            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale, batch_ids)
+            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale)
         optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
         logit_scale.assign(tf.clip_by_value(logit_scale, 0.0, math.log(100.0)))
         return loss
