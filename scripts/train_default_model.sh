@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORK=${WORK:-build/default_model}
 OUT=${OUT:-encoders/default_model}
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-12}
 SHORT_SHARE=${SHORT_SHARE:-0.5}
 mkdir -p "$WORK"
 # A training catalog from before partial captions existed is regenerated (same scenes, same images).
