@@ -40,6 +40,7 @@ class SampleCatalogOptions(PipelineOptions):
         add("--image_size", type=int, default=256, help=f"side of the square images in pixels, 32-{MAX_IMAGE_SIZE}")
         add("--format", dest="image_format", default="jpeg", help=f"image file format: {' or '.join(FORMATS)}")
         add("--jpeg_quality", type=int, default=90, help="JPEG quality, 1-95 (ignored for png)")
+        add("--short_captions", type=int, default=0, help="partial captions per row for encoder training, 0-32")
 
 
 def validate(options: SampleCatalogOptions) -> CatalogSettings:
@@ -59,8 +60,12 @@ def validate(options: SampleCatalogOptions) -> CatalogSettings:
         raise launcher.UsageError(f"--format must be one of {', '.join(FORMATS)}, got {options.image_format!r}")
     if not 1 <= options.jpeg_quality <= 95:
         raise launcher.UsageError(f"--jpeg_quality must be between 1 and 95, got {options.jpeg_quality}")
+    if not 0 <= options.short_captions <= 32:
+        raise launcher.UsageError(f"--short_captions must be between 0 and 32, got {options.short_captions}")
     launcher.check_writable(shared.output_dir, "--output_dir")
-    return CatalogSettings(shared.seed, options.image_size, options.image_format, options.jpeg_quality)
+    return CatalogSettings(
+        shared.seed, options.image_size, options.image_format, options.jpeg_quality, options.short_captions
+    )
 
 
 def index_block(start: int, stop: int) -> range:

@@ -39,6 +39,17 @@ class TrainingSettings:
     freeze_epochs: int = 0  # first epochs with the backbone frozen
     finetune_lr_scale: float = 0.1  # backbone learning rate relative to learning_rate once unfrozen
     unfreeze_layers: int | None = None  # unfreeze only the backbone's last K layers (None: all)
+    # With token ids [N, 1 + S, L] (full caption, then S partial ones): the share of training pairs,
+    # redrawn every epoch, that use a random partial caption instead of the full one.
+    short_caption_share: float = 0.0
+
+
+def pick_captions(batch_ids: tf.Tensor, share: float, seed: int) -> tf.Tensor:
+    """[B, 1 + S, L] -> [B, L]: column 0 (the full caption) or, with probability `share`, one of 1..S."""
+    size, alternatives = tf.shape(batch_ids)[0], tf.shape(batch_ids)[1]
+    use_short = tf.random.uniform([size], seed=seed) < share
+    short = tf.random.uniform([size], 1, tf.maximum(alternatives, 2), dtype=tf.int32, seed=seed + 1)
+    return tf.gather(batch_ids, tf.where(use_short, short, 0), batch_dims=1)
 
 
 def symmetric_info_nce(image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor) -> tf.Tensor:
@@ -126,8 +137,15 @@ def train_dual_encoder(
         tf.data.Dataset.from_tensor_slices((pixels, token_ids.astype(np.int32)))
         .shuffle(len(pixels), seed=settings.seed, reshuffle_each_iteration=True)
         .batch(settings.batch_size, drop_remainder=True)
-        .prefetch(2)
     )
+    if token_ids.ndim == 3:
+        dataset = dataset.map(
+            lambda batch_pixels, batch_ids: (
+                batch_pixels,
+                pick_captions(batch_ids, settings.short_caption_share, settings.seed),
+            )
+        )
+    dataset = dataset.prefetch(2)
     history: list[float] = []
     phases: list[str] = []
     unfrozen_layers = 0

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch_size", type=int, default=256)
     add("--learning_rate", type=float, default=2e-3)
     add("--seed", type=int, default=0, help="seeds weight init and shuffling")
+    add("--short_caption_share", type=float, default=0.0,
+        help="share of training pairs (redrawn each epoch) that use one of the manifest's short_captions (partial "
+        "captions like 'a red circle', from make_sample_catalog --short_captions) instead of the caption")  # fmt: skip
     add("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     backbone = parser.add_argument_group("pretrained image backbone")
     backbone.add_argument(
@@ -111,6 +114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"{flag} must be between {low} and {high}, got {value}")
     if args.learning_rate <= 0 or args.finetune_lr_scale <= 0:
         parser.error("--learning_rate and --finetune_lr_scale must be positive")
+    if not 0.0 <= args.short_caption_share < 1.0:
+        parser.error(f"--short_caption_share must be in [0, 1), got {args.short_caption_share}")
     if args.unfreeze_layers is not None and args.unfreeze_layers < 1:
         parser.error("--unfreeze_layers must be at least 1 (leave it out to unfreeze the whole backbone)")
     if args.image_backbone != NO_BACKBONE:
@@ -152,21 +157,25 @@ class TrainingPairs:
     captions: list[str]
     eval_pixels: np.ndarray
     eval_captions: list[str]
+    short_captions: list[list[str]] | None = None  # per training pair, with --short_caption_share
 
 
 def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: CaptionedImages | None) -> TrainingPairs:
     """Decodes the images the way the embedding job does; holds out the last --holdout pairs without an eval set."""
     if eval_set is None and len(train_set.uris) <= args.holdout * 2:
         raise TrainingError(f"need more than {args.holdout * 2} pairs to hold out {args.holdout}")
+    shorts = train_set.short_caption_table() if args.short_caption_share > 0 else None
+    if args.short_caption_share > 0 and shorts is None:
+        raise TrainingError(f"--short_caption_share needs 'short_captions' on every row of {args.manifest}")
     pixels = load_image_array(train_set.uris, args.image_size, resize=args.resize)
     captions = train_set.captions
     if eval_set is None:
+        held = -args.holdout
         return TrainingPairs(
-            pixels[: -args.holdout], captions[: -args.holdout], pixels[-args.holdout :], captions[-args.holdout :]
+            pixels[:held], captions[:held], pixels[held:], captions[held:], shorts[:held] if shorts else None
         )
-    return TrainingPairs(
-        pixels, captions, load_image_array(eval_set.uris, args.image_size, resize=args.resize), eval_set.captions
-    )
+    eval_pixels = load_image_array(eval_set.uris, args.image_size, resize=args.resize)
+    return TrainingPairs(pixels, captions, eval_pixels, eval_set.captions, shorts)
 
 
 def build_towers(args: argparse.Namespace, transform: Any, backbone: Any) -> tuple[Any, Any]:
@@ -255,6 +264,7 @@ def training_record(
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
         "seed": args.seed,
+        "short_caption_share": args.short_caption_share,
         "vocabulary_size": len(transform.vocabulary),
         "pixel_mean": transform.pixel_mean.tolist(),
         "pixel_std": transform.pixel_std.tolist(),
@@ -299,7 +309,9 @@ def train_and_export(args: argparse.Namespace, train_set: CaptionedImages, eval_
     pairs = load_pairs(args, train_set, eval_set)
     timings["decode_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
-    transform = run_transform(pairs.captions, *channel_statistics(pairs.pixels), output_dir, max_len=args.max_len)
+    transform = run_transform(
+        pairs.captions, *channel_statistics(pairs.pixels), output_dir, args.max_len, short_captions=pairs.short_captions
+    )
     timings["transform_seconds"] = time.perf_counter() - started
     LOG.info(
         "vocabulary %d tokens; pixel mean %s std %s",
@@ -316,6 +328,7 @@ def train_and_export(args: argparse.Namespace, train_set: CaptionedImages, eval_
         freeze_epochs=args.freeze_epochs,
         finetune_lr_scale=args.finetune_lr_scale,
         unfreeze_layers=args.unfreeze_layers,
+        short_caption_share=args.short_caption_share,
     )
     training = train_dual_encoder(image_tower, text_tower, pairs.pixels, transform.token_ids, settings, backbone)
     timings["train_seconds"] = training["train_seconds"]

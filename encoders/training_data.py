@@ -27,6 +27,13 @@ class CaptionedImages:
     ids: list[str]
     uris: list[str]
     captions: list[str]
+    # Optional per-row partial captions ("a red circle"); empty lists when the manifest has none.
+    short_captions: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def short_caption_table(self) -> list[list[str]] | None:
+        """[N][S] partial captions (S = the fewest any row has), or None when some row has none."""
+        count = min((len(shorts) for shorts in self.short_captions), default=0)
+        return [shorts[:count] for shorts in self.short_captions] if count else None
 
 
 def read_captioned_manifest(path: str | Path) -> CaptionedImages:
@@ -37,6 +44,7 @@ def read_captioned_manifest(path: str | Path) -> CaptionedImages:
     ids: list[str] = []
     uris: list[str] = []
     captions: list[str] = []
+    short_captions: list[list[str]] = []
     with manifest.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -56,9 +64,13 @@ def read_captioned_manifest(path: str | Path) -> CaptionedImages:
             uris.append(uri)
             ids.append(str(row.get("id") or uri))
             captions.append(row["caption"])
+            shorts = row.get("short_captions", [])
+            if not isinstance(shorts, list) or not all(isinstance(s, str) and s.strip() for s in shorts):
+                raise ManifestError(f"{manifest} line {number}: 'short_captions' must be a list of non-empty strings")
+            short_captions.append(shorts)
     if not uris:
         raise ManifestError(f"manifest {manifest} has no rows")
-    return CaptionedImages(ids=ids, uris=uris, captions=captions)
+    return CaptionedImages(ids=ids, uris=uris, captions=captions, short_captions=short_captions)
 
 
 def load_image_array(uris: list[str], image_size: int, resize: str = "squash", threads: int = 4) -> np.ndarray:

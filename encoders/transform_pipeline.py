@@ -32,8 +32,19 @@ def run_transform(
     output_dir: Path,
     max_len: int = tokens.MAX_LEN,
     vocab_size: int | None = None,
+    short_captions: list[list[str]] | None = None,
 ) -> TransformResult:
-    """Analyzes and transforms the training rows; writes transform_fn under output_dir."""
+    """Analyzes and transforms the training rows; writes transform_fn under output_dir.
+
+    With `short_captions` ([N][S] partial captions per row) the vocabulary also covers their words
+    ("something", "object") and token_ids is [N, 1 + S, max_len]: the full caption, then the S partial ones.
+    """
+    if short_captions:
+        analyzed = [" ".join([text, *shorts]) for text, shorts in zip(captions, short_captions)]
+        result = run_transform(analyzed, channel_mean, channel_sq_mean, output_dir, max_len, vocab_size)
+        tft_output = tft.TFTransformOutput(str(output_dir))
+        result.token_ids = transform_caption_table(tft_output, captions, short_captions)
+        return result
     rows = [
         {
             text_transform.CAPTION: caption,
@@ -91,3 +102,11 @@ def transform_captions(tft_output: tft.TFTransformOutput, captions: list[str], b
         }
         out.append(np.asarray(layer(features)[text_transform.TOKEN_IDS], np.int32))
     return np.concatenate(out) if out else np.zeros((0, tokens.MAX_LEN), np.int32)
+
+
+def transform_caption_table(
+    tft_output: tft.TFTransformOutput, captions: list[str], shorts: list[list[str]]
+) -> np.ndarray:
+    """[N, 1 + S, max_len] ids: each row's full caption, then its S partial captions."""
+    columns = [captions] + [list(column) for column in zip(*shorts)]
+    return np.stack([transform_captions(tft_output, column) for column in columns], axis=1)

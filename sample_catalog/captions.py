@@ -60,3 +60,30 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     if rng.random() < 0.3:
         text += _background(scene, rng)
     return text
+
+
+def _short_mention(obj: SceneObject, rng: np.random.Generator) -> str:
+    """One object named by a random subset of its attributes, as people type it."""
+    keep_shape = rng.random() < 0.7
+    keep_color = not keep_shape or rng.random() < 0.7  # a mention without shape always names a color
+    keep_size = rng.random() < 0.35
+    keep_region = rng.random() < 0.35
+    words = [str(rng.choice(_SIZE_WORDS[obj.size]))] if keep_size else []
+    if keep_color:
+        words.append(obj.color)
+    if keep_shape:
+        words.append(obj.shape)
+        text = _article(" ".join(words))
+    elif rng.random() < 0.5 and not keep_size:
+        text = f"something {obj.color}"
+    else:
+        text = _article(" ".join([*words, str(rng.choice(["shape", "shape", "object"]))]))
+    return f"{text} {_place(obj.region, rng)}" if keep_region else text
+
+
+def short_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption that mentions a random subset of the objects (usually one) and of their attributes:
+    "a red circle", "a circle", "something red at the top left", "a large blue star and a ring"."""
+    count = 1 if len(scene.objects) == 1 or rng.random() < 0.75 else 2
+    chosen = rng.choice(len(scene.objects), size=count, replace=False)
+    return _join([_short_mention(scene.objects[int(i)], rng) for i in chosen], rng)

@@ -6,7 +6,7 @@ import dataclasses
 import io
 from typing import Any
 
-from sample_catalog.captions import caption
+from sample_catalog.captions import caption, short_caption
 from sample_catalog.render import render
 from sample_catalog.scenes import sample_scene, scene_rng
 
@@ -19,6 +19,9 @@ class CatalogSettings:
     image_size: int = 256
     image_format: str = "jpeg"
     jpeg_quality: int = 90
+    # Extra partial captions per row ("a red circle", "something red at the top left"), for training
+    # encoders on text like people's queries; 0 keeps the manifest row as it always was.
+    short_captions: int = 0
 
 
 def item_id(seed: int, index: int) -> str:
@@ -30,6 +33,8 @@ def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any]
     rng = scene_rng(settings.seed, index)
     scene = sample_scene(rng)
     text = caption(scene, rng)
+    # Drawn after the caption from the same generator: the image and caption stay what they always were.
+    shorts = [short_caption(scene, rng) for _ in range(settings.short_captions)]
     image = render(scene, settings.image_size)
     buffer = io.BytesIO()
     if settings.image_format == "jpeg":
@@ -37,6 +42,8 @@ def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any]
     else:
         image.save(buffer, format="PNG")
     row = {"id": item_id(settings.seed, index), "caption": text, **scene.attributes()}
+    if shorts:
+        row["short_captions"] = shorts
     return row, buffer.getvalue()
 
 

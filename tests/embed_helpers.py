@@ -13,13 +13,15 @@ from apache_beam.io.filesystems import FileSystems
 from sample_catalog.generate import CatalogSettings, generate_item
 
 
-def write_catalog(directory: Path, count: int, seed: int = 42, image_size: int = 96) -> Path:
+def write_catalog(directory: Path, count: int, seed: int = 42, image_size: int = 96, short_captions: int = 0) -> Path:
     """Writes count generated images and a JSONL manifest; returns the manifest path."""
     images = directory / "images"
     images.mkdir(parents=True, exist_ok=True)
     lines = []
     for index in range(count):
-        row, data = generate_item(CatalogSettings(seed=seed, image_size=image_size), index)
+        row, data = generate_item(
+            CatalogSettings(seed=seed, image_size=image_size, short_captions=short_captions), index
+        )
         path = images / f"{row['id']}.jpg"
         path.write_bytes(data)
         lines.append(json.dumps({"uri": str(path), **row}))

@@ -121,3 +121,23 @@ def test_dominant_labels_name_the_largest_object_and_cover_every_value() -> None
         min(attributes.SHAPE_AREA.values()) * attributes.SIZES["large"] ** 2
         > max(attributes.SHAPE_AREA.values()) * attributes.SIZES["small"] ** 2
     )
+
+
+def test_short_captions_name_a_subset_of_the_scene_and_leave_the_item_unchanged() -> None:
+    vocabulary = {*attributes.COLORS, *attributes.SHAPES}
+    seen = Counter()
+    for i in range(300):
+        plain_row, plain_image = generate_item(CatalogSettings(seed=13, image_size=32), i)
+        row, image = generate_item(CatalogSettings(seed=13, image_size=32, short_captions=4), i)
+        assert image == plain_image and row["caption"] == plain_row["caption"] and "short_captions" not in plain_row
+        assert len(row["short_captions"]) == 4
+        held = {o[key] for o in row["objects"] for key in ("color", "shape")}
+        for text in row["short_captions"]:
+            named = set(text.split()) & vocabulary
+            assert named and named <= held, (text, row["objects"])
+            mentions = [word for word in text.split() if word in vocabulary]
+            assert len(mentions) <= 4, text  # at most two objects, each by color and/or shape
+            colors, shapes = named & set(attributes.COLORS), named & set(attributes.SHAPES)
+            seen["shape only" if not colors else "color only" if not shapes else "color and shape"] += 1
+            seen["with region"] += " at the " in text or " on the " in text or "center" in text or "middle" in text
+    assert min(seen.values()) > 50, seen
