@@ -1,4 +1,4 @@
-"""Encoder time of an incremental night vs a full rebuild.
+"""Encoder time and whole-night time of an incremental night vs a full one (night 2 updates the index).
 
     python -m benchmarks.nightly_incremental --num_images 100000 --changed_fraction 0.01
 
@@ -51,6 +51,10 @@ def night_numbers(summary: dict) -> dict:
         "encoder_ms": counters.get("embed.batch_encode_ms_sum"),
         "embed_seconds": summary.get("timings", {}).get("embed_seconds"),
         "index_seconds": summary.get("timings", {}).get("index_seconds"),
+        "night_seconds": summary.get("timings", {}).get("total_seconds"),
+        "index_mode": summary.get("index", {}).get("build", {}).get("mode"),
+        "server_recall@10": summary.get("index", {}).get("server_recall@10"),
+        "ondevice_recall@10": summary.get("index", {}).get("ondevice_recall@10"),
     }
 
 
@@ -75,6 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         "full": first,
         "incremental": second,
         "encoder_time_ratio": (second["encoder_ms"] or 0) / max(first["encoder_ms"] or 1, 1),
+        "night_time_ratio": (second["night_seconds"] or 0) / max(first["night_seconds"] or 1, 1e-9),
     }
     print(json.dumps(result, indent=2))
     return result
