@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from nightly.layout import LATEST_FILE, LOCK_FILE, WorkspaceError, join
 from transforms.catalog.uris import is_gcs, is_local
+from transforms.outputs import commit
 from transforms.outputs.commit import lock_is_stale
 
 LOG = logging.getLogger("nightly.latest")
@@ -190,12 +190,7 @@ def write_latest(workspace: str, record: dict[str, Any], started_from: LatestSta
                 f"{path} changed since this run started (was {started_from.run_id!r}, now "
                 f"{current.run_id!r}): another nightly published; not overwriting it"
             )
-        temp = os.path.join(workspace, f".{LATEST_FILE}.{uuid.uuid4().hex}.tmp")
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        commit.write_bytes_atomically(path, data)
         return
     LOG.warning("%s: this filesystem has no conditional write here; two concurrent nightlies could both publish", path)
     with FileSystems.create(path, mime_type="application/json") as handle:

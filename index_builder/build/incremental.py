@@ -11,6 +11,7 @@ the model changed, every --retrain_every nights, or when the updated index fails
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
@@ -27,7 +28,9 @@ import pyarrow.parquet as pq
 from index_builder import scann_index, tuning
 from index_builder.build import incremental_state
 from index_builder.build.inputs import BuildInputs
+from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, item_metadata
 from index_builder.build.settings import BuildSettings
+from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.scann_import import scann_ops_pybind
 from transforms.catalog import uris
 from transforms.outputs import markers
@@ -75,15 +78,21 @@ def plan_reuse(settings: BuildSettings, inputs: BuildInputs) -> ReusePlan:
     """Whether last night's index can be updated, and why (or why not)."""
     if not settings.previous_index:
         return ReusePlan(None, "no previous index given", 0)
-    previous = local_copy(settings.previous_index)
-    config = _previous_config(previous)
+    config = _previous_config(settings.previous_index)
     if config is None:
-        return ReusePlan(None, f"previous index {previous} is incomplete (no _SUCCESS or index_config.json)", 0)
+        reason = f"previous index {settings.previous_index} is incomplete (no _SUCCESS or index_config.json)"
+        return ReusePlan(None, reason, 0)
     nights = int(config.get("incremental", {}).get("nights_since_retrain", 0)) + 1
-    refusal = _refusal(previous, config, settings, inputs, nights)
-    if refusal:
+    refusal = _refusal(config, settings, inputs, nights)
+    if refusal:  # decided from index_config.json alone: nothing is downloaded for a retrain
         return ReusePlan(None, refusal, 0, config)
-    return ReusePlan(previous, f"updating the index of {previous} ({nights} nights since training)", nights, config)
+    previous = local_copy(settings.previous_index)
+    if not incremental_state.has_state(previous) or not (previous / "scann").is_dir():
+        return ReusePlan(
+            None, "the previous index keeps no reusable state (built before incremental nights)", 0, config
+        )
+    reason = f"updating the index of {settings.previous_index} ({nights} nights since training)"
+    return ReusePlan(previous, reason, nights, config)
 
 
 def local_copy(index_dir: str) -> Path:
@@ -93,6 +102,7 @@ def local_copy(index_dir: str) -> Path:
     from apache_beam.io.filesystems import FileSystems
 
     local = Path(tempfile.mkdtemp(prefix="previous_index_"))
+    atexit.register(shutil.rmtree, local, True)
     prefix = index_dir.rstrip("/") + "/"
     for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
         relative = metadata.path[len(prefix) :]
@@ -105,21 +115,24 @@ def local_copy(index_dir: str) -> Path:
     return local
 
 
-def _previous_config(previous: Path) -> dict[str, Any] | None:
-    if not (previous / markers.SUCCESS_FILE).is_file() or not (previous / "index_config.json").is_file():
+def _previous_config(index_dir: str) -> dict[str, Any] | None:
+    """index_config.json of a complete previous index, read where it is (any filesystem)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(index_dir, "index_config.json")
+    if not markers.has_success(index_dir) or not FileSystems.exists(path):
         return None
-    return json.loads((previous / "index_config.json").read_text())
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read())
 
 
-def _refusal(previous: Path, config: dict, settings: BuildSettings, inputs: BuildInputs, nights: int) -> str | None:
+def _refusal(config: dict, settings: BuildSettings, inputs: BuildInputs, nights: int) -> str | None:
     if config.get("model_id") != inputs.config.model_id:
         return f"model changed ({config.get('model_id')} -> {inputs.config.model_id}): retraining"
     if config.get("index_mode", {}).get("mode", "partitioned") != "partitioned":
         return "the previous index is brute force: nothing to reuse"
     if inputs.embeddings.num_rows < scann_index.BRUTE_FORCE_BELOW_ROWS:
         return "too few rows for a partitioned index"
-    if not incremental_state.has_state(previous) or not (previous / "scann").is_dir():
-        return "the previous index keeps no reusable state (built before incremental nights)"
     if nights >= settings.retrain_every:
         return f"scheduled retrain (every {settings.retrain_every} nights)"
     if config.get("ondevice", {}).get("lookup_type") != settings.ondevice_lookup:
@@ -210,17 +223,14 @@ def _reused_result(
 
 def update_ondevice_index(
     settings: BuildSettings, inputs: BuildInputs, plan: ReusePlan, diff: RowDiff, user_info: bytes, work: Path
-) -> tuple[Any, incremental_state.OnDeviceState]:
+) -> OnDeviceBuild:
     """index.ldb from last night's quantizer: unchanged items keep their codes, the rest are encoded now.
-    Returns (the on-device build record, the state to keep for the next night)."""
-    from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, item_metadata
-    from index_builder.ondevice.index_file import write_ondevice_index
-
+    (The state the next night reuses is read back from the written file, as for every build.)"""
     started = time.perf_counter()
     previous = incremental_state.read_state(plan.previous_dir)
     state = _merged_state(previous, inputs, diff)
     device_config = plan.previous_config["ondevice"]
-    leaves = int(device_config.get("num_leaves_to_search") or device_config["params"]["num_leaves_to_search"])
+    leaves = int(device_config["num_leaves_to_search"])  # what the index was written with (after calibration)
     summary = write_ondevice_index(
         work / INDEX_FILE,
         partition_centroids=state.quantizer.partition_centroids,
@@ -238,9 +248,9 @@ def update_ondevice_index(
         "encoding": "incremental",
         "rows_encoded": len(diff.upserted),
         "num_leaves_to_search": leaves,
-        "largest_partition_over_mean": partition_skew(state.assignment, summary.num_partitions),
+        "largest_partition_over_mean": partition_skew(summary.partition_sizes),
     }
-    return OnDeviceBuild(tuned, np.asarray(summary.item_order, np.int64), tuned.target_outcome(), details), state
+    return OnDeviceBuild(tuned, np.asarray(summary.item_order, np.int64), tuned.target_outcome(), details)
 
 
 def _merged_state(
@@ -266,9 +276,9 @@ def _merged_state(
     return incremental_state.OnDeviceState(previous.quantizer, list(ids), assignment, codes)
 
 
-def partition_skew(assignment: np.ndarray, num_partitions: int) -> float:
-    sizes = np.bincount(assignment, minlength=num_partitions)
-    return float(sizes.max() / max(sizes.mean(), 1e-9))
+def partition_skew(partition_sizes: np.ndarray) -> float:
+    """The largest partition over the mean partition size."""
+    return float(np.max(partition_sizes) / max(np.mean(partition_sizes), 1e-9))
 
 
 def drift_reason(

@@ -94,7 +94,7 @@ def build_into(
         LOG.info("tuning both indexes on %d text queries from %s", len(inputs.tuning_texts), settings.tuning_queries)
     plan = incremental.plan_reuse(settings, inputs)
     if plan.previous_dir is not None:
-        updated = _update_previous(settings, inputs, plan, tuning_queries, work)
+        updated = _update_previous(settings, inputs, plan, tuning_queries, work, pipeline_options)
         if updated is not None:
             return updated
     elif settings.previous_index:
@@ -132,6 +132,7 @@ def _update_previous(
     plan: incremental.ReusePlan,
     tuning_queries: np.ndarray | None,
     work: Path,
+    pipeline_options: PipelineOptions | None,
 ) -> BuildResult | None:
     """Last night's indexes with the diff applied; None when the drift check asks for a retrain."""
     timings: dict[str, float] = {}
@@ -140,7 +141,7 @@ def _update_previous(
     server = incremental.update_server_index(settings, inputs, plan, diff, work)
     timings["server_seconds"] = time.perf_counter() - started
     started = time.perf_counter()
-    device, _ = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
+    device = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
     timings["ondevice_seconds"] = time.perf_counter() - started
     history = {
         "mode": "updated",
@@ -162,9 +163,8 @@ def _update_previous(
         return result
     LOG.warning("retraining after all: %s", drift)
     shutil.rmtree(work / "scann", ignore_errors=True)
-    return _train(
-        settings, inputs, dataclasses.replace(plan, reason=f"drift check: {drift}"), tuning_queries, work, None
-    )
+    retrain = dataclasses.replace(plan, reason=f"drift check: {drift}")
+    return _train(settings, inputs, retrain, tuning_queries, work, pipeline_options)
 
 
 def _finish(

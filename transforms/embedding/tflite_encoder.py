@@ -78,8 +78,7 @@ class _InterpreterRunner:
             self._batches_work = self._resize(len(inputs))
         if len(inputs) == self._batch:
             return self._invoke(inputs)
-        if self._batch != 1:
-            self._resize(1)
+        # The model cannot take this batch (a failed resize left it at 1): one image per invoke.
         return np.concatenate([self._invoke(row[None]) for row in inputs])
 
     def _resize(self, batch: int) -> bool:

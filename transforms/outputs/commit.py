@@ -93,7 +93,7 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return content if isinstance(content, dict) else {}
 
 
-def _write_bytes(path: str, data: bytes) -> None:
+def write_bytes_atomically(path: str, data: bytes) -> None:
     """Local files appear whole (temp + rename); an object-store PUT is atomic already."""
     if uris.is_local(path):
         local = uris.strip_file_scheme(path)
@@ -150,7 +150,7 @@ class Staging:
     def claim(self) -> None:
         """Records the owner so a later run can tell a crashed staging folder from a live one."""
         owner = {"token": self.token, "pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        _write_bytes(join(self.path, OWNER_FILE), json_bytes(owner))
+        write_bytes_atomically(join(self.path, OWNER_FILE), json_bytes(owner))
 
 
 def new_staging(output_dir: str) -> Staging:
@@ -261,7 +261,7 @@ def commit(staging: Staging, legacy_patterns: Sequence[str] = ()) -> dict[str, A
             "replaces": previous_files(staging.output_dir, legacy_patterns),
             "staged_at": time.time(),
         }
-        _write_bytes(join(staging.path, STAGED_FILE), json_bytes(journal))
+        write_bytes_atomically(join(staging.path, STAGED_FILE), json_bytes(journal))
         maybe_crash("before_commit")
         marker = roll_forward(staging.output_dir, staging.path, journal)
     finally:
@@ -290,7 +290,7 @@ def roll_forward(output_dir: str, staging_path: str, journal: dict[str, Any]) ->
         "files": files,
         "completed": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    _write_bytes(success, json_bytes(marker))
+    write_bytes_atomically(success, json_bytes(marker))
     remove_tree(staging_path)
     return marker
 

@@ -116,3 +116,17 @@ def test_drift_check_asks_for_a_retrain(nights: dict) -> None:
     assert incremental.drift_reason(settings, plan, good, good, skew=2.0) is None
     assert "lopsided" in incremental.drift_reason(settings, plan, good, good, skew=20.0)
     assert "server recall@10 fell" in incremental.drift_reason(settings, plan, {"recall@10": 0.5}, good, skew=2.0)
+
+
+def test_a_failed_drift_check_retrains_within_the_same_build(nights: dict, tmp_path: Path) -> None:
+    """Last night claims perfect recall and the target asks for it: the updated index falls short of
+    min(last night, target) - 0.01, so the build retrains and says why."""
+    previous = tmp_path / "perfect_index"
+    shutil.copytree(nights["base"] / "index1", previous)
+    claimed = json.loads((previous / "eval.json").read_text())
+    claimed["server"]["recall@10"] = 1.0
+    (previous / "eval.json").write_text(json.dumps(claimed))
+    result = build(nights["second_embeddings"], tmp_path / "index", "--previous_index", str(previous),
+                   "--target_recall", "0.999")  # fmt: skip
+    assert result.incremental["mode"] == "trained"
+    assert result.incremental["reason"].startswith("drift check: server recall@10 fell from 1.0000")
