@@ -34,9 +34,10 @@ def _register_scann_package_without_init() -> None:
 _register_scann_package_without_init()
 
 # ScaNN's own generated protos (shipped in the wheel) for reading what
-# searcher.serialize() writes: config, k-means partitioner, AH codebook.
+# searcher.serialize() writes: config, k-means partitioner, AH codebook, asset manifest.
 from scann.partitioning import partitioner_pb2  # noqa: E402
 from scann.proto import centers_pb2, hash_pb2, projection_pb2, scann_pb2  # noqa: E402
+from scann.scann_ops import scann_assets_pb2  # noqa: E402 - the manifest of a serialized searcher
 from scann.scann_ops.py import (  # noqa: E402
     scann_builder,
     scann_ops_pybind,
@@ -50,6 +51,7 @@ __all__ = [
     "hash_pb2",
     "partitioner_pb2",
     "projection_pb2",
+    "scann_assets_pb2",
     "scann_builder",
     "scann_ops_pybind",
     "scann_pb2",

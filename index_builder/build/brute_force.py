@@ -54,6 +54,7 @@ def ignored_flags(settings: BuildSettings) -> list[str]:
         "ondevice_dims_per_block",
         "ondevice_lookup",
         "ondevice_encoding",
+        "server_build",
     )
     return [f"--{name}" for name in names if getattr(settings, name) != getattr(defaults, name)]
 

@@ -15,6 +15,7 @@ from index_builder.build.evaluate import Evaluation
 from index_builder.build.incremental_state import embedding_hashes
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import OnDeviceBuild
+from index_builder.build.server import server_build_mode
 from index_builder.build.settings import BuildSettings
 from transforms.outputs import commit, markers
 
@@ -41,7 +42,12 @@ def index_config(
             "source": settings.tuning_queries or "held-out database rows",
             "count": len(tuning_queries) if tuning_queries is not None else None,
         },
-        "server": {**server.index.describe(), "config_text": server.index.config_text, "tuning": server.describe()},
+        "server": {
+            **server.index.describe(),
+            "build": server_build_mode(settings, embeddings.num_rows),
+            "config_text": server.index.config_text,
+            "tuning": server.describe(),
+        },
         "ondevice": {
             **device.tuned.index.describe(),
             "lookup_type": settings.ondevice_lookup,

@@ -113,7 +113,7 @@ def _train(
     embeddings = inputs.embeddings
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    server = build_server_index(settings, embeddings.vectors, tuning_queries, work)
+    server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
     timings["server_seconds"] = time.perf_counter() - started
 
     started = time.perf_counter()

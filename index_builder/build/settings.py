@@ -12,6 +12,10 @@ from index_builder.tuning import TuningOptions
 # 128-d rows with float lookup tables, 64-byte codes top out at 0.905, 128-byte codes reach 0.96
 # searching 100 of 500 leaves; docs/BENCHMARKS.md).
 ONDEVICE_DIMS_PER_BLOCK_CANDIDATES = (2, 1)
+# --server_build auto: from this many rows the server index is trained on the sample and assembled from
+# Beam-encoded rows (index_builder/build/server_beam.py); below it ScaNN's in-process build is faster
+# (crossover measured in docs/BENCHMARKS.md, "Server index from Beam outputs").
+SERVER_BEAM_FROM_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class BuildSettings:
     ondevice_dims_per_block: int | None = None  # None: tuning picks from ONDEVICE_DIMS_PER_BLOCK_CANDIDATES
     ondevice_lookup: str = "FLOAT"
     ondevice_encoding: str = "auto"
+    server_build: str = "auto"  # in_process | beam | auto (beam from SERVER_BEAM_FROM_ROWS rows)
     metadata_columns: tuple[str, ...] = ("uri",)
     # Where Beam workers write per-partition files (None: a local temporary folder).
     temp_location: str | None = None
@@ -78,6 +83,12 @@ class BuildSettings:
         if self.ondevice_encoding == "auto":
             return num_rows > self.training_sample_size
         return self.ondevice_encoding == "beam"
+
+    def builds_server_in_beam(self, num_rows: int) -> bool:
+        """Beam workers encode the server index's rows when asked, or (auto) from SERVER_BEAM_FROM_ROWS rows."""
+        if self.server_build == "auto":
+            return num_rows >= SERVER_BEAM_FROM_ROWS
+        return self.server_build == "beam"
 
     def extra_columns(self) -> list[str]:
         """Metadata columns read from the shards besides id and uri."""

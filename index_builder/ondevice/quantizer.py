@@ -43,20 +43,35 @@ class OnDeviceQuantizer:
         scores = vectors @ centroids.T - 0.5 * np.einsum("pd,pd->p", centroids, centroids)
         return np.argmax(scores, axis=1).astype(np.int32)
 
-    def encode(self, vectors: np.ndarray, chunk_rows: int = 128) -> np.ndarray:
-        """[N, num_blocks] uint8 AH codes (rows in cache-sized chunks)."""
+    def encode(
+        self, vectors: np.ndarray, chunk_rows: int | None = None, residual_of: np.ndarray | None = None
+    ) -> np.ndarray:
+        """[N, num_blocks] uint8 AH codes (rows in cache-sized chunks; by default 128 rows with 256
+        centers per block, more with fewer centers, where numpy's per-call cost would dominate).
+
+        ``residual_of`` ([N] leaf per row): encode each row's residual to its leaf centroid, as ScaNN's
+        server trees do (``use_residual_quantization``). The anisotropic loss still weighs the error
+        along the original row, which is what moves its inner products (ScaNN's HashWithNoiseShaping
+        gets the residual and the original datapoint).
+        """
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if sum(book.shape[1] for book in self.codebooks) != x.shape[1]:
             raise ValueError(
                 f"codebooks cover {sum(b.shape[1] for b in self.codebooks)} dimensions, vectors have {x.shape[1]}"
             )
+        chunk_rows = chunk_rows or min(512, 128 * 256 // max(len(book) for book in self.codebooks))
+        residuals = None if residual_of is None else x - self.partition_centroids[np.asarray(residual_of)]
         return np.concatenate(
-            [self._encode_chunk(x[i : i + chunk_rows]) for i in range(0, len(x), chunk_rows)]
+            [
+                self._encode_chunk(x[i : i + chunk_rows], None if residuals is None else residuals[i : i + chunk_rows])
+                for i in range(0, len(x), chunk_rows)
+            ]
             or [np.zeros((0, len(self.codebooks)), np.uint8)]
         )
 
-    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
-        squared, along = self._block_terms(x)  # [B, n, C]; squared is off by a per-(block, row) constant
+    def _encode_chunk(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        # [B, n, C]; squared is off by a per-(block, row) constant
+        squared, along = self._block_terms(x if residual is None else residual, x)
         codes = np.argmin(squared, axis=2).T  # [n, B]: the isotropic start
         if self.anisotropic_threshold <= 0:
             return codes.astype(np.uint8)
@@ -94,26 +109,32 @@ class OnDeviceQuantizer:
                 break
         return codes.astype(np.uint8)
 
-    def _block_terms(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B, n, C] ||x_b - q||^2 - ||x_b||^2 and (x_b - q) . x_b for every block b and center q.
+    def _block_terms(self, r: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, n, C] ||r_b - q||^2 - ||r_b||^2 and (r_b - q) . x_b for every block b and center q,
+        where r is what gets encoded (the row or its residual) and x the original row.
 
-        The squared distance leaves out ||x_b||^2: constant over the centers of a block, it changes
+        The squared distance leaves out ||r_b||^2: constant over the centers of a block, it changes
         no argmin, and skipping it saves a pass over the largest arrays here.
         """
-        books, center_norms = self._stacked_codebooks
-        if books is not None:  # equal blocks: one batched matmul for all of them
-            xb = x.reshape(len(x), len(self.codebooks), -1).transpose(1, 0, 2)  # [B, n, d]
-            dots = np.matmul(xb, books.transpose(0, 2, 1))
-            xx = np.einsum("bnd,bnd->bn", xb, xb)[:, :, None]
-        else:  # ScaNN's last chunk is narrower when D is not a multiple of dims_per_block
-            bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
-            parts = [x[:, bounds[i] : bounds[i + 1]] for i in range(len(self.codebooks))]
-            dots = np.stack([p @ book.T for p, book in zip(parts, self.codebooks)])
-            xx = np.stack([np.einsum("nd,nd->n", p, p) for p in parts])[:, :, None]
-        along = xx - dots
+        dots, rx = self._dots_with_centers(r, x)
+        along = rx - (dots if r is x else self._dots_with_centers(x, x)[0])
         dots *= -2
-        dots += center_norms[:, None, :]
+        dots += self._stacked_codebooks[1][:, None, :]
         return dots, along
+
+    def _dots_with_centers(self, r: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, n, C] r_b . q for every center q, and [B, n, 1] r_b . x_b."""
+        books = self._stacked_codebooks[0]
+        if books is not None:  # equal blocks: one batched matmul for all of them
+            rb = r.reshape(len(r), len(self.codebooks), -1).transpose(1, 0, 2)  # [B, n, d]
+            xb = x.reshape(len(x), len(self.codebooks), -1).transpose(1, 0, 2)
+            return np.matmul(rb, books.transpose(0, 2, 1)), np.einsum("bnd,bnd->bn", rb, xb)[:, :, None]
+        # ScaNN's last chunk is narrower when D is not a multiple of dims_per_block
+        bounds = np.cumsum([0] + [book.shape[1] for book in self.codebooks])
+        blocks = [slice(bounds[i], bounds[i + 1]) for i in range(len(self.codebooks))]
+        dots = np.stack([r[:, b] @ book.T for b, book in zip(blocks, self.codebooks)])
+        rx = np.stack([np.einsum("nd,nd->n", r[:, b], x[:, b]) for b in blocks])[:, :, None]
+        return dots, rx
 
     @functools.cached_property
     def _stacked_codebooks(self) -> tuple[np.ndarray | None, np.ndarray]:

@@ -178,6 +178,30 @@ def read_serialized_searcher(artifacts_dir: str | os.PathLike[str]) -> ScannOnDe
     )
 
 
+@dataclass(frozen=True)
+class TreeAhParameters:
+    """The trained parts of any tree + AH searcher (server or on-device), without its rows."""
+
+    partition_centroids: np.ndarray  # [P, D] float32
+    codebooks: list[np.ndarray]  # num_blocks x [num_centers, dims_i] float32
+    residual: bool  # codes quantize the row minus its leaf centroid
+    anisotropic_threshold: float  # ScaNN noise_shaping_threshold; nan = plain nearest center
+
+
+def read_tree_ah_parameters(artifacts_dir: str | os.PathLike[str]) -> TreeAhParameters:
+    """Centroids, codebooks and encoding options of a serialized tree + AH searcher (local directory)."""
+    with open(os.path.join(artifacts_dir, "scann_config.pb"), "rb") as f:
+        config = scann_pb2.ScannConfig.FromString(f.read())
+    if not config.HasField("partitioning") or not config.HasField("hash"):
+        raise NotOnDeviceCompatibleError(f"{artifacts_dir} is not a tree + asymmetric-hashing searcher")
+    with open(os.path.join(artifacts_dir, "serialized_partitioner.pb"), "rb") as f:
+        centroids = _leaf_centroids(partitioner_pb2.SerializedPartitioner.FromString(f.read()))
+    with open(os.path.join(artifacts_dir, "ah_codebook.pb"), "rb") as f:
+        codebooks = _codebooks(centers_pb2.CentersForAllSubspaces.FromString(f.read()))
+    ah = config.hash.asymmetric_hash
+    return TreeAhParameters(centroids, codebooks, ah.use_residual_quantization, ah.noise_shaping_threshold)
+
+
 def read_searcher(searcher) -> ScannOnDeviceArtifacts:
     """Serializes a pybind ScannSearcher to a temp dir and reads its arrays."""
     with tempfile.TemporaryDirectory(prefix="scann_ondevice_") as tmp:

@@ -244,9 +244,7 @@ def test_tuning_on_text_queries_reports_recall_on_those_queries(built: dict, tmp
 
 
 @pytest.mark.task_library
-def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbours(
-    built: dict, tmp_path: Path
-) -> None:
+def test_beam_encoded_indexes_hold_each_item_once_and_find_text_neighbours(built: dict, tmp_path: Path) -> None:
     """Train on a 300-row sample, encode all rows in Beam workers; duplicates across shards dropped once."""
     import shutil
 
@@ -267,12 +265,24 @@ def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbo
             "100",
             "--ondevice_encoding",
             "beam",
+            "--server_build",
+            "beam",
             "--training_sample_size",
             "300",
         ]
     )
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     assert config["ondevice"]["encoding"] == "beam" and config["duplicates_dropped"] > 0
+    assert config["server"]["build"] == "beam" and config["server"]["num_rows"] == 400
+    # The assembled server index: row i is ids.parquet's row i, each item once, found by its own vector.
+    searcher = scann_ops_pybind.load_searcher(str(tmp_path / "index" / "scann"))
+    ids = pq.read_table(tmp_path / "index" / "ids.parquet").to_pydict()
+    assert sorted(ids["uri"]) == sorted(built["uris"])
+    row_of = {uri: row for row, uri in enumerate(ids["uri"])}
+    own_rows = np.asarray([row_of[uri] for uri in built["uris"]])
+    found, _ = searcher.search_batched(built["vectors"], final_num_neighbors=1)
+    assert (np.asarray(found)[:, 0] == own_rows).mean() >= 0.98
+    assert json.loads((tmp_path / "index" / "eval.json").read_text())["server"]["recall@10"] >= 0.9
     assert config["ondevice"]["training_rows"] == 300 and config["ondevice"]["calibration_on_all_rows"]
     index = OnDeviceIndexFile(tmp_path / "index" / "index.ldb")
     num_items = sum(len(index.partition_items(p)) for p in range(index.num_partitions))
@@ -289,7 +299,8 @@ def test_beam_encoded_ondevice_index_holds_each_item_once_and_finds_text_neighbo
 
 
 def test_beam_encoded_index_is_calibrated_on_the_tuning_queries(built: dict, tmp_path: Path) -> None:
-    """Calibration reuses the server tuner's exact neighbours of the tuning queries: its recall must be theirs."""
+    """Calibration reuses the server tuner's exact neighbours of the tuning queries: its recall must be theirs
+    (with a sample-trained server index those neighbours must still come from all rows, not the sample)."""
     from encoders import model_config
     from index_builder.ondevice.reference_search import ReferenceSearcher
     from sample_catalog.generate import sample_captions
@@ -305,6 +316,8 @@ def test_beam_encoded_index_is_calibrated_on_the_tuning_queries(built: dict, tmp
             "--eval_queries",
             "100",
             "--ondevice_encoding",
+            "beam",
+            "--server_build",
             "beam",
             "--training_sample_size",
             "300",

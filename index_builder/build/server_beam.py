@@ -1,0 +1,127 @@
+"""Step 1, scaled out: the server index tuned and trained on a row sample, every row assigned and
+AH-encoded in Beam workers, and the ScaNN artifacts assembled from their outputs.
+
+Why: ``create_searcher`` trains on a sample anyway but assigns and hashes all N rows in this one
+process, holding them twice (the input and ScaNN's copy). Here the launcher trains on the sample
+(as the on-device path does), workers encode row groups (index_builder/server_beam/encode_stage),
+and the row arrays are written through memory maps (artifacts_writer) and loaded as any saved
+server index is. The in-process path stays for catalogs where it is faster (settings.builds_server_in_beam).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from index_builder import evaluation, scann_index, tuning
+from index_builder.build.settings import BuildSettings
+from index_builder.embeddings_io import EmbeddingSet
+from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
+from index_builder.scann_import import scann_ops_pybind
+from index_builder.server_beam import artifacts_writer, encode_stage
+
+LOG = logging.getLogger("build_index")
+
+
+def build_server_in_beam(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    tuning_queries: np.ndarray | None,
+    out_dir: Path,
+    pipeline_options: PipelineOptions | None,
+) -> tuning.TuningResult:
+    """Tuned on a sample, assembled into ``out_dir`` (loadable by ``load_searcher``) for all rows."""
+    started = time.perf_counter()
+    sample = sample_rows(embeddings.num_rows, settings.training_sample_size, settings.seed)
+    tuned = tuning.tune_scann_index(
+        embeddings.vectors[sample], settings.server_params(), settings.server_tuning(), queries=tuning_queries
+    )
+    with tempfile.TemporaryDirectory(prefix="scann_sample_") as trained:
+        tuned.index.searcher.serialize(trained, True)
+        parameters = read_tree_ah_parameters(trained)
+        threshold = parameters.anisotropic_threshold
+        quantizer = OnDeviceQuantizer(
+            parameters.partition_centroids, tuple(parameters.codebooks), 0.0 if np.isnan(threshold) else threshold
+        )
+        LOG.info(
+            "server index: tuned and trained on %d sampled rows (%d leaves); encoding all %d rows in Beam",
+            len(sample),
+            len(quantizer.partition_centroids),
+            embeddings.num_rows,
+        )
+        _encode_and_assemble(
+            settings, embeddings, quantizer, parameters.residual, Path(trained), out_dir, pipeline_options
+        )
+    (out_dir / scann_index.CONFIG_TEXT_FILE).write_text(tuned.index.config_text)
+    searcher = scann_ops_pybind.load_searcher(str(out_dir))
+    index = dataclasses.replace(
+        tuned.index,
+        searcher=searcher,
+        num_rows=embeddings.num_rows,
+        build_seconds=time.perf_counter() - started,
+    )
+    return dataclasses.replace(
+        tuned,
+        index=index,
+        queries_idx=sample[tuned.queries_idx],
+        true_ids=_truth_on_all_rows(tuned, embeddings, tuning_queries),
+        notes=[*tuned.notes, f"tuned on {len(sample)} sampled rows; every row encoded in Beam"],
+    )
+
+
+def sample_rows(num_rows: int, sample_size: int, seed: int) -> np.ndarray:
+    """Sorted rows the server index trains and tunes on (the on-device path samples the same way)."""
+    size = min(sample_size, num_rows)
+    return np.sort(np.random.default_rng(seed).choice(num_rows, size, replace=False))
+
+
+def _encode_and_assemble(
+    settings: BuildSettings,
+    embeddings: EmbeddingSet,
+    quantizer: OnDeviceQuantizer,
+    residual: bool,
+    trained_dir: Path,
+    out_dir: Path,
+    pipeline_options: PipelineOptions | None,
+) -> None:
+    with contextlib.ExitStack() as cleanup:
+        temp_root = settings.temp_location
+        directory = (
+            FileSystems.join(temp_root, f"server_rows_{time.time_ns()}")
+            if temp_root
+            else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="server_rows_"))
+        )
+        started = time.perf_counter()
+        with beam.Pipeline(options=pipeline_options) as pipeline:
+            encode_stage.encode_pipeline(pipeline, embeddings.files, quantizer, residual, directory)
+        encoded = time.perf_counter()
+        artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, directory, embeddings.dim)
+        LOG.info(
+            "server index: Beam encoded %d rows in %.1f s, assembled in %.1f s",
+            embeddings.num_rows,
+            encoded - started,
+            time.perf_counter() - encoded,
+        )
+        if temp_root:
+            FileSystems.delete([directory])
+
+
+def _truth_on_all_rows(
+    tuned: tuning.TuningResult, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
+) -> np.ndarray:
+    """The tuning queries' exact neighbours among all rows (what the on-device calibration reuses);
+    held-out sample rows need none: the calibration draws its own."""
+    if tuning_queries is None:
+        return np.empty((0, tuned.options.k), np.int64)
+    true_ids, _ = evaluation.exact_top_k(tuning_queries, embeddings.vectors, tuned.true_ids.shape[1])
+    return true_ids

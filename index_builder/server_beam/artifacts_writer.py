@@ -1,0 +1,121 @@
+"""Writes a loadable ScaNN searcher directory from a sample-trained searcher and Beam-encoded rows.
+
+A serialized tree + AH searcher is its config, partitioner and codebook (trained, small) plus
+three row arrays: ``datapoint_to_token.npy`` (int32 leaf per row), ``hashed_dataset.npy``
+(uint8 [N, blocks], one AH code per byte even for 16-center lut16 codebooks) and, when the
+config reorders, ``dataset.npy`` (the float32 rows). The trained files are copied from the
+sample searcher; the row arrays are filled one row group at a time through memory maps, so the
+launcher never holds more than a row group of them (docs/SCALING.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+
+from index_builder.embeddings_io import embedding_matrix
+from index_builder.ondevice.parallel_encode import row_groups
+from index_builder.scann_import import scann_assets_pb2
+from index_builder.server_beam.encode_stage import read_encoded
+from transforms.outputs.parquet_shards import open_parquet
+
+ASSETS_FILE = "scann_assets.pbtxt"
+TRAINED_FILES = ("scann_config.pb", "serialized_partitioner.pb", "ah_codebook.pb")
+_ROW_ARRAYS = {"TOKENIZATION_NPY", "AH_DATASET_NPY", "DATASET_NPY"}
+
+
+class AssemblyError(RuntimeError):
+    """The encoded rows do not cover the catalog, or the trained searcher has parts we cannot fill."""
+
+
+def row_array_names(trained_dir: Path) -> dict[str, str]:
+    """Asset type -> file name of the row arrays the trained searcher's manifest lists."""
+    assets = scann_assets_pb2.ScannAssets()
+    text_format.Parse((trained_dir / ASSETS_FILE).read_text(), assets)
+    names = {}
+    for asset in assets.assets:
+        kind = scann_assets_pb2.ScannAsset.AssetType.Name(asset.asset_type)
+        if kind in _ROW_ARRAYS:
+            names[kind] = os.path.basename(asset.asset_path)
+        elif os.path.basename(asset.asset_path) not in TRAINED_FILES:
+            raise AssemblyError(f"trained searcher has a {kind} asset this assembler does not write")
+    return names
+
+
+def assemble(
+    trained_dir: Path,
+    out_dir: Path,
+    files: Sequence[str],
+    ids: Sequence[str],
+    encoded_dir: str,
+    dim: int,
+) -> list[str]:
+    """Fills ``out_dir`` (row i = ``ids[i]``); returns the written file names."""
+    names = row_array_names(trained_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (*TRAINED_FILES, ASSETS_FILE):
+        shutil.copyfile(trained_dir / name, out_dir / name)
+    arrays = _RowArrays(out_dir, names, len(ids), dim)
+    row_of = {item_id: row for row, item_id in enumerate(ids)}
+    for group_index, group in enumerate(row_groups(files)):
+        group_ids, leaves, codes = read_encoded(encoded_dir, group_index)
+        rows, kept = arrays.new_rows(row_of, group_ids)
+        vectors = None
+        if arrays.dataset is not None:
+            with open_parquet(group.path) as parquet_file:
+                table = parquet_file.read_row_group(group.row_group, columns=["embedding"])
+            vectors = embedding_matrix(group.path, table)[kept]
+        arrays.fill(rows, leaves[kept], codes[kept], vectors)
+    arrays.close()
+    return sorted(os.listdir(out_dir))
+
+
+class _RowArrays:
+    """The memory-mapped row arrays and which rows are filled (first occurrence of an id wins)."""
+
+    def __init__(self, out_dir: Path, names: dict[str, str], num_rows: int, dim: int) -> None:
+        self._out_dir, self._names, self._num_rows = out_dir, names, num_rows
+        self.filled = np.zeros(num_rows, bool)
+        self.tokens = np.lib.format.open_memmap(out_dir / names["TOKENIZATION_NPY"], "w+", np.int32, (num_rows,))
+        self.codes: np.memmap | None = None  # shaped by the first row group's codes
+        self.dataset = (
+            np.lib.format.open_memmap(out_dir / names["DATASET_NPY"], "w+", np.float32, (num_rows, dim))
+            if "DATASET_NPY" in names
+            else None
+        )
+
+    def new_rows(self, row_of: dict[str, int], group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(target rows, positions in the group) of ids not filled yet; unknown ids are an error."""
+        try:
+            rows = np.fromiter((row_of[str(i)] for i in group_ids), np.int64, len(group_ids))
+        except KeyError as error:
+            raise AssemblyError(
+                f"encoded row {error} is not in the loaded catalog: inputs changed mid-build?"
+            ) from None
+        _, first = np.unique(rows, return_index=True)
+        positions = np.sort(first)
+        positions = positions[~self.filled[rows[positions]]]
+        return rows[positions], positions
+
+    def fill(self, rows: np.ndarray, leaves: np.ndarray, codes: np.ndarray, vectors: np.ndarray | None) -> None:
+        if self.codes is None:
+            path = self._out_dir / self._names["AH_DATASET_NPY"]
+            self.codes = np.lib.format.open_memmap(path, "w+", np.uint8, (self._num_rows, codes.shape[1]))
+        self.tokens[rows] = leaves
+        self.codes[rows] = codes
+        if self.dataset is not None:
+            self.dataset[rows] = vectors
+        self.filled[rows] = True
+
+    def close(self) -> None:
+        missing = int((~self.filled).sum())
+        if missing or self.codes is None:
+            raise AssemblyError(f"{missing} of {self._num_rows} rows were never encoded")
+        for array in (self.tokens, self.codes, self.dataset):
+            if array is not None:
+                array.flush()

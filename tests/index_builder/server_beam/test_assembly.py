@@ -1,0 +1,102 @@
+"""Server ScaNN artifacts assembled from Beam-encoded rows load in ScaNN and search like its own build."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+
+from index_builder import scann_index
+from index_builder.embeddings_io import load_embeddings
+from index_builder.evaluation import exact_top_k, recall_at_k
+from index_builder.ondevice.quantizer import OnDeviceQuantizer
+from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
+from index_builder.scann_import import scann_ops_pybind
+from index_builder.server_beam import artifacts_writer, encode_stage
+from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
+
+ROWS, LEAVES, SEARCHED = 12_000, 100, 10
+
+
+@pytest.fixture(scope="module")
+def scann_built(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """ScaNN's own in-process server index (tree + residual AH lut16 + reordering) over Parquet shards."""
+    base = tmp_path_factory.mktemp("server_beam")
+    vectors = clustered_unit_vectors(ROWS, 64, rows_per_cluster=40, noise=0.1, seed=21)
+    ids = [f"item-{i:06d}" for i in np.random.default_rng(3).permutation(ROWS)]  # shards not in id order
+    pattern = write_embeddings(base / "embeddings", vectors, "test-model", ids=ids)
+    embeddings = load_embeddings(pattern)
+    index = scann_index.build_scann_index(
+        embeddings.vectors, scann_index.IndexParams(num_leaves=LEAVES, num_leaves_to_search=SEARCHED)
+    )
+    scann_index.save_server_index(index, str(base / "scann"))
+    return {"base": base, "embeddings": embeddings, "index": index}
+
+
+def assemble_from(trained_dir: Path, embeddings, out_dir: Path, encoded_dir: Path) -> None:
+    parameters = read_tree_ah_parameters(trained_dir)
+    assert parameters.residual  # the builder's server trees quantize residuals
+    quantizer = OnDeviceQuantizer(
+        parameters.partition_centroids, tuple(parameters.codebooks), parameters.anisotropic_threshold
+    )
+    with beam.Pipeline() as pipeline:
+        encode_stage.encode_pipeline(pipeline, embeddings.files, quantizer, parameters.residual, str(encoded_dir))
+    artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, str(encoded_dir), embeddings.dim)
+
+
+def test_assembled_rows_match_scanns_and_search_as_well(scann_built: dict, tmp_path: Path) -> None:
+    """Same trained tree and codebooks: our leaves are ScaNN's nearest-centroid ones, the residual AH codes
+    nearly all agree, and the assembled searcher's recall is the in-process one's."""
+    embeddings, scann_dir = scann_built["embeddings"], scann_built["base"] / "scann"
+    assemble_from(scann_dir, embeddings, tmp_path / "assembled", tmp_path / "encoded")
+    ours_tokens = np.load(tmp_path / "assembled" / "datapoint_to_token.npy")
+    assert (ours_tokens == np.load(scann_dir / "datapoint_to_token.npy")).mean() >= 0.98
+    ours_codes = np.load(tmp_path / "assembled" / "hashed_dataset.npy")
+    scanns_codes = np.load(scann_dir / "hashed_dataset.npy")
+    assert ours_codes.shape == scanns_codes.shape and ours_codes.max() < 16  # lut16: one code per byte
+    assert (ours_codes == scanns_codes).mean() > 0.9
+    np.testing.assert_array_equal(np.load(tmp_path / "assembled" / "dataset.npy"), embeddings.vectors)
+
+    assembled = scann_ops_pybind.load_searcher(str(tmp_path / "assembled"))
+    queries = embeddings.vectors[::40]
+    true_ids, _ = exact_top_k(queries, embeddings.vectors, 10)
+    ours = recall_at_k(np.asarray(assembled.search_batched(queries)[0]), true_ids, 10)
+    scanns = recall_at_k(scann_built["index"].search_batched(queries, 10), true_ids, 10)
+    assert abs(ours - scanns) <= 0.01, (ours, scanns)
+
+
+def test_duplicate_ids_keep_their_first_occurrence(scann_built: dict, tmp_path: Path) -> None:
+    """A later shard repeating ids (with other vectors) must not overwrite the rows load_embeddings kept."""
+    embeddings = scann_built["embeddings"]
+    first = Path(embeddings.files[0])
+    table_ids = load_embeddings(str(first)).ids
+    moved = clustered_unit_vectors(len(table_ids), 64, seed=99)  # same ids, different vectors
+    write_embeddings(tmp_path / "extra", moved, "test-model", ids=table_ids)
+    repeated = tmp_path / "extra"
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for path in [*map(Path, embeddings.files), *sorted(repeated.glob("*.parquet"))]:
+        (shards / f"{len(list(shards.iterdir())):03d}-{path.name}").write_bytes(path.read_bytes())
+    with_duplicates = load_embeddings(str(shards / "*.parquet"))
+    assert with_duplicates.duplicates_dropped == len(table_ids)
+    assemble_from(scann_built["base"] / "scann", with_duplicates, tmp_path / "assembled", tmp_path / "encoded")
+    np.testing.assert_array_equal(np.load(tmp_path / "assembled" / "dataset.npy"), with_duplicates.vectors)
+
+
+def test_missing_encoded_rows_are_an_error_not_a_partial_index(scann_built: dict, tmp_path: Path) -> None:
+    embeddings = scann_built["embeddings"]
+    assemble_from(scann_built["base"] / "scann", embeddings, tmp_path / "first", tmp_path / "encoded")
+    ids, leaves, codes = encode_stage.read_encoded(str(tmp_path / "encoded"), 0)
+    keep = np.arange(len(ids)) % 2 == 0  # half of row group 0 lost
+    np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[keep], leaves=leaves[keep], codes=codes[keep])
+    with pytest.raises(artifacts_writer.AssemblyError, match="never encoded"):
+        artifacts_writer.assemble(
+            scann_built["base"] / "scann",
+            tmp_path / "second",
+            embeddings.files,
+            embeddings.ids,
+            str(tmp_path / "encoded"),
+            embeddings.dim,
+        )
