@@ -67,6 +67,23 @@ def test_assembled_rows_match_scanns_and_search_as_well(scann_built: dict, tmp_p
     assert abs(ours - scanns) <= 0.01, (ours, scanns)
 
 
+def test_without_reordering_the_codes_alone_search_as_well_as_scanns(scann_built: dict, tmp_path: Path) -> None:
+    """No float rows to hide AH errors behind: recall now depends on the codes themselves."""
+    embeddings = scann_built["embeddings"]
+    index = scann_index.build_scann_index(
+        embeddings.vectors, scann_index.IndexParams(num_leaves=LEAVES, num_leaves_to_search=SEARCHED, reorder=0)
+    )
+    scann_index.save_server_index(index, str(tmp_path / "scann"))
+    assemble_from(tmp_path / "scann", embeddings, tmp_path / "assembled", tmp_path / "encoded")
+    assert not (tmp_path / "assembled" / "dataset.npy").exists()
+    assembled = scann_ops_pybind.load_searcher(str(tmp_path / "assembled"))
+    queries = embeddings.vectors[::40]
+    true_ids, _ = exact_top_k(queries, embeddings.vectors, 10)
+    ours = recall_at_k(np.asarray(assembled.search_batched(queries)[0]), true_ids, 10)
+    scanns = recall_at_k(index.search_batched(queries, 10), true_ids, 10)
+    assert abs(ours - scanns) <= 0.01, (ours, scanns)
+
+
 def test_duplicate_ids_keep_their_first_occurrence(scann_built: dict, tmp_path: Path) -> None:
     """A later shard repeating ids (with other vectors) must not overwrite the rows load_embeddings kept."""
     embeddings = scann_built["embeddings"]
