@@ -34,11 +34,12 @@ def exact_top_k(queries: np.ndarray, db: np.ndarray, k: int) -> tuple[np.ndarray
         ids = np.concatenate(
             [best_ids, np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block)))], axis=1
         )
-        best_ids, best_scores = _top_k_rows(ids, scores, k)
+        best_ids, best_scores = top_k_rows(ids, scores, k)
     return best_ids, best_scores
 
 
-def _top_k_rows(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def top_k_rows(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``scores``, the k best (score descending, then id ascending) and their ids."""
     if scores.shape[1] > k:
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         ids = np.take_along_axis(ids, part, axis=1)

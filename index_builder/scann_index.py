@@ -102,15 +102,20 @@ class IndexParams:
 class BuiltIndex:
     """A trained searcher plus the exact configuration and parameters that produced it."""
 
-    searcher: scann_ops_pybind.ScannSearcher
+    searcher: scann_ops_pybind.ScannSearcher | None  # None: saved, not loaded (see saved_dir)
     config_text: str
     params: IndexParams  # resolved: no None left
     num_rows: int
     dim: int
     build_seconds: float
+    # Where the serialized searcher is when it was assembled rather than loaded: a launcher that only
+    # builds does not need the serving footprint (index_builder/server_beam/streamed_search.py).
+    saved_dir: str | None = None
 
     def search_batched(self, queries: np.ndarray, k: int | None = None) -> np.ndarray:
         """[Q, k] row indices, best first (single-threaded)."""
+        if self.searcher is None:
+            raise RuntimeError(f"the searcher is not loaded: load_server_index({self.saved_dir!r}) to search it")
         neighbors, _ = self.searcher.search_batched(_as_float32_matrix(queries), final_num_neighbors=k)
         return np.asarray(neighbors)
 

@@ -49,10 +49,12 @@ class BuildResult:
 
     def summary(self, output_dir: str) -> str:
         """The job's last log line: where, how good, how big, and any missed target."""
+        latency = self.server.get("query_latency_ms")  # absent when the searcher was not loaded (Beam build)
+        speed = f"{latency['mean_ms']:.3f} ms/query" if latency else "latency not measured here"
         line = (
-            f"index written to {output_dir}: server recall@10 {self.server['recall@10']:.4f} "
-            f"({self.server['query_latency_ms']['mean_ms']:.3f} ms/query), on-device recall@10 "
-            f"{self.ondevice['recall@10']:.4f}, {self.ondevice['bytes_per_item_total']:.1f} bytes/item"
+            f"index written to {output_dir}: server recall@10 {self.server['recall@10']:.4f} ({speed}), "
+            f"on-device recall@10 {self.ondevice['recall@10']:.4f}, "
+            f"{self.ondevice['bytes_per_item_total']:.1f} bytes/item"
         )
         missed = self.missed_targets()
         return f"{line}; {'; '.join(missed)}" if missed else line

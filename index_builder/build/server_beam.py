@@ -4,8 +4,10 @@ AH-encoded in Beam workers, and the ScaNN artifacts assembled from their outputs
 Why: ``create_searcher`` trains on a sample anyway but assigns and hashes all N rows in this one
 process, holding them twice (the input and ScaNN's copy). Here the launcher trains on the sample
 (as the on-device path does), workers encode row groups (index_builder/server_beam/encode_stage),
-and the row arrays are written through memory maps (artifacts_writer) and loaded as any saved
-server index is. The in-process path stays for catalogs where it is faster (settings.builds_server_in_beam).
+and the row arrays are written through memory maps (artifacts_writer): loadable as any saved
+server index, but loaded only by whoever serves it; evaluation streams a numpy twin of the search
+over the saved arrays (server_beam/streamed_search). The in-process path stays for catalogs where
+it is faster (settings.builds_server_in_beam).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from index_builder.build.settings import BuildSettings
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
-from index_builder.scann_import import scann_ops_pybind
 from index_builder.server_beam import artifacts_writer, encode_stage
 
 LOG = logging.getLogger("build_index")
@@ -63,10 +64,11 @@ def build_server_in_beam(
             settings, embeddings, quantizer, parameters.residual, Path(trained), out_dir, pipeline_options
         )
     (out_dir / scann_index.CONFIG_TEXT_FILE).write_text(tuned.index.config_text)
-    searcher = scann_ops_pybind.load_searcher(str(out_dir))
+    # Not loaded: loading takes the serving footprint, N (D/4 + 4D) bytes; evaluation streams over the files.
     index = dataclasses.replace(
         tuned.index,
-        searcher=searcher,
+        searcher=None,
+        saved_dir=str(out_dir),
         num_rows=embeddings.num_rows,
         build_seconds=time.perf_counter() - started,
     )

@@ -85,9 +85,12 @@ def _queries(index_dir: str, inputs: ReportInputs, sample: EmbeddingSample | Non
     if not uris.is_local(index_dir) or too_many:
         return []
     local = Path(uris.strip_file_scheme(index_dir))
+    assembled = inputs.config.get("server", {}).get("build") == "beam"  # never loaded by the build: the twin
     if settings.query_texts:
-        return text_queries(local, list(settings.query_texts), settings.k, sample)
-    return item_queries(local, sample, settings.num_queries, settings.k, settings.seed) if sample else []
+        return text_queries(local, list(settings.query_texts), settings.k, sample, assembled)
+    if not sample:
+        return []
+    return item_queries(local, sample, settings.num_queries, settings.k, settings.seed, assembled)
 
 
 def render_page(index_dir: str, settings: ReportSettings) -> str:

@@ -51,8 +51,17 @@ def test_assembled_rows_match_scanns_and_search_as_well(scann_built: dict, tmp_p
     nearly all agree, and the assembled searcher's recall is the in-process one's."""
     embeddings, scann_dir = scann_built["embeddings"], scann_built["base"] / "scann"
     assemble_from(scann_dir, embeddings, tmp_path / "assembled", tmp_path / "encoded")
+    # ScaNN stores each row's leaf from its last k-means pass, before the centroids' final move (seen: 2-3% of
+    # rows differ, varying run to run); ours is the nearest final centroid, never farther than ScaNN's.
     ours_tokens = np.load(tmp_path / "assembled" / "datapoint_to_token.npy")
-    assert (ours_tokens == np.load(scann_dir / "datapoint_to_token.npy")).mean() >= 0.98
+    scanns_tokens = np.load(scann_dir / "datapoint_to_token.npy")
+    centroids = read_tree_ah_parameters(scann_dir).partition_centroids.astype(np.float64)
+    rows = embeddings.vectors.astype(np.float64)
+    squared = (rows**2).sum(1)[:, None] - 2 * rows @ centroids.T + (centroids**2).sum(1)[None]
+    everyone = np.arange(len(rows))
+    np.testing.assert_array_less(squared[everyone, ours_tokens] - squared.min(axis=1), 1e-5)
+    assert (squared[everyone, ours_tokens] <= squared[everyone, scanns_tokens] + 1e-5).all()
+    assert (ours_tokens == scanns_tokens).mean() >= 0.95
     ours_codes = np.load(tmp_path / "assembled" / "hashed_dataset.npy")
     scanns_codes = np.load(scann_dir / "hashed_dataset.npy")
     assert ours_codes.shape == scanns_codes.shape and ours_codes.max() < 16  # lut16: one code per byte
@@ -117,3 +126,30 @@ def test_missing_encoded_rows_are_an_error_not_a_partial_index(scann_built: dict
             str(tmp_path / "encoded"),
             embeddings.dim,
         )
+
+
+@pytest.mark.parametrize("reorder", [100, 0])
+def test_streamed_twin_recall_is_the_loaded_searchers(scann_built: dict, tmp_path: Path, reorder: int) -> None:
+    """Evaluation without loading the searcher: the numpy twin streamed over the saved arrays (float lookup
+    tables where ScaNN uses int8 ones) must report the recall ScaNN's own search gets."""
+    from index_builder.server_beam.streamed_search import AssembledIndex, streamed_search
+
+    embeddings = scann_built["embeddings"]
+    index = scann_index.build_scann_index(
+        embeddings.vectors,
+        scann_index.IndexParams(num_leaves=LEAVES, num_leaves_to_search=SEARCHED, reorder=reorder),
+    )
+    scann_index.save_server_index(index, str(tmp_path / "scann"))
+    twin = AssembledIndex.open(tmp_path / "scann")
+    assert (twin.leaves_to_search, twin.reorder) == (SEARCHED, reorder)
+    queries = embeddings.vectors[::30]
+    true_ids, _ = exact_top_k(queries, embeddings.vectors, 10)
+    dataset = np.load(tmp_path / "scann" / "dataset.npy", mmap_mode="r") if reorder else None
+    found, scores = streamed_search(twin, dataset, queries, 10)
+    assert found.shape == scores.shape == (len(queries), 10)
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+    twins = recall_at_k(found, true_ids, 10)
+    scanns = recall_at_k(index.search_batched(queries, 10), true_ids, 10)
+    assert abs(twins - scanns) <= 0.01, (twins, scanns)
+    if reorder:  # re-scored exactly: the scores are the rows' true dot products
+        np.testing.assert_allclose(scores[:, 0], np.einsum("qd,qd->q", queries, embeddings.vectors[found[:, 0]]), 1e-5)
