@@ -19,6 +19,10 @@ same catalog; sorting makes the indexes trained on them identical.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,11 +62,16 @@ class EmbeddingSet:
         return int(self.vectors.shape[1])
 
 
-def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> EmbeddingSet:
+def load_embeddings(
+    pattern: str, extra_columns: Sequence[str] = (), spill_from_rows: int | None = None
+) -> EmbeddingSet:
     """Loads every Parquet file matching ``pattern`` (local, gs://, s3://, ...).
 
     ``extra_columns`` names carried-through columns (e.g. ``caption``,
     ``fingerprint``) to return in ``EmbeddingSet.columns``.
+    ``spill_from_rows``: from this many rows the matrix lives in a memory-mapped file in the temp
+    folder (deleted with the set) instead of process memory: the OS pages it, so a launcher that
+    only streams over it (a build assembled from Beam outputs) does not need 4 N D bytes of RAM.
     Raises EmbeddingsError naming the offending file for any contract violation.
     """
     files = check_committed(match_files(pattern))
@@ -70,6 +79,7 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
     total_rows = sum(row_counts)
     if total_rows == 0:
         raise EmbeddingsError(f"{pattern!r} matched {len(files)} file(s) with zero rows in total: nothing to index")
+    spill = _SpillFolder() if spill_from_rows is not None and total_rows >= spill_from_rows else None
 
     vectors: np.ndarray | None = None
     first: tuple[str, str, int] | None = None  # (path, model_id, dim) every later shard must match
@@ -85,7 +95,8 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
         shard = _read_shard(path, expected_rows, extra_columns)
         if first is None:
             first = (path, shard.model_id, shard.vectors.shape[1])
-            vectors = np.empty((total_rows, shard.vectors.shape[1]), dtype=np.float32)
+            shape = (total_rows, shard.vectors.shape[1])
+            vectors = spill.matrix("loaded", shape) if spill else np.empty(shape, dtype=np.float32)
         _check_same_model(shard, *first)
         assert vectors is not None
         vectors[offset : offset + expected_rows] = shard.vectors
@@ -104,8 +115,8 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
     assert vectors is not None and first is not None
     kept_rows = _compact_in_place(vectors, keep)
     vectors = vectors[:kept_rows]
-    vectors, ids, uris, extras = _in_id_order(vectors, ids, uris, extras)
-    return EmbeddingSet(
+    vectors, ids, uris, extras = _in_id_order(vectors, ids, uris, extras, spill)
+    embedding_set = EmbeddingSet(
         ids=ids,
         uris=uris,
         vectors=vectors,
@@ -114,16 +125,37 @@ def load_embeddings(pattern: str, extra_columns: Sequence[str] = ()) -> Embeddin
         duplicates_dropped=total_rows - kept_rows,
         columns=extras,
     )
+    if spill:
+        weakref.finalize(embedding_set, shutil.rmtree, spill.path, True)
+    return embedding_set
+
+
+class _SpillFolder:
+    """A temp folder for memory-mapped matrices (files deleted at once; their pages live while mapped)."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="embeddings_")
+
+    def matrix(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        return np.lib.format.open_memmap(os.path.join(self.path, f"{name}.npy"), "w+", np.float32, shape)
 
 
 def _in_id_order(
-    vectors: np.ndarray, ids: list[str], uris: list[str], extras: dict[str, list]
+    vectors: np.ndarray, ids: list[str], uris: list[str], extras: dict[str, list], spill: _SpillFolder | None = None
 ) -> tuple[np.ndarray, list[str], list[str], dict[str, list]]:
     """Rows sorted by id, so every build sees the same row order whatever the shard layout."""
     order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
     if np.all(order == np.arange(len(ids))):
         return vectors, ids, uris, extras
-    vectors = vectors[order]  # one copy, only when files were not already in id order
+    if spill:  # one more file, filled a chunk at a time
+        sorted_vectors = spill.matrix("sorted", vectors.shape)
+        for start in range(0, len(order), _COMPACTION_CHUNK_ROWS):
+            chunk = order[start : start + _COMPACTION_CHUNK_ROWS]
+            sorted_vectors[start : start + len(chunk)] = vectors[chunk]
+        os.remove(vectors.filename)  # disk freed once unmapped; only the sorted copy stays
+        vectors = sorted_vectors
+    else:
+        vectors = vectors[order]  # one copy, only when files were not already in id order
     ids, uris = [ids[i] for i in order], [uris[i] for i in order]
     return vectors, ids, uris, {name: [values[i] for i in order] for name, values in extras.items()}
 

@@ -33,7 +33,11 @@ def load_inputs(settings: BuildSettings) -> BuildInputs:
     except model_config.ModelDirError as error:
         raise BuildInputError(f"--model_dir: {error}") from error
     try:
-        embeddings = load_embeddings(settings.embeddings, extra_columns=settings.extra_columns())
+        embeddings = load_embeddings(
+            settings.embeddings,
+            extra_columns=settings.extra_columns(),
+            spill_from_rows=settings.spill_embeddings_from_rows(),
+        )
     except EmbeddingsError as error:
         raise BuildInputError(f"--embeddings: {error}") from error
     # Any non-empty catalog builds (load_embeddings refuses zero rows); below 256 rows no AH codebook can be

@@ -92,6 +92,13 @@ class BuildSettings:
             return num_rows >= SERVER_BEAM_FROM_ROWS
         return self.server_build == "beam"
 
+    def spill_embeddings_from_rows(self) -> int | None:
+        """Rows from which the loaded embeddings stay in a memory-mapped file rather than in RAM: whenever
+        the server index is assembled from Beam outputs, the launcher only streams over them."""
+        if self.server_build == "in_process":
+            return None
+        return SERVER_BEAM_FROM_ROWS if self.server_build == "auto" else 0
+
     def extra_columns(self) -> list[str]:
         """Metadata columns read from the shards besides id and uri."""
         return [c for c in self.metadata_columns if c not in ("id", "uri")]

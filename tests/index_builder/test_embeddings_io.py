@@ -235,3 +235,24 @@ def test_shards_of_a_committed_output_are_checked_against_its_success_record(tmp
     interrupted.write_text('{"files": {"embeddings/part-00000.parquet": 1}}')
     with pytest.raises(EmbeddingsError, match="commit was interrupted"):
         load_embeddings(pattern)
+
+
+def test_spilled_matrix_is_the_same_rows_in_a_file_removed_with_the_set(tmp_path: Path) -> None:
+    """Duplicates dropped and rows put in id order in a memory-mapped file, as in memory; the file goes with the set."""
+    import gc
+    import os
+
+    first, second = unit_rows(40, seed=5), unit_rows(40, seed=6)
+    write_shard(tmp_path / "part-0.parquet", [f"z{i:02d}" for i in reversed(range(40))], first)  # to be sorted
+    write_shard(tmp_path / "part-1.parquet", [f"z{i:02d}" for i in range(20, 60)], second)  # 20 repeats
+    in_memory = load_embeddings(str(tmp_path / "*.parquet"))
+    spilled = load_embeddings(str(tmp_path / "*.parquet"), spill_from_rows=80)
+    not_spilled = load_embeddings(str(tmp_path / "*.parquet"), spill_from_rows=81)  # 80 rows before dropping
+    assert isinstance(spilled.vectors, np.memmap) and not isinstance(not_spilled.vectors, np.memmap)
+    assert spilled.ids == in_memory.ids and spilled.duplicates_dropped == 20
+    np.testing.assert_array_equal(spilled.vectors, in_memory.vectors)
+    folder = os.path.dirname(spilled.vectors.filename)
+    assert os.listdir(folder) == ["sorted.npy"]  # the unsorted copy was removed after sorting
+    del spilled
+    gc.collect()
+    assert not os.path.exists(folder)
