@@ -76,6 +76,9 @@ class TuningOptions:
     # AH code sizes to try, coarsest first (empty: only IndexParams.dims_per_block). Used on device,
     # where the code size sets the recall ceiling; the server reorders with exact scores instead.
     dims_per_block_candidates: tuple[int, ...] = ()
+    # Tuning on a sample of a larger catalog: the leaf counts are chosen for this many rows (sqrt of the
+    # catalog, not of the sample), since the trained tree will hold them all; None = the rows tuned on.
+    leaf_rows: int | None = None
 
     def __post_init__(self) -> None:
         self.rule()  # checks target_recall, confidence_z and ceiling_tolerance
@@ -169,10 +172,11 @@ def sample_query_rows(num_rows: int, num_queries: int, seed: int, exclude: np.nd
 
 
 def candidate_num_leaves(num_rows: int, params: IndexParams, options: TuningOptions) -> list[int]:
+    """Leaf counts around sqrt(catalog rows), at most one leaf per MIN_ROWS_PER_LEAF training rows."""
     if params.num_leaves is not None:
         return [params.num_leaves]
     ceiling = max(1, num_rows // MIN_ROWS_PER_LEAF)
-    root = math.sqrt(num_rows)
+    root = math.sqrt(max(num_rows, options.leaf_rows or 0))
     return sorted({min(ceiling, max(1, round(f * root))) for f in options.leaves_factors})
 
 

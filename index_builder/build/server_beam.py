@@ -44,8 +44,10 @@ def build_server_in_beam(
     """Tuned on a sample, assembled into ``out_dir`` (loadable by ``load_searcher``) for all rows."""
     started = time.perf_counter()
     sample = sample_rows(embeddings.num_rows, settings.training_sample_size, settings.seed)
+    # Leaf counts for the whole catalog: the fraction of leaves searched is what carries over from the sample.
+    options = dataclasses.replace(settings.server_tuning(), leaf_rows=embeddings.num_rows)
     tuned = tuning.tune_scann_index(
-        embeddings.vectors[sample], settings.server_params(), settings.server_tuning(), queries=tuning_queries
+        embeddings.vectors[sample], settings.server_params(), options, queries=tuning_queries
     )
     with tempfile.TemporaryDirectory(prefix="scann_sample_") as trained:
         tuned.index.searcher.serialize(trained, True)

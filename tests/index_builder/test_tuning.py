@@ -71,3 +71,13 @@ def test_a_fixed_code_size_is_the_only_one_tried(vectors) -> None:
     options = TuningOptions(target_recall=0.999, num_queries=100, latency_queries=10)
     result = tune_scann_index(vectors, IndexParams(for_ondevice=True, num_leaves=40, dims_per_block=2), options)
     assert {t.dims_per_block for t in result.trials} == {2} and not result.target_met
+
+
+def test_leaf_counts_for_a_sample_of_a_larger_catalog_are_the_catalogs() -> None:
+    """Tuned on 250K sampled rows of a 1M catalog: leaves around sqrt(1M), still <= one per 40 sampled rows."""
+    from index_builder.tuning import candidate_num_leaves
+
+    params = IndexParams()
+    assert candidate_num_leaves(250_000, params, TuningOptions()) == [250, 500, 1000]
+    assert candidate_num_leaves(250_000, params, TuningOptions(leaf_rows=1_000_000)) == [500, 1000, 2000]
+    assert candidate_num_leaves(20_000, params, TuningOptions(leaf_rows=100_000_000)) == [500]  # 20K / 40
