@@ -265,6 +265,17 @@ def save_server_index(index: BuiltIndex, output_dir: str) -> list[str]:
     return names
 
 
+def set_saved_leaves_to_search(directory: str, config_text: str, num_leaves_to_search: int) -> str:
+    """Rewrites a saved (local) searcher's leaves-to-search, a query-time default; returns the new config text."""
+    config = _parse_config(config_text)
+    config.partitioning.query_spilling.max_spill_centers = num_leaves_to_search
+    _write_serialized_config(directory, config)
+    text = text_format.MessageToString(config)
+    with open(os.path.join(directory, CONFIG_TEXT_FILE), "w") as f:
+        f.write(text)
+    return text
+
+
 def load_server_index(index_dir: str) -> scann_ops_pybind.ScannSearcher:
     """Loads a saved searcher from a local or remote (gs://, s3://) directory."""
     if uris.is_local(index_dir):

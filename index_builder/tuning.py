@@ -131,12 +131,17 @@ class TuningResult:
     seconds: float
     exact_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Tuned on a sample, leaves-to-search re-checked on every row: those trials, and the verdict on them.
+    calibration: list[dict] = field(default_factory=list)
+    calibrated: TargetOutcome | None = None
 
     @property
     def params(self) -> IndexParams:
         return self.index.params
 
     def target_outcome(self) -> TargetOutcome:
+        if self.calibrated is not None:
+            return self.calibrated
         return outcome(self.options.rule(), self.trials, self.chosen, lambda t: t.bytes_per_item)
 
     def table(self) -> list[dict]:
@@ -154,6 +159,7 @@ class TuningResult:
             "ground_truth_seconds": round(self.exact_seconds, 3),
             "trials": self.table(),
             "notes": self.notes,
+            **({"calibration_on_all_rows": self.calibration} if self.calibration else {}),
         }
 
 

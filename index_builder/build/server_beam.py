@@ -27,9 +27,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from index_builder import evaluation, scann_index, tuning
 from index_builder.build.settings import BuildSettings
 from index_builder.embeddings_io import EmbeddingSet
+from index_builder.ondevice.calibration import step_leaves
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
+from index_builder.recall_target import outcome
 from index_builder.server_beam import artifacts_writer, encode_stage
+from index_builder.server_beam.streamed_search import AssembledIndex, streamed_search
 
 LOG = logging.getLogger("build_index")
 
@@ -74,12 +77,53 @@ def build_server_in_beam(
         num_rows=embeddings.num_rows,
         build_seconds=time.perf_counter() - started,
     )
-    return dataclasses.replace(
+    true_ids = _truth_on_all_rows(tuned, embeddings, tuning_queries)
+    assembled = dataclasses.replace(
         tuned,
         index=index,
         queries_idx=sample[tuned.queries_idx],
-        true_ids=_truth_on_all_rows(tuned, embeddings, tuning_queries),
+        true_ids=true_ids,
         notes=[*tuned.notes, f"tuned on {len(sample)} sampled rows; every row encoded in Beam"],
+    )
+    if settings.num_leaves_to_search is not None:
+        return assembled
+    if tuning_queries is not None:
+        return _calibrated(assembled, embeddings, tuning_queries, true_ids)
+    queries = embeddings.vectors[sample[tuned.queries_idx]]
+    return _calibrated(assembled, embeddings, queries, evaluation.exact_top_k(queries, embeddings.vectors, 10)[0])
+
+
+def _calibrated(
+    tuned: tuning.TuningResult, embeddings: EmbeddingSet, queries: np.ndarray, true_ids: np.ndarray
+) -> tuning.TuningResult:
+    """Leaves-to-search re-checked on every row by the tuner's rule (the full tree has N / sample times more
+    rows per leaf than the one tuned on), each count measured by the streamed twin of the search."""
+    started = time.perf_counter()
+    index = tuned.index
+    assert index.saved_dir is not None
+    twin = AssembledIndex.open(Path(index.saved_dir))
+    k, rule = tuned.options.k, tuned.options.rule()
+
+    def recall_at(leaves: int) -> np.ndarray:
+        found, _ = streamed_search(dataclasses.replace(twin, leaves_to_search=leaves), embeddings.vectors, queries, k)
+        return evaluation.per_query_recall(found, true_ids[:, :k], k)
+
+    leaves, trials = step_leaves(tuned.chosen.num_leaves_to_search, len(twin.centroids), recall_at, rule)
+    chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
+    config_text = scann_index.set_saved_leaves_to_search(index.saved_dir, index.config_text, leaves)
+    LOG.info(
+        "server index: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f",
+        time.perf_counter() - started,
+        leaves,
+        tuned.chosen.num_leaves_to_search,
+        chosen.recall,
+    )
+    params = dataclasses.replace(index.params, num_leaves_to_search=leaves)
+    return dataclasses.replace(
+        tuned,
+        index=dataclasses.replace(index, params=params, config_text=config_text),
+        calibration=[dataclasses.asdict(t) for t in trials],
+        calibrated=outcome(rule, trials, chosen, lambda _: tuned.chosen.bytes_per_item),
     )
 
 

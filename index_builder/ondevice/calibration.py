@@ -23,6 +23,7 @@ reached, never a climb along a plateau the codes cap.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,15 +145,26 @@ def calibrate_leaves_to_search(
     """
     decoded = reconstruct(quantizer, codes)
     centroids = quantizer.partition_centroids
-    num_partitions = len(centroids)
     ranked = rank_candidates(queries, decoded, assignment, centroids, depth=_CANDIDATE_DEPTH)
+
+    def recall_at(leaves: int) -> np.ndarray:
+        found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, decoded, assignment, centroids)]
+        return per_query_recall(found, true_ids, k)
+
+    return step_leaves(start, len(centroids), recall_at, rule)
+
+
+def step_leaves(
+    start: int, num_partitions: int, recall_at: Callable[[int], np.ndarray], rule: TargetRule
+) -> tuple[int, list[CalibrationTrial]]:
+    """Steps leaves-to-search down from ``start`` while the target holds, or up until it does; returns the
+    rule's choice among the counts tried and every trial. ``recall_at(leaves)``: per-query recall."""
     tried: dict[int, CalibrationTrial] = {}
 
     def trial(value: float) -> CalibrationTrial:
         leaves = min(num_partitions, max(1, math.ceil(value)))
         if leaves not in tried:
-            found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, decoded, assignment, centroids)]
-            estimate = RecallEstimate.of(per_query_recall(found, true_ids, k))
+            estimate = RecallEstimate.of(recall_at(leaves))
             tried[leaves] = CalibrationTrial(leaves, estimate.mean, estimate.standard_error, rule.meets(estimate))
         return tried[leaves]
 

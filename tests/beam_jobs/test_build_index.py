@@ -274,8 +274,14 @@ def test_beam_encoded_indexes_hold_each_item_once_and_find_text_neighbours(built
     config = json.loads((tmp_path / "index" / "index_config.json").read_text())
     assert config["ondevice"]["encoding"] == "beam" and config["duplicates_dropped"] > 0
     assert config["server"]["build"] == "beam" and config["server"]["num_rows"] == 400
+    # Tuned on the 300-row sample, leaves-to-search re-checked on all 400 rows and written into the saved config.
+    calibration = config["server"]["tuning"]["calibration_on_all_rows"]
+    leaves = config["server"]["params"]["num_leaves_to_search"]
+    assert any(t["num_leaves_to_search"] == leaves for t in calibration)
+    assert f"max_spill_centers: {leaves}\n" in config["server"]["config_text"]
     # The assembled server index: row i is ids.parquet's row i, each item once, found by its own vector.
     searcher = scann_ops_pybind.load_searcher(str(tmp_path / "index" / "scann"))
+    assert f"max_spill_centers: {leaves}\n" in searcher.config()
     ids = pq.read_table(tmp_path / "index" / "ids.parquet").to_pydict()
     assert sorted(ids["uri"]) == sorted(built["uris"])
     row_of = {uri: row for row, uri in enumerate(ids["uri"])}
