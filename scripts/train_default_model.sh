@@ -2,7 +2,8 @@
 # Retrains the bundled default model (encoders/default_model/) from scratch.
 # Documented recipe: training catalog seed 1 (24,000 scenes, each with 6 partial captions such as
 # "a red circle" or "something red at the top left"), held-out catalog seed 2 (1,000 scenes, never
-# used for training), weights seed 0, 14 epochs; 70% of the training pairs of every epoch use a partial caption.
+# used for training), weights seed 0, 14 epochs; 70% of the training pairs of every epoch use a partial caption,
+# whose positives are every in-batch image holding what it names (--partial_positives). EXTRA adds train flags.
 # benchmarks.short_query_precision measures the result on typed queries (catalog seed 7).
 set -euo pipefail
 cd "$(dirname "$0")/.."
