@@ -1,5 +1,9 @@
 """CLIP-style training: symmetric InfoNCE with a learned temperature.
 
+With caption terms (encoders.caption_matching), a partial caption's positives
+are every in-batch image that matches what it names, not only its own image:
+the targets of both cross-entropies spread evenly over the positives.
+
 With a pretrained image backbone, training runs in two phases: for the first
 `freeze_epochs` only the projection head (and the text tower and temperature)
 learn while the backbone is frozen, so random head gradients cannot wreck its
@@ -22,9 +26,10 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from encoders import backbones
+from encoders.caption_matching import CaptionTerms, positives_matrix
 
 LOG = logging.getLogger(__name__)
-StepFunction = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+StepFunction = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,21 +49,65 @@ class TrainingSettings:
     short_caption_share: float = 0.0
 
 
-def pick_captions(batch_ids: tf.Tensor, share: float, seed: int) -> tf.Tensor:
-    """[B, 1 + S, L] -> [B, L]: column 0 (the full caption) or, with probability `share`, one of 1..S."""
-    size, alternatives = tf.shape(batch_ids)[0], tf.shape(batch_ids)[1]
+def pick_columns(size: tf.Tensor, alternatives: tf.Tensor, share: float, seed: int) -> tf.Tensor:
+    """[B] caption columns: 0 (the full caption) or, with probability `share`, one of 1..alternatives-1."""
     use_short = tf.random.uniform([size], seed=seed) < share
     short = tf.random.uniform([size], 1, tf.maximum(alternatives, 2), dtype=tf.int32, seed=seed + 1)
-    return tf.gather(batch_ids, tf.where(use_short, short, 0), batch_dims=1)
+    return tf.where(use_short, short, 0)
 
 
-def symmetric_info_nce(image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor) -> tf.Tensor:
-    """Mean of image->text and text->image cross-entropy over in-batch negatives."""
+def pick_captions(batch_ids: tf.Tensor, share: float, seed: int) -> tf.Tensor:
+    """[B, 1 + S, L] -> [B, L]: column 0 (the full caption) or, with probability `share`, one of 1..S."""
+    columns = pick_columns(tf.shape(batch_ids)[0], tf.shape(batch_ids)[1], share, seed)
+    return tf.gather(batch_ids, columns, batch_dims=1)
+
+
+def symmetric_info_nce(
+    image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor, positives: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Mean of image->text and text->image cross-entropy over in-batch negatives.
+
+    `positives` [B texts, B images] bool (default: the diagonal) spreads each row's target evenly
+    over its positives, so an image that also answers a partial caption is not pushed away from it.
+    """
     logits = tf.exp(logit_scale) * tf.matmul(image_embeddings, text_embeddings, transpose_b=True)
-    labels = tf.range(tf.shape(logits)[0])
-    image_to_text = tf.keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
-    text_to_image = tf.keras.losses.sparse_categorical_crossentropy(labels, tf.transpose(logits), from_logits=True)
+    if positives is None:
+        positives = tf.eye(tf.shape(logits)[0], dtype=tf.bool)
+    text_targets = tf.cast(positives, logits.dtype)
+    text_targets /= tf.reduce_sum(text_targets, axis=1, keepdims=True)
+    image_targets = tf.transpose(tf.cast(positives, logits.dtype))
+    image_targets /= tf.reduce_sum(image_targets, axis=1, keepdims=True)
+    image_to_text = tf.nn.softmax_cross_entropy_with_logits(image_targets, logits)
+    text_to_image = tf.nn.softmax_cross_entropy_with_logits(text_targets, tf.transpose(logits))
     return (tf.reduce_mean(image_to_text) + tf.reduce_mean(text_to_image)) / 2.0
+
+
+def training_batches(
+    pixels: np.ndarray, token_ids: np.ndarray, settings: TrainingSettings, terms: CaptionTerms | None
+) -> tf.data.Dataset:
+    """Shuffled (pixels, token ids, positives) batches; partial captions drawn per pair at the share."""
+    columns: tuple[np.ndarray, ...] = (pixels, token_ids.astype(np.int32))
+    if terms is not None:
+        columns += (terms.objects, terms.terms)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices(columns)
+        .shuffle(len(pixels), seed=settings.seed, reshuffle_each_iteration=True)
+        .batch(settings.batch_size, drop_remainder=True)
+    )
+
+    def pick(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, *batch_terms: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        size = tf.shape(batch_pixels)[0]
+        if token_ids.ndim == 2:
+            return batch_pixels, batch_ids, tf.eye(size, dtype=tf.bool)
+        chosen = pick_columns(size, tf.shape(batch_ids)[1], settings.short_caption_share, settings.seed)
+        ids = tf.gather(batch_ids, chosen, batch_dims=1)
+        if not batch_terms:
+            return batch_pixels, ids, tf.eye(size, dtype=tf.bool)
+        objects, caption_terms = batch_terms
+        named = tf.gather(caption_terms, chosen, batch_dims=1)
+        return batch_pixels, ids, positives_matrix(named, objects, tf.equal(chosen, 0))
+
+    return dataset.map(pick).prefetch(2)
 
 
 def make_optimizer(learning_rate: float, total_steps: int, weight_decay: float, variables: list) -> keras.Optimizer:
@@ -81,11 +130,11 @@ def make_step(
     variables = [variable for _, group in groups for variable in group]
 
     @tf.function(reduce_retracing=True)
-    def step(batch_pixels: tf.Tensor, batch_ids: tf.Tensor) -> tf.Tensor:
+    def step(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, positives: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             image_embeddings = image_tower(tf.cast(batch_pixels, tf.float32), training=True)
             text_embeddings = text_tower(batch_ids, training=True)
-            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale)
+            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale, positives)
         gradients = tape.gradient(loss, variables)
         start = 0
         for optimizer, group in groups:
@@ -101,8 +150,8 @@ def make_step(
 def run_epoch(step: StepFunction, dataset: tf.data.Dataset, steps: int, description: str) -> float:
     losses = []
     progress = tqdm(dataset, total=steps, desc=description, unit="batch")
-    for batch_pixels, batch_ids in progress:
-        losses.append(float(step(batch_pixels, batch_ids)))
+    for batch in progress:
+        losses.append(float(step(*batch)))
         progress.set_postfix(loss=f"{losses[-1]:.3f}")
     return float(np.mean(losses))
 
@@ -115,11 +164,13 @@ def train_dual_encoder(
     settings: TrainingSettings,
     backbone: keras.Model | None = None,
     on_epoch_end: Callable[[int, str], None] | None = None,
+    terms: CaptionTerms | None = None,
 ) -> dict[str, list | float | int]:
     """Trains both towers in place; returns the loss and phase history and the final temperature.
 
     `backbone` is the pretrained model inside `image_tower`, if any: it is frozen
-    for `settings.freeze_epochs` epochs, then fine-tuned (see the module docstring).
+    for `settings.freeze_epochs` epochs, then fine-tuned (see the module docstring). With `terms`
+    (rows aligned with `pixels`), partial captions count every matching in-batch image as a positive.
     """
     tf.random.set_seed(settings.seed)
     steps_per_epoch = len(pixels) // settings.batch_size
@@ -133,19 +184,7 @@ def train_dual_encoder(
         (make_optimizer(settings.learning_rate, steps_per_epoch * settings.epochs, settings.weight_decay, head), head)
     ]
     step = make_step(image_tower, text_tower, logit_scale, groups)
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((pixels, token_ids.astype(np.int32)))
-        .shuffle(len(pixels), seed=settings.seed, reshuffle_each_iteration=True)
-        .batch(settings.batch_size, drop_remainder=True)
-    )
-    if token_ids.ndim == 3:
-        dataset = dataset.map(
-            lambda batch_pixels, batch_ids: (
-                batch_pixels,
-                pick_captions(batch_ids, settings.short_caption_share, settings.seed),
-            )
-        )
-    dataset = dataset.prefetch(2)
+    dataset = training_batches(pixels, token_ids, settings, terms)
     history: list[float] = []
     phases: list[str] = []
     unfrozen_layers = 0

@@ -42,6 +42,11 @@ CNN_IMAGE_SIZE = 64
 PIPELINE_MEAN = (0.0, 0.0, 0.0)
 PIPELINE_STD = (1.0, 1.0, 1.0)
 MIN_TFLITE_AGREEMENT = 0.999
+# encoders.contrastive.TrainingSettings fields taken as they are from the flags of the same name.
+SETTINGS_FROM_FLAGS = (
+    "epochs", "batch_size", "learning_rate", "seed", "freeze_epochs", "finetune_lr_scale", "unfreeze_layers",
+    "short_caption_share",
+)  # fmt: skip
 
 
 class TrainingError(ValueError):
@@ -70,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--short_caption_share", type=float, default=0.0,
         help="share of training pairs (redrawn each epoch) that use one of the manifest's short_captions (partial "
         "captions like 'a red circle', from make_sample_catalog --short_captions) instead of the caption")  # fmt: skip
+    add("--partial_positives", action="store_true",
+        help="with --short_caption_share: count every in-batch image that matches what a partial caption names "
+        "as a positive (needs the manifest's 'objects' and 'short_caption_objects', from make_sample_catalog)")  # fmt: skip
     add("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     backbone = parser.add_argument_group("pretrained image backbone")
     backbone.add_argument(
@@ -116,6 +124,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--learning_rate and --finetune_lr_scale must be positive")
     if not 0.0 <= args.short_caption_share < 1.0:
         parser.error(f"--short_caption_share must be in [0, 1), got {args.short_caption_share}")
+    if args.partial_positives and args.short_caption_share == 0:
+        parser.error("--partial_positives needs --short_caption_share > 0")
     if args.unfreeze_layers is not None and args.unfreeze_layers < 1:
         parser.error("--unfreeze_layers must be at least 1 (leave it out to unfreeze the whole backbone)")
     if args.image_backbone != NO_BACKBONE:
@@ -158,6 +168,7 @@ class TrainingPairs:
     eval_pixels: np.ndarray
     eval_captions: list[str]
     short_captions: list[list[str]] | None = None  # per training pair, with --short_caption_share
+    terms: Any = None  # encoders.caption_matching.CaptionTerms, with --partial_positives
 
 
 def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: CaptionedImages | None) -> TrainingPairs:
@@ -167,15 +178,31 @@ def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: C
     shorts = train_set.short_caption_table() if args.short_caption_share > 0 else None
     if args.short_caption_share > 0 and shorts is None:
         raise TrainingError(f"--short_caption_share needs 'short_captions' on every row of {args.manifest}")
+    terms = None
+    if args.partial_positives:
+        if not train_set.has_caption_terms():
+            raise TrainingError(
+                f"--partial_positives needs 'objects' and 'short_caption_objects' on every row of {args.manifest} "
+                "(make_sample_catalog --short_captions writes them)"
+            )
+        from encoders.caption_matching import encode_caption_terms
+
+        terms = encode_caption_terms(train_set.objects, train_set.short_caption_objects, len(shorts[0]))
     pixels = load_image_array(train_set.uris, args.image_size, resize=args.resize)
     captions = train_set.captions
     if eval_set is None:
         held = -args.holdout
-        return TrainingPairs(
-            pixels[:held], captions[:held], pixels[held:], captions[held:], shorts[:held] if shorts else None
+        kept_terms = (
+            None
+            if terms is None
+            else dataclasses.replace(terms, objects=terms.objects[:held], terms=terms.terms[:held])
         )
+        return TrainingPairs(
+            pixels[:held], captions[:held], pixels[held:], captions[held:], shorts[:held] if shorts else None,
+            kept_terms,
+        )  # fmt: skip
     eval_pixels = load_image_array(eval_set.uris, args.image_size, resize=args.resize)
-    return TrainingPairs(pixels, captions, eval_pixels, eval_set.captions, shorts)
+    return TrainingPairs(pixels, captions, eval_pixels, eval_set.captions, shorts, terms)
 
 
 def build_towers(args: argparse.Namespace, transform: Any, backbone: Any) -> tuple[Any, Any]:
@@ -265,6 +292,7 @@ def training_record(
         "learning_rate": args.learning_rate,
         "seed": args.seed,
         "short_caption_share": args.short_caption_share,
+        "partial_positives": args.partial_positives,
         "vocabulary_size": len(transform.vocabulary),
         "pixel_mean": transform.pixel_mean.tolist(),
         "pixel_std": transform.pixel_std.tolist(),
@@ -320,17 +348,10 @@ def train_and_export(args: argparse.Namespace, train_set: CaptionedImages, eval_
         transform.pixel_std,
     )
     image_tower, text_tower = build_towers(args, transform, backbone)
-    settings = TrainingSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        freeze_epochs=args.freeze_epochs,
-        finetune_lr_scale=args.finetune_lr_scale,
-        unfreeze_layers=args.unfreeze_layers,
-        short_caption_share=args.short_caption_share,
+    settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS_FROM_FLAGS})
+    training = train_dual_encoder(
+        image_tower, text_tower, pairs.pixels, transform.token_ids, settings, backbone, terms=pairs.terms
     )
-    training = train_dual_encoder(image_tower, text_tower, pairs.pixels, transform.token_ids, settings, backbone)
     timings["train_seconds"] = training["train_seconds"]
     eval_ids = transform_captions(tft.TFTransformOutput(str(output_dir)), pairs.eval_captions)
     metrics = dual_encoder_report(

@@ -29,11 +29,43 @@ class CaptionedImages:
     captions: list[str]
     # Optional per-row partial captions ("a red circle"); empty lists when the manifest has none.
     short_captions: list[list[str]] = dataclasses.field(default_factory=list)
+    # Optional, from make_sample_catalog: each row's objects ({attribute: value} dicts) and, per partial
+    # caption, one {attribute: value} dict per object it names; empty lists when the manifest has none.
+    objects: list[list[dict[str, str]]] = dataclasses.field(default_factory=list)
+    short_caption_objects: list[list[list[dict[str, str]]]] = dataclasses.field(default_factory=list)
 
     def short_caption_table(self) -> list[list[str]] | None:
         """[N][S] partial captions (S = the fewest any row has), or None when some row has none."""
         count = min((len(shorts) for shorts in self.short_captions), default=0)
         return [shorts[:count] for shorts in self.short_captions] if count else None
+
+    def has_caption_terms(self) -> bool:
+        """Every row has objects and says what each of its partial captions names."""
+        return bool(self.uris) and all(
+            objects and len(terms) == len(shorts)
+            for objects, terms, shorts in zip(self.objects, self.short_caption_objects, self.short_captions)
+        )
+
+
+def _attribute_dicts(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in d.items()) for d in value
+    )
+
+
+def _read_terms(row: dict, where: str) -> tuple[list[dict[str, str]], list[list[dict[str, str]]]]:
+    """The row's optional `objects` and `short_caption_objects`, checked.
+
+    Any manifest column is carried through the pipeline, so an `objects` column of another shape is
+    someone else's data and is ignored; `short_caption_objects` only ever comes from make_sample_catalog.
+    """
+    objects, terms = row.get("objects", []), row.get("short_caption_objects", [])
+    objects = objects if _attribute_dicts(objects) else []
+    if not isinstance(terms, list) or not all(_attribute_dicts(caption) for caption in terms):
+        raise ManifestError(f"{where}: 'short_caption_objects' must be a list of lists of {{attribute: value}} objects")
+    if terms and len(terms) != len(row.get("short_captions", [])):
+        raise ManifestError(f"{where}: 'short_caption_objects' needs one entry per short caption")
+    return objects, terms
 
 
 def read_captioned_manifest(path: str | Path) -> CaptionedImages:
@@ -45,6 +77,8 @@ def read_captioned_manifest(path: str | Path) -> CaptionedImages:
     uris: list[str] = []
     captions: list[str] = []
     short_captions: list[list[str]] = []
+    objects: list[list[dict[str, str]]] = []
+    terms: list[list[list[dict[str, str]]]] = []
     with manifest.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -68,9 +102,12 @@ def read_captioned_manifest(path: str | Path) -> CaptionedImages:
             if not isinstance(shorts, list) or not all(isinstance(s, str) and s.strip() for s in shorts):
                 raise ManifestError(f"{manifest} line {number}: 'short_captions' must be a list of non-empty strings")
             short_captions.append(shorts)
+            row_objects, row_terms = _read_terms(row, f"{manifest} line {number}")
+            objects.append(row_objects)
+            terms.append(row_terms)
     if not uris:
         raise ManifestError(f"manifest {manifest} has no rows")
-    return CaptionedImages(ids=ids, uris=uris, captions=captions, short_captions=short_captions)
+    return CaptionedImages(ids, uris, captions, short_captions, objects, terms)
 
 
 def load_image_array(uris: list[str], image_size: int, resize: str = "squash", threads: int = 4) -> np.ndarray:

@@ -62,28 +62,46 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return text
 
 
-def _short_mention(obj: SceneObject, rng: np.random.Generator) -> str:
-    """One object named by a random subset of its attributes, as people type it."""
+def _short_mention(obj: SceneObject, rng: np.random.Generator) -> tuple[str, dict[str, str]]:
+    """One object named by a random subset of its attributes, as people type it; also returns the
+    attributes the text names (canonical values: "small" for "tiny"), which a matching object must have."""
     keep_shape = rng.random() < 0.7
     keep_color = not keep_shape or rng.random() < 0.7  # a mention without shape always names a color
-    keep_size = rng.random() < 0.35
-    keep_region = rng.random() < 0.35
+    # Size and position are named often: binding them to the right object is what a 64 px tower learns last.
+    keep_size = rng.random() < 0.45
+    keep_region = rng.random() < 0.55
     words = [str(rng.choice(_SIZE_WORDS[obj.size]))] if keep_size else []
+    named = {"size": obj.size} if keep_size else {}
     if keep_color:
         words.append(obj.color)
+        named["color"] = obj.color
     if keep_shape:
         words.append(obj.shape)
+        named["shape"] = obj.shape
         text = _article(" ".join(words))
     elif rng.random() < 0.5 and not keep_size:
         text = f"something {obj.color}"
     else:
         text = _article(" ".join([*words, str(rng.choice(["shape", "shape", "object"]))]))
-    return f"{text} {_place(obj.region, rng)}" if keep_region else text
+    if keep_region:
+        named["region"] = obj.region
+        return f"{text} {_place(obj.region, rng)}", named
+    return text, named
+
+
+def short_caption_terms(scene: Scene, rng: np.random.Generator) -> tuple[str, list[dict[str, str]]]:
+    """A caption that mentions a random subset of the objects (usually one) and of their attributes:
+    "a red circle", "a circle", "something red at the top left", "a large blue star and a ring".
+
+    Also returns one {attribute: value} dict per mention: any scene with an object matching each
+    mention is a correct answer to the caption, which lets training count such scenes as positives.
+    """
+    count = 1 if len(scene.objects) == 1 or rng.random() < 0.75 else 2
+    chosen = rng.choice(len(scene.objects), size=count, replace=False)
+    mentions = [_short_mention(scene.objects[int(i)], rng) for i in chosen]
+    return _join([text for text, _ in mentions], rng), [named for _, named in mentions]
 
 
 def short_caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption that mentions a random subset of the objects (usually one) and of their attributes:
-    "a red circle", "a circle", "something red at the top left", "a large blue star and a ring"."""
-    count = 1 if len(scene.objects) == 1 or rng.random() < 0.75 else 2
-    chosen = rng.choice(len(scene.objects), size=count, replace=False)
-    return _join([_short_mention(scene.objects[int(i)], rng) for i in chosen], rng)
+    """The text of `short_caption_terms`."""
+    return short_caption_terms(scene, rng)[0]

@@ -6,7 +6,7 @@ import dataclasses
 import io
 from typing import Any
 
-from sample_catalog.captions import caption, short_caption
+from sample_catalog.captions import caption, short_caption_terms
 from sample_catalog.render import render
 from sample_catalog.scenes import sample_scene, scene_rng
 
@@ -34,7 +34,7 @@ def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any]
     scene = sample_scene(rng)
     text = caption(scene, rng)
     # Drawn after the caption from the same generator: the image and caption stay what they always were.
-    shorts = [short_caption(scene, rng) for _ in range(settings.short_captions)]
+    shorts = [short_caption_terms(scene, rng) for _ in range(settings.short_captions)]
     image = render(scene, settings.image_size)
     buffer = io.BytesIO()
     if settings.image_format == "jpeg":
@@ -43,7 +43,9 @@ def generate_item(settings: CatalogSettings, index: int) -> tuple[dict[str, Any]
         image.save(buffer, format="PNG")
     row = {"id": item_id(settings.seed, index), "caption": text, **scene.attributes()}
     if shorts:
-        row["short_captions"] = shorts
+        row["short_captions"] = [text for text, _ in shorts]
+        # What each partial caption names, one {attribute: value} dict per object it mentions.
+        row["short_caption_objects"] = [terms for _, terms in shorts]
     return row, buffer.getvalue()
 
 

@@ -141,3 +141,25 @@ def test_short_captions_name_a_subset_of_the_scene_and_leave_the_item_unchanged(
             seen["shape only" if not colors else "color only" if not shapes else "color and shape"] += 1
             seen["with region"] += " at the " in text or " on the " in text or "center" in text or "middle" in text
     assert min(seen.values()) > 50, seen
+
+
+def test_short_caption_objects_say_what_each_partial_caption_names() -> None:
+    """Each mention's terms belong to one object of the scene, and every named color/shape/region is in the text."""
+    regions_in_text = 0
+    for i in range(300):
+        row, _ = generate_item(CatalogSettings(seed=14, image_size=32, short_captions=4), i)
+        assert len(row["short_caption_objects"]) == len(row["short_captions"]) == 4
+        for text, mentions in zip(row["short_captions"], row["short_caption_objects"]):
+            assert 1 <= len(mentions) <= 2
+            for named in mentions:
+                assert named and set(named) <= {"color", "shape", "size", "region"}
+                assert any(all(obj[key] == value for key, value in named.items()) for obj in row["objects"])
+                assert all(named[key] in text for key in ("color", "shape") if key in named), (text, named)
+                if "region" in named:
+                    regions_in_text += 1
+                    where = "center" if named["region"] == "center" else named["region"]
+                    assert where in text or (where == "center" and "middle" in text), (text, named)
+            words = set(text.split())
+            named_words = {m[key] for m in mentions for key in ("color", "shape") if key in m}
+            assert words & {*attributes.COLORS, *attributes.SHAPES} == named_words, (text, mentions)
+    assert regions_in_text > 50
