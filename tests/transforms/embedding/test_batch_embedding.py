@@ -12,7 +12,6 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pytest
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.utils import shared
 from PIL import Image
@@ -147,7 +146,6 @@ def test_a_batch_with_nothing_decodable_gives_only_rejections(tmp_path: Path) ->
     assert sorted((r["uri"], r["stage"]) for r in rejected) == [(str(bad), "decode"), (str(items[1].uri), "read")]
 
 
-@pytest.mark.slow
 def test_in_a_pipeline_every_item_is_a_row_or_a_rejection_and_the_metrics_are_counted(tmp_path: Path) -> None:
     items = mixed_catalog(tmp_path / "catalog")
     embed = EmbedItemBatches(
