@@ -163,9 +163,10 @@ def stat_object(uri: str) -> FileMetadata:
         size, updated = stat_fn(bounded_client(uri), uri)
         return FileMetadata(uri, size, updated)
     path = uris.strip_file_scheme(uri)
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    status = check_regular_file(path)
+    try:
+        status = check_regular_file(path)  # one stat call answers "exists?" and "regular file?"
+    except (OSError, ValueError) as error:  # what os.path.exists() reports as "does not exist"
+        raise FileNotFoundError(path) from error
     return FileMetadata(path, status.st_size, status.st_mtime)
 
 
