@@ -14,6 +14,7 @@ model load and shutdown included. Also reports peak RSS of the job's launcher an
 of its largest worker process, and each worker's start-up (process start to its first
 encoded batch, from the line every worker logs) for the bundled Keras model and for the
 same model as a TFLite-only directory (which the job runs on LiteRT, without TensorFlow).
+Each job's log goes to $EMBED_BENCH_LOGS when set (else next to its output, deleted at exit).
 
 The --extra_sizes and --memory_sizes catalogs hard-link the main catalog's images under
 new names: distinct URIs and ids, so the job does all its work for every row.
@@ -201,7 +202,7 @@ def run_job(manifest: Path, out: Path, workers: int, model_dir: Path | None = No
     ]
     if model_dir is not None:
         command += ["--model_dir", str(model_dir)]
-    log = out.with_name(out.name + ".log")
+    log = Path(os.environ.get("EMBED_BENCH_LOGS", out.parent)) / f"{out.parent.name}-{out.name}.log"
     with log.open("w") as stderr:
         process = subprocess.Popen(
             command,

@@ -26,7 +26,7 @@ from transforms.outputs.parquet_shards import WriteParquetShards
 
 # Concurrent object-store reads per worker thread: enough to hide tens of milliseconds per request
 # behind a batch of 64 without opening a connection per image.
-DEFAULT_READ_THREADS = 16
+DEFAULT_READ_THREADS = 8
 
 
 def encoder_threads(options: Any) -> int | None:
@@ -80,7 +80,7 @@ def embed_items(
         DecodeSettings(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels),
         ReadSettings(max_bytes=options.max_image_bytes, attempts=options.read_attempts),
         carried,
-        read_threads=getattr(options, "read_threads", None) or DEFAULT_READ_THREADS,
+        read_threads=DEFAULT_READ_THREADS,
     )
     embedded = (
         items

@@ -57,7 +57,7 @@ class EmbedItemBatches(beam.DoFn):
         decode: DecodeSettings,
         read: reading.ReadSettings,
         carried: dict[str, str],
-        read_threads: int = 16,
+        read_threads: int = 8,
     ) -> None:
         self._encoder_source = encoder
         self._decode = decode

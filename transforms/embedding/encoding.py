@@ -155,7 +155,7 @@ def take_encoder(handle: shared.Shared, model_dir: str | None, threads: int | No
     return holder
 
 
-_warm: list[_SharedEncoder] = []  # keeps a warmed model alive until an EncodeBatches acquires it
+_warm: list[_SharedEncoder] = []  # keeps a warmed model alive until an encoding DoFn takes it
 
 
 class WarmUpEncoder(beam.DoFn):
