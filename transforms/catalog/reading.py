@@ -259,7 +259,9 @@ def read_local_file(path: str, max_bytes: int | None) -> bytes:
     first = status.st_size + 1 if limit is None else min(status.st_size + 1, limit)
     with open(path, "rb", buffering=0) as stream:
         data = stream.read(first)
-        if len(data) < first or (limit is not None and len(data) >= limit):
+        # Exactly the size seen means EOF came where expected; anything else (the file grew, or one
+        # read returned less, as Linux does past 2 GiB) is read on to EOF or the limit.
+        if len(data) == status.st_size or (limit is not None and len(data) >= limit):
             return data
         rest = _read_limited(stream, None if limit is None else limit - len(data) - 1)
     return data + rest
