@@ -11,7 +11,10 @@ loop = one process doing the same work (PIL decode, batched model call, Parquet
 write) with TensorFlow's default threads. job = beam_jobs.embed_images with
 --direct_num_workers and multi_processing: its pipeline wall time, worker start,
 model load and shutdown included. Also reports peak RSS of the job's launcher and
-of its largest worker process.
+of its largest worker process, and each worker's start-up (process start to its first
+encoded batch, from the line every worker logs) for the bundled Keras model and for the
+same model as a TFLite-only directory (which the job runs on LiteRT, without TensorFlow).
+Each job's log goes to $EMBED_BENCH_LOGS when set (else next to its output, deleted at exit).
 
 The --extra_sizes and --memory_sizes catalogs hard-link the main catalog's images under
 new names: distinct URIs and ids, so the job does all its work for every row.
@@ -22,6 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from encoders.model_config import DEFAULT_MODEL_DIR
 from images.decoding import decode_image, resize_for_model
 from sample_catalog.generate import CatalogSettings, generate_item
 from transforms.outputs.embedding_schema import embeddings_schema
@@ -171,7 +177,18 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def run_job(manifest: Path, out: Path, workers: int) -> dict:
+STARTUP_LINE = re.compile(
+    r"worker start-up: first batch encoded ([0-9.]+) s after the process started \((\w+) encoder\)"
+)
+
+
+def tflite_only_model(directory: Path) -> Path:
+    """The bundled model without its .keras files: the job then encodes with image_encoder.tflite."""
+    shutil.copytree(DEFAULT_MODEL_DIR, directory, ignore=shutil.ignore_patterns("*.keras"))
+    return directory
+
+
+def run_job(manifest: Path, out: Path, workers: int, model_dir: Path | None = None) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -183,13 +200,37 @@ def run_job(manifest: Path, out: Path, workers: int) -> dict:
         f"--direct_num_workers={workers}",
         "--direct_running_mode=multi_processing",
     ]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    if model_dir is not None:
+        command += ["--model_dir", str(model_dir)]
+    log = Path(os.environ.get("EMBED_BENCH_LOGS", out.parent)) / f"{out.parent.name}-{out.name}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        peaks = watch_rss(process)
+    if process.returncode:
+        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}; see {log}")
+    summary = json.loads((out / "run_summary.json").read_text())
+    startups = [(float(m.group(1)), m.group(2)) for m in STARTUP_LINE.finditer(log.read_text())]
+    return {
+        "pipeline_seconds": summary["timings"]["pipeline_seconds"],
+        "total_seconds": summary["timings"]["total_seconds"],
+        "embedded": summary["embedded"],
+        "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
+        "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
+        "peak_worker_rss_mib": round(peaks["worker"], 1),
+        "peak_launcher_rss_mib": round(peaks["launcher"], 1),
+        "worker_startup_s": sorted(seconds for seconds, _ in startups),
+        "encoder": sorted({runtime for _, runtime in startups}),
+    }
+
+
+def watch_rss(process: subprocess.Popen) -> dict[str, float]:
+    """Waits for the job; the peak RSS of its launcher and of its largest worker meanwhile."""
     peaks = {"launcher": 0.0, "worker": 0.0}
 
     def watch() -> None:
@@ -203,18 +244,7 @@ def run_job(manifest: Path, out: Path, workers: int) -> dict:
     watcher.start()
     process.wait()
     watcher.join()
-    if process.returncode:
-        raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}")
-    summary = json.loads((out / "run_summary.json").read_text())
-    return {
-        "pipeline_seconds": summary["timings"]["pipeline_seconds"],
-        "total_seconds": summary["timings"]["total_seconds"],
-        "embedded": summary["embedded"],
-        "images_per_s": round(summary["embedded"] / summary["timings"]["pipeline_seconds"], 1),
-        "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
-        "peak_worker_rss_mib": round(peaks["worker"], 1),
-        "peak_launcher_rss_mib": round(peaks["launcher"], 1),
-    }
+    return peaks
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -224,6 +254,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--stage_sample", type=int, default=1000, help="images used for the per-stage timings")
     parser.add_argument("--extra_sizes", default="", help="comma list of further catalog sizes to run the job on")
     parser.add_argument("--memory_sizes", default="", help="comma list of catalog sizes for the RSS comparison")
+    parser.add_argument(
+        "--no_tflite_startup",
+        dest="tflite_startup",
+        action="store_false",
+        help="skip the job run on the TFLite-only copy of the model (its worker start-up)",
+    )
     parser.add_argument("--stages_of", help=argparse.SUPPRESS)  # child mode: time the stages of these files
     parser.add_argument("--stage_threads", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -233,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(stages))
         return stages
     threads = max(1, (os.cpu_count() or 1) // args.workers)
+    load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="embed_bench_") as tmp:
         base = Path(tmp)
         manifest, paths = write_catalog(base / "catalog", args.num_images)
@@ -241,6 +278,11 @@ def main(argv: list[str] | None = None) -> dict:
         loop = plain_loop(paths, base / "loop.parquet")
         loop_draft = plain_loop(paths, base / "loop_draft.parquet", draft=True)
         job = run_job(manifest, base / "job", args.workers)
+        startup = {"keras": job["worker_startup_s"]}
+        if args.tflite_startup:
+            tflite = run_job(manifest, base / "job_tflite", args.workers, tflite_only_model(base / "tflite_model"))
+            startup["tflite"] = tflite["worker_startup_s"]
+            startup["tflite_job_images_per_s"] = tflite["images_per_s"]
         extra = {}
         for count in [int(c) for c in args.extra_sizes.split(",") if c]:
             sub = base / f"n{count}"
@@ -255,6 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
         "num_images": args.num_images,
         "workers": args.workers,
         "cpu_count": os.cpu_count(),
+        "load_average_1_5_15_min": {"start": load_at_start, "end": os.getloadavg()},
         "stage_threads": threads,
         "stage_ms_per_image": {k: round(v * 1000, 3) for k, v in stages.items()},
         "ideal_images_per_s": round(ideal, 1),
@@ -264,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         "job": job,
         "job_vs_ideal": round(job_rate / ideal, 3),
         "job_vs_loop": round(job_rate / loop, 3),
+        "worker_startup_s_process_start_to_first_batch": startup,
         "extra_sizes": {
             n: {**r, "vs_ideal": round(r["images_per_s"] / ideal, 3), "vs_loop": round(r["images_per_s"] / loop, 3)}
             for n, r in extra.items()

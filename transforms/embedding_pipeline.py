@@ -17,11 +17,16 @@ from encoders import model_config
 from transforms.catalog import uris
 from transforms.catalog.listing import MatchInputs
 from transforms.catalog.manifest import ReadManifest
-from transforms.catalog.reading import ReadImageBytes
-from transforms.embedding.decoding_fn import DecodeForModel
-from transforms.embedding.encoding import EncodeBatches, WarmUpEncoder
+from transforms.catalog.reading import ReadSettings
+from transforms.embedding.batch_embedding import EmbedItemBatches, EncoderSource
+from transforms.embedding.decoding_fn import DecodeSettings
+from transforms.embedding.encoding import WarmUpEncoder
 from transforms.outputs import embedding_schema, run_outputs
 from transforms.outputs.parquet_shards import WriteParquetShards
+
+# Concurrent object-store reads per worker thread: enough to hide tens of milliseconds per request
+# behind a batch of 64 without opening a connection per image.
+DEFAULT_READ_THREADS = 8
 
 
 def encoder_threads(options: Any) -> int | None:
@@ -58,7 +63,11 @@ def embed_items(
     carried: dict[str, str],
     model_dir: str | None,
 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
-    """Read -> decode -> batched encode: embeddings-schema rows plus the rejections of each stage."""
+    """Batch -> read, decode and encode each batch in one DoFn: embeddings-schema rows plus rejections.
+
+    The items are batched before they are read (batch_embedding explains why); every
+    read, decode and encode rejection comes out of the one ReadDecodeEncode step.
+    """
     threads = encoder_threads(options)
     model = shared.Shared()
     _ = (
@@ -66,22 +75,22 @@ def embed_items(
         | "WarmUpEncoderStart" >> beam.Impulse()
         | "WarmUpEncoder" >> beam.ParDo(WarmUpEncoder(model_dir, model, threads))
     )
-    read = items | "Read" >> beam.ParDo(
-        ReadImageBytes(max_bytes=options.max_image_bytes, attempts=options.read_attempts)
-    ).with_outputs(ReadImageBytes.REJECTED, main="images")
-    decoded = read.images | "Decode" >> beam.ParDo(
-        DecodeForModel(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels)
-    ).with_outputs(DecodeForModel.REJECTED, main="pixels")
-    encoded = (
-        decoded.pixels
-        # A fixed size: the encoder's cost per image does not depend on it past a few dozen, and
-        # every new size costs memory (see encoding.padded_batch).
-        | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
-        | "Encode"
-        >> beam.ParDo(EncodeBatches(model_dir, model, threads)).with_outputs(EncodeBatches.REJECTED, main="rows")
+    embed = EmbedItemBatches(
+        EncoderSource(model_dir, model, threads),
+        DecodeSettings(config.image_size, config.resize, options.max_image_bytes, options.max_image_pixels),
+        ReadSettings(max_bytes=options.max_image_bytes, attempts=options.read_attempts),
+        carried,
+        read_threads=DEFAULT_READ_THREADS,
     )
-    rows = encoded.rows | "ToRows" >> beam.Map(embedding_schema.output_row, carried)
-    return rows, [read[ReadImageBytes.REJECTED], decoded[DecodeForModel.REJECTED], encoded[EncodeBatches.REJECTED]]
+    embedded = (
+        items
+        # A fixed size: the encoder's cost per image does not depend on it past a few dozen, and
+        # every new size costs memory (see encoding.padded_batch). Rejected items leave a batch
+        # short; the encoder pads it to the next power of two.
+        | "Batch" >> beam.BatchElements(min_batch_size=options.batch_size, max_batch_size=options.batch_size)
+        | "ReadDecodeEncode" >> beam.ParDo(embed).with_outputs(EmbedItemBatches.REJECTED, main="rows")
+    )
+    return embedded.rows, [embedded[EmbedItemBatches.REJECTED]]
 
 
 def write_outputs(

@@ -16,6 +16,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import IO, Any
 
 import apache_beam as beam
@@ -161,9 +163,10 @@ def stat_object(uri: str) -> FileMetadata:
         size, updated = stat_fn(bounded_client(uri), uri)
         return FileMetadata(uri, size, updated)
     path = uris.strip_file_scheme(uri)
-    if not os.path.exists(path):
-        raise FileNotFoundError(path)
-    status = check_regular_file(path)
+    try:
+        status = check_regular_file(path)  # one stat call answers "exists?" and "regular file?"
+    except (OSError, ValueError) as error:  # what os.path.exists() reports as "does not exist"
+        raise FileNotFoundError(path) from error
     return FileMetadata(path, status.st_size, status.st_mtime)
 
 
@@ -243,10 +246,36 @@ def _read_limited(stream: IO[bytes], max_bytes: int | None) -> bytes:
     return b"".join(chunks)
 
 
+def read_local_file(path: str, max_bytes: int | None) -> bytes:
+    """A local regular file's bytes (at most max_bytes + 1) in one read call when its size holds still.
+
+    Why not FileSystems.open: Beam's filesystem lookup and file wrapper cost about as
+    much CPU as copying a 30 KB image out of the page cache. The stat that refuses
+    FIFOs and devices also gives the size, so one read of size + 1 bytes normally
+    returns the whole file and proves EOF; a file that grew meanwhile is read on.
+    """
+    status = check_regular_file(path)
+    limit = None if max_bytes is None else max_bytes + 1
+    first = status.st_size + 1 if limit is None else min(status.st_size + 1, limit)
+    with open(path, "rb", buffering=0) as stream:
+        data = stream.read(first)
+        # Exactly the size seen means EOF came where expected; anything else (the file grew, or one
+        # read returned less, as Linux does past 2 GiB) is read on to EOF or the limit.
+        if len(data) == status.st_size or (limit is not None and len(data) >= limit):
+            return data
+        rest = _read_limited(stream, None if limit is None else limit - len(data) - 1)
+    return data + rest
+
+
 def _fetch(uri: str, max_bytes: int | None, opener: Opener) -> bytes:
-    """Remote objects through the default opener: one bounded ranged request; else the opener's stream."""
-    if opener is open_raw and uris.scheme_of(uri) in uris.REMOTE_SCHEMES:
-        return read_object(uri, max_bytes)
+    """With the default opener: remote objects in one bounded ranged request, local files in one read.
+
+    Any other opener's stream is read in chunks up to max_bytes + 1.
+    """
+    if opener is open_raw:
+        if uris.scheme_of(uri) in uris.REMOTE_SCHEMES:
+            return read_object(uri, max_bytes)
+        return read_local_file(uris.strip_file_scheme(uri), max_bytes)
     with opener(uri) as stream:
         return _read_limited(stream, max_bytes)
 
@@ -305,6 +334,87 @@ def read_bytes_with_retry(
     )
 
 
+@dataclass(frozen=True)
+class ReadOutcome:
+    """What reading one object gave: its bytes, or the failure that becomes its rejection record."""
+
+    data: bytes | None
+    failure: ReadFailed | None
+    retries: int
+
+
+@dataclass(frozen=True)
+class ReadSettings:
+    max_bytes: int | None = None
+    attempts: int = 4
+    base_delay: float = 0.2
+    opener: Opener = open_raw
+
+
+def read_outcome(uri: str, settings: ReadSettings) -> ReadOutcome:
+    """read_bytes_with_retry as a value: safe to run on any thread (it touches no Beam metrics)."""
+    retries = [0]
+
+    def count_retry(_error: BaseException) -> None:
+        retries[0] += 1
+
+    try:
+        data = read_bytes_with_retry(
+            uri,
+            attempts=settings.attempts,
+            base_delay=settings.base_delay,
+            max_bytes=settings.max_bytes,
+            opener=settings.opener,
+            on_retry=count_retry,
+        )
+    except ReadFailed as failure:
+        return ReadOutcome(None, failure, retries[0])
+    return ReadOutcome(data, None, retries[0])
+
+
+def read_many(uri_list: list[str], settings: ReadSettings, pool: ThreadPoolExecutor | None) -> list[ReadOutcome]:
+    """One outcome per uri, in input order; remote objects concurrently on `pool`, local files here.
+
+    An object store answers one request in tens of milliseconds of waiting, so a
+    batch's objects are fetched concurrently. A local file comes out of the page
+    cache in a few microseconds of copying: handing it to another thread cost
+    as much again (measured here), so local files are read on the calling thread.
+    """
+    outcomes: list[ReadOutcome | None] = [None] * len(uri_list)
+    remote = [i for i, uri in enumerate(uri_list) if uris.scheme_of(uri) in uris.REMOTE_SCHEMES]
+    pending = {}
+    if pool is not None and len(remote) > 1:
+        pending = {i: pool.submit(read_outcome, uri_list[i], settings) for i in remote}
+    for index, uri in enumerate(uri_list):
+        if index not in pending:
+            outcomes[index] = read_outcome(uri, settings)
+    for index, future in pending.items():
+        outcomes[index] = future.result()
+    return outcomes  # type: ignore[return-value]  # every slot is filled above
+
+
+class ReadCounters:
+    """The reading metrics; counted on the DoFn's own thread, where Beam attributes them to the step."""
+
+    def __init__(self) -> None:
+        self.bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+        self.read_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
+        self.failures = {
+            kind: Metrics.counter(METRICS_NAMESPACE, f"read_failures_{kind}")
+            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE, NOT_REGULAR_FILE)
+        }
+
+    def rejection_or_none(self, uri: str, outcome: ReadOutcome) -> dict[str, str] | None:
+        """Counts the outcome; the rejection record of a failed read, None for bytes read."""
+        if outcome.retries:
+            self.read_retries.inc(outcome.retries)
+        if outcome.failure is not None:
+            self.failures[outcome.failure.error_type].inc()
+            return rejection(uri, READ_STAGE, outcome.failure.error_type, outcome.failure.message)
+        self.bytes_read.inc(len(outcome.data or b""))
+        return None
+
+
 class ReadImageBytes(beam.DoFn):
     """CatalogItem -> (item, bytes); failures go to the REJECTED output as rejection records."""
 
@@ -318,35 +428,16 @@ class ReadImageBytes(beam.DoFn):
         base_delay: float = 0.2,
         opener: Opener = open_raw,
     ) -> None:
-        self.max_bytes = max_bytes
-        self.attempts = attempts
-        self.base_delay = base_delay
-        self.opener = opener
-        self.bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
-        self.read_retries = Metrics.counter(METRICS_NAMESPACE, "read_retries")
-        self.failures = {
-            kind: Metrics.counter(METRICS_NAMESPACE, f"read_failures_{kind}")
-            for kind in (NOT_FOUND, READ_ERROR, TOO_LARGE, NOT_REGULAR_FILE)
-        }
+        self.settings = ReadSettings(max_bytes, attempts, base_delay, opener)
+        self.counters = ReadCounters()
 
     def process(self, item: CatalogItem) -> Iterable[Any]:
-        try:
-            data = read_bytes_with_retry(
-                item.uri,
-                attempts=self.attempts,
-                base_delay=self.base_delay,
-                max_bytes=self.max_bytes,
-                opener=self.opener,
-                on_retry=lambda _error: self.read_retries.inc(),
-            )
-        except ReadFailed as failure:
-            self.failures[failure.error_type].inc()
-            yield beam.pvalue.TaggedOutput(
-                self.REJECTED, rejection(item.uri, READ_STAGE, failure.error_type, failure.message)
-            )
+        outcome = read_outcome(item.uri, self.settings)
+        rejected = self.counters.rejection_or_none(item.uri, outcome)
+        if rejected is not None:
+            yield beam.pvalue.TaggedOutput(self.REJECTED, rejected)
             return
-        self.bytes_read.inc(len(data))
-        yield item, data
+        yield item, outcome.data
 
 
 def _first_by_id(items: Iterable[Any]) -> Any:

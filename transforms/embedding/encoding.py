@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -147,7 +148,14 @@ def acquire_encoder(handle: shared.Shared, model_dir: str | None, threads: int |
     return handle.acquire(lambda: _load_shared(model_dir, threads))
 
 
-_warm: list[_SharedEncoder] = []  # keeps a warmed model alive until an EncodeBatches acquires it
+def take_encoder(handle: shared.Shared, model_dir: str | None, threads: int | None) -> _SharedEncoder:
+    """The shared encoder for a DoFn's setup; the caller keeps the holder alive, the warm-up's copy goes."""
+    holder = acquire_encoder(handle, model_dir, threads)
+    _warm.clear()
+    return holder
+
+
+_warm: list[_SharedEncoder] = []  # keeps a warmed model alive until an encoding DoFn takes it
 
 
 class WarmUpEncoder(beam.DoFn):
@@ -176,6 +184,97 @@ class WarmUpEncoder(beam.DoFn):
         yield from ()
 
 
+def process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux /proc; None elsewhere): the worker start-up clock."""
+    try:
+        # Field 22 of /proc/self/stat is the start time in clock ticks after boot; the command name
+        # (field 2) may hold spaces, so count from its closing parenthesis (fields 3, 4, ...).
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+_first_batch_lock = threading.Lock()
+_first_batch_reported = False
+
+
+def report_first_batch(encoder: ImageEncoder | TFLiteImageEncoder) -> None:
+    """Logs, once per process, how long the worker took from process start to its first encoded batch.
+
+    That is the start-up a job pays per worker before it does useful work: Beam's
+    import, the encoder's runtime import (TensorFlow or LiteRT) and the model load.
+    """
+    global _first_batch_reported
+    with _first_batch_lock:
+        if _first_batch_reported:
+            return
+        _first_batch_reported = True
+    age = process_age_seconds()
+    if age is not None:
+        runtime = "keras" if isinstance(encoder, ImageEncoder) else "tflite"
+        LOG.info("worker start-up: first batch encoded %.2f s after the process started (%s encoder)", age, runtime)
+
+
+class EncodeMetrics:
+    """The encoding metrics and the per-worker progress line, shared by every DoFn that encodes."""
+
+    def __init__(self) -> None:
+        self.images = beam.metrics.Metrics.counter("embed", "images_embedded")
+        self.batches = beam.metrics.Metrics.counter("embed", "batches")
+        self.encode_errors = beam.metrics.Metrics.counter("embed", "rejected_encode_error")
+        self.encode_ms = beam.metrics.Metrics.distribution("embed", "batch_encode_ms")
+        self._progress_lock = threading.Lock()
+
+    def start(self) -> None:
+        """Called in DoFn.setup: the progress clock starts when the worker has its model."""
+        self._done = 0
+        self._started = time.perf_counter()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_progress_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._progress_lock = threading.Lock()
+
+    def report_progress(self, count: int) -> None:
+        with self._progress_lock:
+            before = self._done
+            self._done += count
+            if self._done // 1000 > before // 1000:
+                rate = self._done / max(time.perf_counter() - self._started, 1e-9)
+                LOG.info("embedded %d images in this worker (%.0f images/s)", self._done, rate)
+
+
+def encoded_rows(
+    encoder: ImageEncoder | TFLiteImageEncoder,
+    records: list[dict[str, Any]],
+    pixels: np.ndarray,
+    metrics: EncodeMetrics,
+    rejected_tag: str,
+) -> Iterator[Any]:
+    """Encodes one batch: each record gains `embedding` (float32 numpy) and `model_id`, or is rejected."""
+    started = time.perf_counter()
+    embeddings = encoder.embed(pixels)
+    metrics.encode_ms.update(int((time.perf_counter() - started) * 1000))
+    report_first_batch(encoder)
+    metrics.images.inc(len(records))
+    metrics.batches.inc()
+    metrics.report_progress(len(records))
+    model_id = encoder.config.model_id
+    for record, embedding in zip(records, embeddings):
+        if not np.all(np.isfinite(embedding)):
+            metrics.encode_errors.inc()
+            yield beam.pvalue.TaggedOutput(
+                rejected_tag,
+                rejection(record["uri"], "encode", ENCODE_ERROR, "the model returned a zero or non-finite vector"),
+            )
+            continue
+        yield {**record, "embedding": embedding, "model_id": model_id}
+
+
 class EncodeBatches(beam.DoFn):
     """Encodes batches of decoded images; each element is a list of (record, pixels).
 
@@ -190,43 +289,14 @@ class EncodeBatches(beam.DoFn):
         self._model_dir = model_dir
         self._shared_handle = shared_handle or shared.Shared()
         self._threads = threads
-        self._images = beam.metrics.Metrics.counter("embed", "images_embedded")
-        self._batches = beam.metrics.Metrics.counter("embed", "batches")
-        self._encode_errors = beam.metrics.Metrics.counter("embed", "rejected_encode_error")
-        self._encode_ms = beam.metrics.Metrics.distribution("embed", "batch_encode_ms")
-        self._progress_lock = threading.Lock()
+        self._metrics = EncodeMetrics()
 
     def setup(self) -> None:
-        holder = acquire_encoder(self._shared_handle, self._model_dir, self._threads)
-        self._holder = holder  # keep the shared object alive as long as this DoFn
-        _warm.clear()
-        self._encoder = holder.encoder
-        self._done = 0
-        self._started = time.perf_counter()
+        self._holder = take_encoder(self._shared_handle, self._model_dir, self._threads)  # alive as long as this DoFn
+        self._encoder = self._holder.encoder
+        self._metrics.start()
 
-    def process(self, batch: Sequence[tuple[dict[str, Any], np.ndarray]]) -> Iterator[dict[str, Any]]:
+    def process(self, batch: Sequence[tuple[dict[str, Any], np.ndarray]]) -> Iterator[Any]:
         records = [record for record, _ in batch]
         pixels = np.stack([image for _, image in batch])
-        started = time.perf_counter()
-        embeddings = self._encoder.embed(pixels)
-        self._encode_ms.update(int((time.perf_counter() - started) * 1000))
-        self._images.inc(len(records))
-        self._batches.inc()
-        self._report_progress(len(records))
-        for record, embedding in zip(records, embeddings):
-            if not np.all(np.isfinite(embedding)):
-                self._encode_errors.inc()
-                yield beam.pvalue.TaggedOutput(
-                    self.REJECTED,
-                    rejection(record["uri"], "encode", ENCODE_ERROR, "the model returned a zero or non-finite vector"),
-                )
-                continue
-            yield {**record, "embedding": embedding, "model_id": self._encoder.config.model_id}
-
-    def _report_progress(self, count: int) -> None:
-        with self._progress_lock:
-            before = self._done
-            self._done += count
-            if self._done // 1000 > before // 1000:
-                rate = self._done / max(time.perf_counter() - self._started, 1e-9)
-                LOG.info("embedded %d images in this worker (%.0f images/s)", self._done, rate)
+        yield from encoded_rows(self._encoder, records, pixels, self._metrics, self.REJECTED)

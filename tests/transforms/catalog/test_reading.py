@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import apache_beam as beam
@@ -15,15 +16,21 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from tests.transforms.catalog.catalog_helpers import counter, run_and_collect
+from transforms.catalog import reading
 from transforms.catalog.reading import (
     NOT_FOUND,
+    NOT_REGULAR_FILE,
     READ_ERROR,
     TOO_LARGE,
     DedupeByUri,
     ReadFailed,
     ReadImageBytes,
+    ReadOutcome,
+    ReadSettings,
     is_transient,
     read_bytes_with_retry,
+    read_local_file,
+    read_many,
     storage_io,
 )
 from transforms.items import CatalogItem
@@ -178,3 +185,78 @@ def test_read_image_bytes_after_dedupe_in_a_pipeline(s3_server, tmp_path: Path) 
     assert counter(result, "bytes_read") == len(b"alpha") + len(b"beta")
     assert counter(result, "read_failures_not_found") == 1
     assert counter(result, "duplicate_uris_dropped") == 1
+
+
+def test_local_files_are_read_whole_or_just_past_max_bytes_and_special_files_never_opened(tmp_path: Path) -> None:
+    payload = os.urandom(5000)
+    target = tmp_path / "photo.jpg"
+    target.write_bytes(payload)
+    assert read_local_file(str(target), None) == payload
+    assert read_local_file(str(target), 5000) == payload  # exactly at the limit: whole, no extra byte
+    assert read_local_file(str(target), 4000) == payload[:4001]  # one byte past the limit says "too large"
+    assert read_bytes_with_retry("file://" + str(target)) == payload
+    with pytest.raises(ReadFailed) as too_large:
+        read_bytes_with_retry(str(target), max_bytes=4999)
+    assert too_large.value.error_type == TOO_LARGE
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block forever
+    with pytest.raises(ReadFailed) as special:
+        read_bytes_with_retry(str(fifo), sleep=lambda _: None)
+    assert special.value.error_type == NOT_REGULAR_FILE
+    with pytest.raises(ReadFailed) as folder:
+        read_bytes_with_retry(str(tmp_path), sleep=lambda _: None)
+    assert folder.value.error_type == NOT_REGULAR_FILE
+
+
+def test_a_file_that_grows_after_its_size_was_taken_is_read_to_its_end(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "growing.jpg"
+    target.write_bytes(b"a" * 100)
+
+    class GrowsOnStat:
+        """Appends to the file right after the size check, like a writer racing the reader."""
+
+        def __init__(self) -> None:
+            self.real = reading.check_regular_file
+
+        def __call__(self, path: str) -> os.stat_result:
+            status = self.real(path)
+            with open(path, "ab") as more:
+                more.write(b"b" * 50)
+            return status
+
+    monkeypatch.setattr(reading, "check_regular_file", GrowsOnStat())
+    assert read_local_file(str(target), None) == b"a" * 100 + b"b" * 50
+    # Now 150 bytes at the size check and 200 when read: read on, up to max_bytes + 1.
+    assert read_local_file(str(target), 300) == b"a" * 100 + b"b" * 100
+    assert read_local_file(str(target), 220) == b"a" * 100 + b"b" * 121  # 250 bytes now: stops at 221
+
+
+@pytest.mark.parametrize("store", ["gcs", "s3"])
+def test_concurrent_reads_of_a_batch_give_what_sequential_reads_give(request, store: str, tmp_path: Path) -> None:
+    server = request.getfixturevalue("gcs_emulator" if store == "gcs" else "s3_server")
+    FileSystems.set_options(PipelineOptions(server.beam_options()))
+    payloads = {f"batch/{i:02d}.jpg": os.urandom(1000 + 37 * i) for i in range(12)}
+    uris = [server.upload_bytes("batch-bucket", name, data) for name, data in payloads.items()]
+    local = tmp_path / "local.jpg"
+    local.write_bytes(b"local bytes")
+    # Missing, too large and local objects mixed in, so failures must keep their place in the batch.
+    mixed = [*uris[:4], uris[0].replace("00.jpg", "absent.jpg"), str(local), *uris[4:], str(tmp_path / "gone.jpg")]
+    settings = ReadSettings(max_bytes=1300, attempts=2, base_delay=0.01)
+
+    sequential = read_many(mixed, settings, None)
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = read_many(mixed, settings, pool)
+
+    def summary(outcomes: list[ReadOutcome]) -> list[tuple]:
+        return [(o.data, o.failure and o.failure.error_type, o.failure and o.failure.message) for o in outcomes]
+
+    assert summary(concurrent) == summary(sequential)
+    kinds = [o.failure.error_type if o.failure else "ok" for o in concurrent]
+    expected_sizes = [1000 + 37 * i for i in range(12)]
+    assert kinds[4] == NOT_FOUND and kinds[-1] == NOT_FOUND and concurrent[5].data == b"local bytes"
+    remote_kinds = [k for k, u in zip(kinds, mixed) if u in uris]
+    assert remote_kinds == ["ok" if size <= 1300 else TOO_LARGE for size in expected_sizes]
+    assert [o.data for o, u in zip(concurrent, mixed) if u in uris and o.data is not None] == [
+        data for data in payloads.values() if len(data) <= 1300
+    ]
