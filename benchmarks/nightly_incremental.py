@@ -10,7 +10,8 @@ the images encoded and each night's wall time.
 `--work_dir D` keeps the catalog (D/catalog) and the workspace (D/ws) between runs: a catalog already
 there is reused, and `--reuse_night1` skips night 1 when D/ws holds it (LATEST is put back to night 1
 and night 2's folder removed, so night 2 sees the same change again). `--full_rebuild` also builds
-night 2's index from scratch (no --previous_index) and reports its recalls next to the updated one's.
+night 2's index from scratch twice (tuned afresh, and fixed to night 1's configuration) and measures
+the updated and both rebuilt indexes on one common set of 3,000 query rows.
 """
 
 from __future__ import annotations
@@ -90,17 +91,80 @@ def full_night(manifest: Path, workspace: Path, reuse: bool) -> dict:
     return summary
 
 
-def rebuilt_index(workspace: Path) -> dict:
-    """Night 2's embeddings indexed from scratch (tuned, no previous index): what the update is held to."""
+def rebuilt_index(workspace: Path, name: str, *flags: str) -> dict:
+    """Night 2's embeddings indexed from scratch (no previous index): what the update is held to."""
     from beam_jobs import build_index
 
     embeddings = workspace / "runs" / "night2" / "embeddings" / "part-*.parquet"
     started = time.perf_counter()
-    result = build_index.run(["--embeddings", str(embeddings), "--output_dir", str(workspace / "night2_rebuilt")])
+    result = build_index.run(["--embeddings", str(embeddings), "--output_dir", str(workspace / name), *flags])
     return {
         "index_seconds": round(time.perf_counter() - started, 2),
         "server_recall@10": result.server.get("recall@10"),
         "ondevice_recall@10": result.ondevice.get("recall@10"),
+    }
+
+
+def same_configuration_flags(index_dir: Path) -> list[str]:
+    """build_index flags that fix both indexes to the configuration `index_dir` was tuned to."""
+    config = json.loads((index_dir / "index_config.json").read_text())
+    server, device = config["server"]["params"], config["ondevice"]
+    return [
+        *("--num_leaves", str(server["num_leaves"]), "--num_leaves_to_search", str(server["num_leaves_to_search"])),
+        *("--reorder", str(server["reorder"]), "--dims_per_block", str(server["dims_per_block"])),
+        *("--ondevice_num_leaves", str(device["num_partitions"])),
+        *("--ondevice_num_leaves_to_search", str(device["num_leaves_to_search"])),
+        *("--ondevice_dims_per_block", str(device["params"]["dims_per_block"])),
+    ]
+
+
+def common_query_recalls(workspace: Path, indexes: dict[str, Path], num_queries: int = 3000) -> dict:
+    """recall@10 of each index on one set of query rows (exact search as truth): differences between
+    indexes are then not sampling noise of their own eval.json queries."""
+    import pyarrow.parquet as pq
+
+    from index_builder import evaluation
+    from index_builder.embeddings_io import load_embeddings
+    from index_builder.ondevice.reference_search import ReferenceSearcher
+    from index_builder.scann_import import scann_ops_pybind
+
+    embeddings = load_embeddings(str(workspace / "runs" / "night2" / "embeddings" / "part-*.parquet"))
+    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
+    rows = np.random.default_rng(5).choice(embeddings.num_rows, num_queries, replace=False)
+    queries = embeddings.vectors[rows]
+    truth, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
+    recalls = {}
+    for name, index_dir in indexes.items():
+        server_rows = np.asarray([row_of[i] for i in pq.read_table(index_dir / "ids.parquet")["id"].to_pylist()])
+        found, _ = scann_ops_pybind.load_searcher(str(index_dir / "scann")).search_batched(queries, 10)
+        device_rows = np.asarray(
+            [row_of[i] for i in pq.read_table(index_dir / "ondevice_items.parquet")["id"].to_pylist()]
+        )
+        hits = ReferenceSearcher((index_dir / "index.ldb").read_bytes()).search_many(queries, 10)
+        recalls[name] = {
+            "server_recall@10": round(evaluation.recall_at_k(server_rows[np.asarray(found)], truth, 10), 4),
+            "ondevice_recall@10": round(
+                evaluation.recall_at_k(np.where(hits >= 0, device_rows[hits], -1), truth, 10), 4
+            ),
+        }
+    return {"num_queries": num_queries, **recalls}
+
+
+def compare_with_rebuilds(workspace: Path) -> dict:
+    """Night 2 rebuilt from scratch twice (tuned afresh; fixed to night 1's configuration), and all three
+    night-2 indexes measured on the same queries."""
+    night1, updated = workspace / "runs" / "night1" / "index", workspace / "runs" / "night2" / "index"
+    retuned = rebuilt_index(workspace, "night2_rebuilt")
+    same = rebuilt_index(workspace, "night2_rebuilt_same_config", *same_configuration_flags(night1))
+    indexes = {"updated": updated, "rebuilt_retuned": workspace / "night2_rebuilt"}
+    indexes["rebuilt_same_config"] = workspace / "night2_rebuilt_same_config"
+    return {
+        "rebuilt_retuned": retuned,
+        "rebuilt_same_config": same,
+        "retuned_configuration": json.loads((workspace / "night2_rebuilt" / "index_config.json").read_text())["server"][
+            "params"
+        ],
+        "common_queries": common_query_recalls(workspace, indexes),
     }
 
 
@@ -121,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         full = full_night(manifest, workspace, args.reuse_night1)
         changed = change_images(manifest, args.changed_fraction)
         incremental = nightly.run(["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", "night2"])
-        rebuilt = rebuilt_index(workspace) if args.full_rebuild else None
+        rebuilt = compare_with_rebuilds(workspace) if args.full_rebuild else None
     first, second = night_numbers(full), night_numbers(incremental)
     result = {
         "num_images": args.num_images,
