@@ -44,10 +44,11 @@ def write_catalog(directory: Path, count: int) -> Path:
     return manifest
 
 
-def change_images(manifest: Path, fraction: float) -> int:
+def change_images(manifest: Path, fraction: float, seed: int = 12) -> int:
+    """Rewrites `fraction` of the images with other content (seed 12); seed 11 puts the originals back."""
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     chosen = np.random.default_rng(0).choice(len(rows), max(1, int(len(rows) * fraction)), replace=False)
-    other = CatalogSettings(seed=12, image_size=128)
+    other = CatalogSettings(seed=seed, image_size=128)
     for index in chosen:
         Path(rows[index]["uri"]).write_bytes(generate_item(other, int(index))[1])
     return len(chosen)
@@ -75,7 +76,7 @@ def cached_catalog(directory: Path, count: int) -> Path:
     return write_catalog(directory, count)
 
 
-def full_night(manifest: Path, workspace: Path, reuse: bool) -> dict:
+def full_night(manifest: Path, workspace: Path, reuse: bool, fraction: float) -> dict:
     """Night 1 (everything encoded and trained), or its saved summary when reusing a workspace."""
     from beam_jobs import nightly
 
@@ -85,6 +86,7 @@ def full_night(manifest: Path, workspace: Path, reuse: bool) -> dict:
         shutil.rmtree(workspace / "runs" / "night2", ignore_errors=True)
         return json.loads(saved_summary.read_text())
     shutil.rmtree(workspace, ignore_errors=True)
+    change_images(manifest, fraction, seed=11)  # a reused catalog: the images night 2 changes, as generated
     summary = nightly.run(["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", "night1"])
     saved_latest.write_bytes((workspace / "LATEST").read_bytes())
     saved_summary.write_text(json.dumps(summary, default=str))
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
         base = Path(args.work_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="nightly_bench_")))
         manifest = cached_catalog(base / "catalog", args.num_images)
         workspace = base / "ws"
-        full = full_night(manifest, workspace, args.reuse_night1)
+        full = full_night(manifest, workspace, args.reuse_night1, args.changed_fraction)
         changed = change_images(manifest, args.changed_fraction)
         incremental = nightly.run(["--manifest", str(manifest), "--workspace", str(workspace), "--run_id", "night2"])
         rebuilt = compare_with_rebuilds(workspace) if args.full_rebuild else None
