@@ -56,6 +56,7 @@ def timed_build(embeddings: str, output: Path, *extra: str) -> dict:
         "server_recall@10": round(result.server["recall@10"], 4),
         "ondevice_recall@10": round(result.ondevice["recall@10"], 4),
         "mode": result.incremental.get("mode"),
+        "reason": result.incremental.get("reason"),
         "rows_encoded": result.incremental.get("rows_encoded"),
     }
 
