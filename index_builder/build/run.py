@@ -152,8 +152,11 @@ def _update_previous(
     timings["ondevice_seconds"] = time.perf_counter() - started
     LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
     evaluation = _evaluate(settings, inputs, server, device, timings, work)
+    started = time.perf_counter()
+    fresh = incremental.fresh_rows_recall(inputs, diff, server, device, (work / INDEX_FILE).read_bytes(), settings.seed)
+    timings["eval_seconds"] += time.perf_counter() - started  # the drift check's own queries
     skew = device.details["largest_partition_over_mean"]
-    drift = incremental.drift_reason(settings, plan, evaluation.server, evaluation.ondevice, skew)
+    drift = incremental.drift_reason(settings, plan, evaluation.server, evaluation.ondevice, skew, fresh)
     if drift is not None:
         LOG.warning("retraining after all: %s", drift)
         shutil.rmtree(work / "scann", ignore_errors=True)
@@ -171,6 +174,7 @@ def _update_previous(
         "rows_removed": diff.removed,
         "rows_unchanged": diff.unchanged,
         incremental.REFERENCE_KEY: incremental.reference_recalls(plan),
+        "new_and_changed_rows": fresh,
     }
     return _finish(
         settings, inputs, tuning_queries, server, device, history, timings, work, evaluation, diff.current_hashes

@@ -170,3 +170,33 @@ def test_an_updated_index_records_each_rows_embedding_hash(nights: dict) -> None
     position = {item_id: row for row, item_id in enumerate(nights["second_ids"])}
     vectors = nights["second_vectors"][[position[i] for i in table["id"]]]
     assert table["embedding_hash"] == incremental_state.embedding_hashes(vectors)
+
+
+def test_new_rows_unlike_the_catalog_trigger_a_retrain(nights: dict, tmp_path: Path) -> None:
+    """60 rows from clusters night 1 never had: too few to move the recall of random queries, but asked
+    about directly they are found badly by the reused quantizers, and the drift check retrains."""
+    ids = [f"item-{i:05d}" for i in range(N)] + [f"unseen-{i:02d}" for i in range(60)]
+    unseen = clustered_unit_vectors(60, 128, rows_per_cluster=30, seed=99)
+    vectors = np.concatenate([clustered_unit_vectors(N + 40, 128, rows_per_cluster=30, seed=5)[:N], unseen])
+    drifted = write_shard(tmp_path / "drifted", ids, vectors)
+    result = build(drifted, tmp_path / "index", "--previous_index", str(nights["base"] / "index1"))
+    assert result.incremental["mode"] == "trained", result.incremental
+    assert "of the 60 new and changed rows is" in result.incremental["reason"]
+
+
+def test_the_drift_check_compares_new_rows_with_the_whole_index(nights: dict, tmp_path: Path) -> None:
+    settings = BuildSettings(embeddings="e", output_dir="o")
+    plan = incremental.ReusePlan(tmp_path, "test", 1)  # no recorded recalls: only the new rows are judged
+    whole = {"recall@10": 0.95}
+
+    def fresh(server: float, error: float = 0.005) -> dict:
+        rows = {"recall@10": server, "standard_error": error}
+        return {"num_queries": 500, "server": rows, "ondevice": {"recall@10": 0.95, "standard_error": error}}
+
+    assert incremental.drift_reason(settings, plan, whole, whole, 1.0, fresh(0.92)) is None
+    assert "500 new and changed rows is 0.8900" in incremental.drift_reason(
+        settings, plan, whole, whole, 1.0, fresh(0.89)
+    )
+    assert incremental.drift_reason(settings, plan, whole, whole, 1.0, fresh(0.85, error=0.05)) is None  # noise
+    history = index_config(nights["base"] / "index2")["incremental"]
+    assert history["new_and_changed_rows"]["num_queries"] == 40
