@@ -120,7 +120,7 @@ def same_configuration_flags(index_dir: Path) -> list[str]:
     ]
 
 
-def common_query_recalls(workspace: Path, indexes: dict[str, Path], num_queries: int = 3000) -> dict:
+def common_query_recalls(embeddings_glob: str, indexes: dict[str, Path], num_queries: int = 3000) -> dict:
     """recall@10 of each index on one set of query rows (exact search as truth): differences between
     indexes are then not sampling noise of their own eval.json queries."""
     import pyarrow.parquet as pq
@@ -130,7 +130,7 @@ def common_query_recalls(workspace: Path, indexes: dict[str, Path], num_queries:
     from index_builder.ondevice.reference_search import ReferenceSearcher
     from index_builder.scann_import import scann_ops_pybind
 
-    embeddings = load_embeddings(str(workspace / "runs" / "night2" / "embeddings" / "part-*.parquet"))
+    embeddings = load_embeddings(embeddings_glob)
     row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
     rows = np.random.default_rng(5).choice(embeddings.num_rows, num_queries, replace=False)
     queries = embeddings.vectors[rows]
@@ -166,7 +166,9 @@ def compare_with_rebuilds(workspace: Path) -> dict:
         "retuned_configuration": json.loads((workspace / "night2_rebuilt" / "index_config.json").read_text())["server"][
             "params"
         ],
-        "common_queries": common_query_recalls(workspace, indexes),
+        "common_queries": common_query_recalls(
+            str(workspace / "runs" / "night2" / "embeddings" / "part-*.parquet"), indexes
+        ),
     }
 
 
