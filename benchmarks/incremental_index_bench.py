@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.nightly_incremental import common_query_recalls
 from encoders import model_config
 from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 
@@ -56,6 +57,7 @@ def timed_build(embeddings: str, output: Path, *extra: str) -> dict:
         "server_recall@10": round(result.server["recall@10"], 4),
         "ondevice_recall@10": round(result.ondevice["recall@10"], 4),
         "mode": result.incremental.get("mode"),
+        "reason": result.incremental.get("reason"),
         "rows_encoded": result.incremental.get("rows_encoded"),
     }
 
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         second = write_embeddings(base / "night2", second_vectors, model_id, ids=second_ids)
         updated = timed_build(second, base / "index2", "--previous_index", str(base / "index1"))
         retrained = timed_build(second, base / "index2_full")
+        # eval.json draws its own query rows per index: compare on one set as well
+        common = common_query_recalls(second, {"updated": base / "index2", "retrained": base / "index2_full"})
     report = {
         "num_rows": args.num_rows,
         "changed_fraction": args.changed_fraction,
@@ -85,6 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
         "night2_updated": updated,
         "night2_retrained": retrained,
         "updated_over_retrained_seconds": round(updated["seconds"] / retrained["seconds"], 3),
+        "common_queries": common,
     }
     print(json.dumps(report, indent=2))
     return report

@@ -12,7 +12,9 @@ are CoGroupByKey'd by uri with the previous run's embedding rows:
 Carried rows take id and manifest columns from the current listing (so a caption
 edit is picked up without re-encoding) and embedding, fingerprint, width,
 height, model_id from the previous run. Ids follow embed_images' rule (the
-listing decides them), so they stay stable across nights.
+listing decides them), so they stay stable across nights. The join reads only
+the previous run's light columns; carried rows are copied a previous shard at a
+time as Arrow tables (nightly/carry.py), never as per-row Python objects.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from nightly import carry
 from transforms import embedding_pipeline
 from transforms.items import CatalogItem
-from transforms.outputs import embedding_schema, markers
+from transforms.outputs import embedding_schema, markers, run_outputs
+from transforms.outputs.parquet_shards import WriteParquetShards
 
 NEW, CHANGED, UNCHANGED, DELETED = "new", "changed", "unchanged", "deleted"
 KINDS = (NEW, CHANGED, UNCHANGED, DELETED)
 DIFF_FILE = "diff_counts.json"
-PREVIOUS_COLUMNS = list(embedding_schema.CORE_COLUMNS)
 
 
 def classify(current: list[CatalogItem], previous: list[dict[str, Any]], model_id: str) -> tuple[str, Any]:
@@ -48,7 +51,8 @@ def classify(current: list[CatalogItem], previous: list[dict[str, Any]], model_i
 
 
 class DiffAgainstPrevious(beam.DoFn):
-    """(uri, {"current": [...], "previous": [...]}) -> items to encode (main), carried rows, kinds."""
+    """(uri, {"current": [...], "previous": [...]}) -> items to encode (main), kinds, and for each unchanged
+    item (previous shard, carry.carried_record)."""
 
     CARRIED = "carried"
     KIND = "kind"
@@ -65,9 +69,8 @@ class DiffAgainstPrevious(beam.DoFn):
         self._counters[kind].inc()
         yield beam.pvalue.TaggedOutput(self.KIND, kind)
         if kind == UNCHANGED:
-            item = current[0]
-            record = {**payload, "id": item.id, "uri": item.uri, "extra": dict(item.extra)}
-            yield beam.pvalue.TaggedOutput(self.CARRIED, embedding_schema.output_row(record, self._carried_columns))
+            record = carry.carried_record(current[0], self._carried_columns)
+            yield beam.pvalue.TaggedOutput(self.CARRIED, (payload[carry.SHARD_FIELD], record))
         elif kind in (NEW, CHANGED):
             yield payload
 
@@ -99,7 +102,12 @@ def build_incremental_pipeline(
     """
     items, listing_rejections = embedding_pipeline.list_items(pipeline, options)
     if previous_embeddings:
-        previous = pipeline | "ReadPrevious" >> beam.io.ReadFromParquet(previous_embeddings, columns=PREVIOUS_COLUMNS)
+        previous = (
+            pipeline
+            | "PreviousShards" >> beam.Create([previous_embeddings])
+            | "ReadPrevious" >> beam.io.ReadAllFromParquet(with_filename=True, columns=carry.LIGHT_COLUMNS)
+            | "NoteShard" >> beam.MapTuple(lambda shard, row: {**row, carry.SHARD_FIELD: shard})
+        )
     else:
         previous = pipeline | "NoPrevious" >> beam.Create([])
     carried_columns = embedding_schema.carried_column_names(manifest_columns)
@@ -120,13 +128,39 @@ def build_incremental_pipeline(
         | "AllKinds" >> beam.combiners.ToList()
         | "WriteDiffCounts" >> beam.Map(_write_counts, FileSystems.join(output_dir, DIFF_FILE))
     )
-
     new_rows, rejections = embedding_pipeline.embed_items(diff.to_encode, options, config, carried_columns, model_dir)
-    embedding_pipeline.write_outputs(
-        [new_rows, diff[DiffAgainstPrevious.CARRIED]],
-        [listing_rejections, *rejections],
-        options,
-        config,
-        carried_columns,
-        output_dir,
+    _write_outputs(new_rows, diff[DiffAgainstPrevious.CARRIED], [listing_rejections, *rejections], options, config,
+                   carried_columns, output_dir)  # fmt: skip
+
+
+def _write_outputs(
+    new_rows: beam.PCollection,
+    carried: beam.PCollection,
+    rejections: list[beam.PCollection],
+    options,
+    config,
+    carried_columns: dict[str, str],
+    output_dir: str,
+) -> None:
+    """embed_images' outputs (same step names): new rows and the carried shards' files published as one set
+    of embeddings shards, and the rejections."""
+    schema = embedding_schema.embeddings_schema(config.embedding_dim, config.model_id, list(carried_columns.values()))
+    directory = FileSystems.join(output_dir, run_outputs.EMBEDDINGS_DIR)
+    writer = WriteParquetShards(directory, schema, key="id", rows_per_shard=options.rows_per_shard)
+    carried_files = (
+        carried
+        | "GroupByPreviousShard" >> beam.GroupByKey()
+        | "CarryShards" >> beam.FlatMap(carry.write_carried_file, writer.temp_dir, schema)
+    )
+    _ = (new_rows, carried_files) | "WriteEmbeddings" >> writer
+    _ = (
+        tuple(rejections)
+        | "AllRejections" >> beam.Flatten()
+        | "WriteRejected"
+        >> WriteParquetShards(
+            FileSystems.join(output_dir, run_outputs.REJECTED_DIR),
+            embedding_schema.REJECTED_SCHEMA,
+            key="uri",
+            rows_per_shard=options.rows_per_shard,
+        )
     )

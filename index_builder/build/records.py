@@ -58,8 +58,15 @@ def index_config(
     }
 
 
-def write_records(work: Path, inputs: BuildInputs, config: dict[str, Any], evaluation: Evaluation) -> None:
-    hashes = embedding_hashes(inputs.embeddings.vectors)  # what the next night compares to find changes
+def write_records(
+    work: Path,
+    inputs: BuildInputs,
+    config: dict[str, Any],
+    evaluation: Evaluation,
+    hashes: list[bytes] | None = None,  # each row's embedding hash, when the build already has them
+) -> None:
+    if hashes is None:  # what the next night compares to find changes
+        hashes = embedding_hashes(inputs.embeddings.vectors)
     index_outputs.write_ids(work / "ids.parquet", inputs.embeddings.ids, inputs.embeddings.uris, hashes)
     markers.write_json(str(work / "index_config.json"), config)
     markers.write_json(

@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders import model_config
 from index_builder import index_outputs, tuning
 from index_builder.build import incremental, incremental_state, records
-from index_builder.build.evaluate import evaluate_indexes
+from index_builder.build.evaluate import Evaluation, evaluate_indexes
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, ServerHints, build_ondevice_index, write_searchers
 from index_builder.build.server import build_server_index
@@ -124,8 +124,14 @@ def _train(
     device = build_ondevice_index(settings, inputs, tuning_queries, hints, _user_info(inputs), work, pipeline_options)
     LOG.info("on-device index: %s", device.tuned.chosen.summary())
     timings["ondevice_seconds"] = time.perf_counter() - started
-    history = {"mode": "trained", "reason": plan.reason, "nights_since_retrain": 0}
-    return _finish(settings, inputs, tuning_queries, server, device, history, timings, work)
+    evaluation = _evaluate(settings, inputs, server, device, timings, work)
+    history = {
+        "mode": "trained",
+        "reason": plan.reason,
+        "nights_since_retrain": 0,
+        incremental.REFERENCE_KEY: incremental.recalls_of(evaluation.server, evaluation.ondevice),
+    }
+    return _finish(settings, inputs, tuning_queries, server, device, history, timings, work, evaluation)
 
 
 def _update_previous(
@@ -136,7 +142,8 @@ def _update_previous(
     work: Path,
     pipeline_options: PipelineOptions | None,
 ) -> BuildResult | None:
-    """Last night's indexes with the diff applied; None when the drift check asks for a retrain."""
+    """Last night's indexes with the diff applied, or a retrain when the drift check fails (decided
+    before any record is written, so nothing of the rejected update is left in the index directory)."""
     timings: dict[str, float] = {}
     started = time.perf_counter()
     diff = incremental.diff_rows(inputs, plan.previous_dir)
@@ -145,6 +152,19 @@ def _update_previous(
     started = time.perf_counter()
     device = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
     timings["ondevice_seconds"] = time.perf_counter() - started
+    LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
+    evaluation = _evaluate(settings, inputs, server, device, timings, work)
+    started = time.perf_counter()
+    fresh = incremental.fresh_rows_recall(inputs, diff, server, device, (work / INDEX_FILE).read_bytes(), settings.seed)
+    timings["eval_seconds"] += time.perf_counter() - started  # the drift check's own queries
+    skew = device.details["largest_partition_over_mean"]
+    drift = incremental.drift_reason(settings, plan, evaluation.server, evaluation.ondevice, skew, fresh)
+    if drift is not None:
+        LOG.warning("retraining after all: %s", drift)
+        shutil.rmtree(work / "scann", ignore_errors=True)
+        (work / INDEX_FILE).unlink(missing_ok=True)
+        retrain = dataclasses.replace(plan, reason=f"drift check: {drift}")
+        return _train(settings, inputs, retrain, tuning_queries, work, pipeline_options)
     history = {
         "mode": "updated",
         "reason": plan.reason,
@@ -155,18 +175,27 @@ def _update_previous(
         "rows_changed": diff.changed,
         "rows_removed": diff.removed,
         "rows_unchanged": diff.unchanged,
+        incremental.REFERENCE_KEY: incremental.reference_recalls(plan),
+        "new_and_changed_rows": fresh,
     }
-    LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
-    result = _finish(settings, inputs, tuning_queries, server, device, history, timings, work)
-    drift = incremental.drift_reason(
-        settings, plan, result.server, result.ondevice, device.details["largest_partition_over_mean"]
+    return _finish(
+        settings, inputs, tuning_queries, server, device, history, timings, work, evaluation, diff.current_hashes
     )
-    if drift is None:
-        return result
-    LOG.warning("retraining after all: %s", drift)
-    shutil.rmtree(work / "scann", ignore_errors=True)
-    retrain = dataclasses.replace(plan, reason=f"drift check: {drift}")
-    return _train(settings, inputs, retrain, tuning_queries, work, pipeline_options)
+
+
+def _evaluate(
+    settings: BuildSettings,
+    inputs: BuildInputs,
+    server: tuning.TuningResult,
+    device: OnDeviceBuild,
+    timings: dict[str, float],
+    work: Path,
+) -> Evaluation:
+    """eval.json's figures for the indexes in `work` (index.ldb as written)."""
+    started = time.perf_counter()
+    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, (work / INDEX_FILE).read_bytes())
+    timings["eval_seconds"] = time.perf_counter() - started
+    return evaluation
 
 
 def _finish(
@@ -178,15 +207,14 @@ def _finish(
     history: dict[str, Any],
     timings: dict[str, float],
     work: Path,
+    evaluation: Evaluation,
+    embedding_hashes: list[bytes] | None = None,
 ) -> BuildResult:
-    """Searchers, evaluation, the state the next night reuses, and the records."""
+    """Searchers, the state the next night reuses, and the records (for an index already evaluated)."""
     started = time.perf_counter()
     index_bytes = (work / INDEX_FILE).read_bytes()
     device.details["searchers"] = write_searchers(inputs, index_bytes, work)
     timings["ondevice_seconds"] += time.perf_counter() - started
-    started = time.perf_counter()
-    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, index_bytes)
-    timings["eval_seconds"] = time.perf_counter() - started
     item_ids = [inputs.embeddings.ids[row] for row in device.rows]
     threshold = settings.ondevice_params().anisotropic_quantization_threshold
     state = incremental_state.state_from_index(index_bytes, item_ids, threshold)
@@ -194,7 +222,7 @@ def _finish(
         incremental_state.write_state(work, state)
     config = records.index_config(settings, inputs, tuning_queries, server, device, timings)
     config["incremental"] = history
-    records.write_records(work, inputs, config, evaluation)
+    records.write_records(work, inputs, config, evaluation, embedding_hashes)
     return BuildResult(evaluation.server, evaluation.ondevice, timings, history)
 
 

@@ -31,7 +31,6 @@ from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
 # Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
-_QUERY_CHUNK = 32
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
 
 
@@ -150,10 +149,11 @@ class ReferenceSearcher:
     def search_many(self, queries: np.ndarray, k: int = 10, num_leaves_to_search: int | None = None) -> np.ndarray:
         """[Q, k] global indices; row q equals ``[n.global_index for n in search(queries[q], k)]`` (-1 pads).
 
-        For evaluating big indexes: one matmul per query chunk with the decoded items ranks the
-        searched items approximately; only items that rounding could lift into the top k (within
-        twice the worst per-item gap between the matmul and the runtime's lookup-table sum) are
-        re-scored with ``search``'s own arithmetic, so the answer is the runtime's, exactly.
+        For evaluating big indexes: the searched partitions' items (contiguous slices of one decoded
+        array) are ranked approximately by a matrix product; only items that rounding could lift into
+        the top k (within twice the worst per-item gap between the product and the runtime's
+        lookup-table sum) are re-scored with ``search``'s own arithmetic, so the answer is the
+        runtime's, exactly. Work per query follows the items searched, not the index size.
         """
         queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
         if queries.shape[1] != self.dimension:
@@ -163,27 +163,19 @@ class ReferenceSearcher:
         leaves = num_leaves_to_search or self.default_leaves_to_search
         items = self._all_items()
         found = np.full((len(queries), k), -1, dtype=np.int64)
-        for start in range(0, len(queries), _QUERY_CHUNK):
-            chunk = queries[start : start + _QUERY_CHUNK]
-            approximate = -(chunk @ items.decoded.T)
-            if self.distance == pb.SQUARED_L2_DISTANCE:
-                approximate = 2 * approximate + items.squared_norms[None, :]
-                approximate += np.einsum("qd,qd->q", chunk, chunk)[:, None]
-            for row, query in enumerate(chunk):
-                best = self._rescored_top_k(query, approximate[row], items, leaves, k)
-                found[start + row, : len(best)] = best
+        for row, query in enumerate(queries):
+            best = self._rescored_top_k(query, items, leaves, k)
+            found[row, : len(best)] = best
         return found
 
-    def _rescored_top_k(
-        self, query: np.ndarray, approximate: np.ndarray, items: _AllItems, leaves: int, k: int
-    ) -> np.ndarray:
-        searched = np.zeros(items.num_partitions, dtype=bool)
-        searched[self.partitions_to_search(query, leaves)] = True
-        in_search = searched[items.partition]
-        reachable = int(in_search.sum())
-        if not reachable:
+    def _rescored_top_k(self, query: np.ndarray, items: _AllItems, leaves: int, k: int) -> np.ndarray:
+        partitions = np.sort(self.partitions_to_search(query, leaves))
+        searched = np.concatenate([np.arange(items.starts[p], items.starts[p + 1]) for p in partitions])
+        if not len(searched):
             return np.zeros(0, np.int64)
-        scores = np.where(in_search, approximate, np.inf)
+        scores = -(items.decoded[searched] @ query)
+        if self.distance == pb.SQUARED_L2_DISTANCE:
+            scores = 2 * scores + items.squared_norms[searched] + float(query @ query)
         # float32 sums in another order: far below 1e-4 of the largest magnitude involved
         margin = 1e-4 * (1.0 + (float(np.linalg.norm(query)) + items.max_norm) ** 2)
         lut = None
@@ -191,8 +183,9 @@ class ReferenceSearcher:
             float_lut = self._float_lookup_table(query)
             lut = self._quantized(float_lut)
             margin += float(np.abs(lut - float_lut).max()) * len(self.codebooks)  # worst quantization gap per item
-        kth = np.partition(scores, min(k, reachable) - 1)[min(k, reachable) - 1]
-        candidates = np.flatnonzero(scores <= kth + 2 * margin)
+        top = min(k, len(searched))
+        kth = np.partition(scores, top - 1)[top - 1]
+        candidates = searched[scores <= kth + 2 * margin]
         distances = self._distances(query, lut, items.stored[candidates])
         ids = items.global_ids[candidates]
         return ids[np.lexsort((ids, distances))[:k]]
@@ -212,7 +205,7 @@ class ReferenceSearcher:
                 decoded=np.ascontiguousarray(decoded),
                 squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
-                partition=np.concatenate([np.full(len(part), p) for p, part in enumerate(stored)]),
+                starts=np.concatenate([[0], np.cumsum([len(part) for part in stored])]).astype(np.int64),
                 global_ids=np.concatenate([offsets[p] + np.arange(len(part)) for p, part in enumerate(stored)]),
                 stored=all_stored,
                 num_partitions=num_partitions,
@@ -227,7 +220,7 @@ class _AllItems:
     decoded: np.ndarray  # [N, D] float32: codes decoded to codebook centers (or the stored floats)
     squared_norms: np.ndarray  # [N]
     max_norm: float
-    partition: np.ndarray  # [N] partition of each item
+    starts: np.ndarray  # [P + 1]: partition p's items are rows starts[p] .. starts[p + 1] - 1
     global_ids: np.ndarray  # [N] on-device item id
     stored: np.ndarray  # [N, ...] what the runtime scores: codes, or float vectors
     num_partitions: int

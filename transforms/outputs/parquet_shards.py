@@ -177,7 +177,10 @@ def remove_temp_dir(temp_dir: str) -> None:
 class WriteParquetShards(beam.PTransform):
     """Writes dict rows to DIRECTORY/part-SSSSS-of-NNNNN.parquet; outputs the published paths.
 
-    `embedding`-like list columns may hold lists or 1-d numpy arrays.
+    `embedding`-like list columns may hold lists or 1-d numpy arrays. The input may also be a pair
+    (rows, files): `files` are WrittenFile descriptors of Parquet files some other step wrote (already
+    sorted by key, in `temp_dir`), published with the rows' own files - how rows that exist as a
+    table already skip the per-row path.
     """
 
     def __init__(
@@ -194,14 +197,18 @@ class WriteParquetShards(beam.PTransform):
         self._key = key
         self._rows_per_shard = rows_per_shard
         self._row_group_rows = row_group_rows
+        self.temp_dir = FileSystems.join(directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        temp_dir = FileSystems.join(self._directory, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
-        directory, schema = self._directory, self._schema
+    def expand(self, rows: beam.PCollection | tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        rows, other_files = rows if isinstance(rows, tuple) else (rows, None)
+        temp_dir, directory, schema = self.temp_dir, self._directory, self._schema
+        files = rows | "WriteBundleFiles" >> beam.ParDo(
+            _WriteBundleFiles(temp_dir, schema, self._key, self._rows_per_shard, self._row_group_rows)
+        )
+        if other_files is not None:
+            files = (files, other_files) | "WithOtherFiles" >> beam.Flatten()
         return (
-            rows
-            | "WriteBundleFiles"
-            >> beam.ParDo(_WriteBundleFiles(temp_dir, schema, self._key, self._rows_per_shard, self._row_group_rows))
+            files
             | "GatherFiles" >> beam.combiners.ToList()
             | "Publish" >> beam.FlatMap(publish, directory, temp_dir, schema)
         )
