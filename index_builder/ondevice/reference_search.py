@@ -31,6 +31,9 @@ from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
 # Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
+_QUERY_CHUNK = 32
+# Above this share of partitions searched, search_many scores every item with one product per query chunk.
+_WHOLE_PRODUCT_ABOVE = 0.1
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
 
 
@@ -153,7 +156,10 @@ class ReferenceSearcher:
         array) are ranked approximately by a matrix product; only items that rounding could lift into
         the top k (within twice the worst per-item gap between the product and the runtime's
         lookup-table sum) are re-scored with ``search``'s own arithmetic, so the answer is the
-        runtime's, exactly. Work per query follows the items searched, not the index size.
+        runtime's, exactly. Work per query follows the items searched, not the index size; when a
+        query searches a large share of the partitions, one product per chunk of queries with every
+        item is cheaper than copying the searched slices for each query (at 1M items, 450 of 1,000
+        partitions searched: 100 s of evaluation with slices), and that product is used instead.
         """
         queries = np.asarray(queries, dtype=np.float32).reshape(len(queries), -1)
         if queries.shape[1] != self.dimension:
@@ -163,17 +169,24 @@ class ReferenceSearcher:
         leaves = num_leaves_to_search or self.default_leaves_to_search
         items = self._all_items()
         found = np.full((len(queries), k), -1, dtype=np.int64)
-        for row, query in enumerate(queries):
-            best = self._rescored_top_k(query, items, leaves, k)
-            found[row, : len(best)] = best
+        whole_products = leaves / items.num_partitions > _WHOLE_PRODUCT_ABOVE
+        for start in range(0, len(queries), _QUERY_CHUNK):
+            chunk = queries[start : start + _QUERY_CHUNK]
+            products = chunk @ items.decoded.T if whole_products else None
+            for row, query in enumerate(chunk):
+                best = self._rescored_top_k(query, items, leaves, k, None if products is None else products[row])
+                found[start + row, : len(best)] = best
         return found
 
-    def _rescored_top_k(self, query: np.ndarray, items: _AllItems, leaves: int, k: int) -> np.ndarray:
+    def _rescored_top_k(
+        self, query: np.ndarray, items: _AllItems, leaves: int, k: int, products: np.ndarray | None = None
+    ) -> np.ndarray:
+        """``products``: the query's dot product with every decoded item, when already computed."""
         partitions = np.sort(self.partitions_to_search(query, leaves))
         searched = np.concatenate([np.arange(items.starts[p], items.starts[p + 1]) for p in partitions])
         if not len(searched):
             return np.zeros(0, np.int64)
-        scores = -(items.decoded[searched] @ query)
+        scores = -(items.decoded[searched] @ query if products is None else products[searched])
         if self.distance == pb.SQUARED_L2_DISTANCE:
             scores = 2 * scores + items.squared_norms[searched] + float(query @ query)
         # float32 sums in another order: far below 1e-4 of the largest magnitude involved

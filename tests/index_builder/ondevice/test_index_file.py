@@ -276,7 +276,13 @@ def test_batched_search_returns_exactly_what_the_runtime_search_returns(lookup_t
         reference.search_many(queries[:, :4])
 
 
-def test_batched_search_on_a_scann_built_index_matches_the_runtime_search(index_bytes, queries) -> None:
+@pytest.mark.parametrize("whole_product_above", [0.0, 1.0])  # every item scored per query chunk / slices
+def test_batched_search_on_a_scann_built_index_matches_the_runtime_search(
+    index_bytes, queries, whole_product_above: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from index_builder.ondevice import reference_search
+
+    monkeypatch.setattr(reference_search, "_WHOLE_PRODUCT_ABOVE", whole_product_above)
     reference = ReferenceSearcher(index_bytes[0])
     batched = reference.search_many(queries, 10)
     assert batched.tolist() == [[hit.global_index for hit in reference.search(q, 10)] for q in queries]
