@@ -8,9 +8,7 @@ re-checked on all rows.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders import model_config
@@ -26,6 +23,7 @@ from index_builder import evaluation, tuning
 from index_builder.build.brute_force import brute_force_result, index_mode, uses_brute_force
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.settings import BuildSettings
+from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.item_metadata import metadata_payload
 from index_builder.ondevice import parallel_encode
@@ -175,7 +173,7 @@ def _tune_on_sample(
     """The sampled rows, the tuning on them (code size, tree, leaves-to-search) and its quantizer."""
     params = settings.ondevice_params()
     sample_size = min(settings.training_sample_size, embeddings.num_rows)
-    sample = np.sort(np.random.default_rng(params.seed).choice(embeddings.num_rows, sample_size, replace=False))
+    sample = sample_rows(embeddings.num_rows, sample_size, params.seed)
     tuned = tuning.tune_scann_index(
         embeddings.vectors[sample], params, settings.ondevice_tuning(), queries=tuning_queries
     )
@@ -238,13 +236,7 @@ def _encode_all_rows(
     quantizer: OnDeviceQuantizer,
     pipeline_options: PipelineOptions | None,
 ) -> parallel_encode.EncodedItems:
-    temp_root = settings.temp_location
-    with contextlib.ExitStack() as cleanup:
-        directory = (
-            FileSystems.join(temp_root, f"ondevice_partitions_{time.time_ns()}")
-            if temp_root
-            else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ondevice_partitions_"))
-        )
+    with worker_files_dir(settings.temp_location, "ondevice_partitions_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
             parallel_encode.encode_pipeline(
@@ -260,12 +252,9 @@ def _encode_all_rows(
             embeddings.num_rows,
             time.perf_counter() - started,
         )
-        items = parallel_encode.collect_partitions(
+        return parallel_encode.collect_partitions(
             directory, len(quantizer.partition_centroids), len(quantizer.codebooks)
         )
-        if temp_root:
-            FileSystems.delete([directory])
-    return items
 
 
 def _calibration_queries(

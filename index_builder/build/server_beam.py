@@ -12,7 +12,6 @@ it is faster (settings.builds_server_in_beam).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import tempfile
@@ -21,11 +20,11 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from index_builder import evaluation, scann_index, tuning
 from index_builder.build.settings import BuildSettings
+from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.ondevice.calibration import step_leaves
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
@@ -127,12 +126,6 @@ def _calibrated(
     )
 
 
-def sample_rows(num_rows: int, sample_size: int, seed: int) -> np.ndarray:
-    """Sorted rows the server index trains and tunes on (the on-device path samples the same way)."""
-    size = min(sample_size, num_rows)
-    return np.sort(np.random.default_rng(seed).choice(num_rows, size, replace=False))
-
-
 def _encode_and_assemble(
     settings: BuildSettings,
     embeddings: EmbeddingSet,
@@ -142,13 +135,7 @@ def _encode_and_assemble(
     out_dir: Path,
     pipeline_options: PipelineOptions | None,
 ) -> None:
-    with contextlib.ExitStack() as cleanup:
-        temp_root = settings.temp_location
-        directory = (
-            FileSystems.join(temp_root, f"server_rows_{time.time_ns()}")
-            if temp_root
-            else cleanup.enter_context(tempfile.TemporaryDirectory(prefix="server_rows_"))
-        )
+    with worker_files_dir(settings.temp_location, "server_rows_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
             encode_stage.encode_pipeline(pipeline, embeddings.files, quantizer, residual, directory)
@@ -160,8 +147,6 @@ def _encode_and_assemble(
             encoded - started,
             time.perf_counter() - encoded,
         )
-        if temp_root:
-            FileSystems.delete([directory])
 
 
 def _truth_on_all_rows(
