@@ -153,14 +153,4 @@ def _write_outputs(
         | "CarryShards" >> beam.FlatMap(carry.write_carried_file, writer.temp_dir, schema)
     )
     _ = (new_rows, carried_files) | "WriteEmbeddings" >> writer
-    _ = (
-        tuple(rejections)
-        | "AllRejections" >> beam.Flatten()
-        | "WriteRejected"
-        >> WriteParquetShards(
-            FileSystems.join(output_dir, run_outputs.REJECTED_DIR),
-            embedding_schema.REJECTED_SCHEMA,
-            key="uri",
-            rows_per_shard=options.rows_per_shard,
-        )
-    )
+    embedding_pipeline.write_rejections(rejections, output_dir, options.rows_per_shard)

@@ -113,6 +113,11 @@ def write_outputs(
             rows_per_shard=options.rows_per_shard,
         )
     )
+    write_rejections(rejections, output_dir, options.rows_per_shard)
+
+
+def write_rejections(rejections: Any, output_dir: str, rows_per_shard: int) -> None:
+    """Every stage's rejection records, one rejected/ output (the run's and the nightly's)."""
     _ = (
         tuple(rejections)
         | "AllRejections" >> beam.Flatten()
@@ -121,7 +126,7 @@ def write_outputs(
             FileSystems.join(output_dir, run_outputs.REJECTED_DIR),
             embedding_schema.REJECTED_SCHEMA,
             key="uri",
-            rows_per_shard=options.rows_per_shard,
+            rows_per_shard=rows_per_shard,
         )
     )
 
