@@ -47,6 +47,8 @@ class TrainingSettings:
     # With token ids [N, 1 + S, L] (full caption, then S partial ones): the share of training pairs,
     # redrawn every epoch, that use a random partial caption instead of the full one.
     short_caption_share: float = 0.0
+    # With a hard-negative pool [N, P, L] (encoders.hard_negatives): extra negatives per pair, image->text only.
+    hard_negatives: int = 0
 
 
 def pick_columns(size: tf.Tensor, alternatives: tf.Tensor, share: float, seed: int) -> tf.Tensor:
@@ -63,12 +65,19 @@ def pick_captions(batch_ids: tf.Tensor, share: float, seed: int) -> tf.Tensor:
 
 
 def symmetric_info_nce(
-    image_embeddings: tf.Tensor, text_embeddings: tf.Tensor, logit_scale: tf.Tensor, positives: tf.Tensor | None = None
+    image_embeddings: tf.Tensor,
+    text_embeddings: tf.Tensor,
+    logit_scale: tf.Tensor,
+    positives: tf.Tensor | None = None,
+    hard_negatives: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Mean of image->text and text->image cross-entropy over in-batch negatives.
 
     `positives` [B texts, B images] bool (default: the diagonal) spreads each row's target evenly
     over its positives, so an image that also answers a partial caption is not pushed away from it.
+    `hard_negatives` [B, N, D] (encoders.hard_negatives) are texts describing an object image i does not
+    hold: image i's row gains N columns for its own N, with target 0; they are no other image's columns
+    and never appear in the text->image direction.
     """
     logits = tf.exp(logit_scale) * tf.matmul(image_embeddings, text_embeddings, transpose_b=True)
     if positives is None:
@@ -77,16 +86,35 @@ def symmetric_info_nce(
     text_targets /= tf.reduce_sum(text_targets, axis=1, keepdims=True)
     image_targets = tf.transpose(tf.cast(positives, logits.dtype))
     image_targets /= tf.reduce_sum(image_targets, axis=1, keepdims=True)
-    image_to_text = tf.nn.softmax_cross_entropy_with_logits(image_targets, logits)
+    image_logits = logits
+    if hard_negatives is not None:
+        own = tf.exp(logit_scale) * tf.einsum("bd,bnd->bn", image_embeddings, hard_negatives)
+        image_logits = tf.concat([logits, own], axis=1)
+        image_targets = tf.concat([image_targets, tf.zeros_like(own)], axis=1)
+    image_to_text = tf.nn.softmax_cross_entropy_with_logits(image_targets, image_logits)
     text_to_image = tf.nn.softmax_cross_entropy_with_logits(text_targets, tf.transpose(logits))
     return (tf.reduce_mean(image_to_text) + tf.reduce_mean(text_to_image)) / 2.0
 
 
+def pick_negatives(pool_ids: tf.Tensor, count: int, seed: int) -> tf.Tensor:
+    """[B, P, L] -> [B, count, L]: `count` distinct pool entries per row, redrawn every call."""
+    order = tf.argsort(tf.random.uniform(tf.shape(pool_ids)[:2], seed=seed + 2), axis=1)
+    return tf.gather(pool_ids, order[:, :count], batch_dims=1)
+
+
 def training_batches(
-    pixels: np.ndarray, token_ids: np.ndarray, settings: TrainingSettings, terms: CaptionTerms | None
+    pixels: np.ndarray,
+    token_ids: np.ndarray,
+    settings: TrainingSettings,
+    terms: CaptionTerms | None,
+    negative_ids: np.ndarray | None = None,
 ) -> tf.data.Dataset:
-    """Shuffled (pixels, token ids, positives) batches; partial captions drawn per pair at the share."""
+    """Shuffled (pixels, token ids, positives[, hard negative ids]) batches; partial captions drawn per pair
+    at the share; with `negative_ids` [N, P, L] and settings.hard_negatives > 0, that many of each pair's P."""
     columns: tuple[np.ndarray, ...] = (pixels, token_ids.astype(np.int32))
+    with_negatives = negative_ids is not None and settings.hard_negatives > 0
+    if with_negatives:
+        columns += (negative_ids.astype(np.int32),)
     if terms is not None:
         columns += (terms.objects, terms.terms)
     dataset = (
@@ -95,17 +123,19 @@ def training_batches(
         .batch(settings.batch_size, drop_remainder=True)
     )
 
-    def pick(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, *batch_terms: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    def pick(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, *rest: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        negatives = (pick_negatives(rest[0], settings.hard_negatives, settings.seed),) if with_negatives else ()
+        batch_terms = rest[1:] if with_negatives else rest
         size = tf.shape(batch_pixels)[0]
         if token_ids.ndim == 2:
-            return batch_pixels, batch_ids, tf.eye(size, dtype=tf.bool)
+            return batch_pixels, batch_ids, tf.eye(size, dtype=tf.bool), *negatives
         chosen = pick_columns(size, tf.shape(batch_ids)[1], settings.short_caption_share, settings.seed)
         ids = tf.gather(batch_ids, chosen, batch_dims=1)
         if not batch_terms:
-            return batch_pixels, ids, tf.eye(size, dtype=tf.bool)
+            return batch_pixels, ids, tf.eye(size, dtype=tf.bool), *negatives
         objects, caption_terms = batch_terms
         named = tf.gather(caption_terms, chosen, batch_dims=1)
-        return batch_pixels, ids, positives_matrix(named, objects, tf.equal(chosen, 0))
+        return batch_pixels, ids, positives_matrix(named, objects, tf.equal(chosen, 0)), *negatives
 
     return dataset.map(pick).prefetch(2)
 
@@ -130,11 +160,19 @@ def make_step(
     variables = [variable for _, group in groups for variable in group]
 
     @tf.function(reduce_retracing=True)
-    def step(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, positives: tf.Tensor) -> tf.Tensor:
+    def step(batch_pixels: tf.Tensor, batch_ids: tf.Tensor, positives: tf.Tensor, *negatives: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
             image_embeddings = image_tower(tf.cast(batch_pixels, tf.float32), training=True)
-            text_embeddings = text_tower(batch_ids, training=True)
-            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale, positives)
+            if negatives:  # one text-tower call (no batch statistics in it) for captions and hard negatives
+                shape = tf.shape(negatives[0])
+                flat = tf.reshape(negatives[0], [-1, shape[2]])
+                both = text_tower(tf.concat([batch_ids, flat], axis=0), training=True)
+                size = tf.shape(batch_ids)[0]
+                text_embeddings = both[:size]
+                hard = tf.reshape(both[size:], [shape[0], shape[1], -1])
+            else:
+                text_embeddings, hard = text_tower(batch_ids, training=True), None
+            loss = symmetric_info_nce(image_embeddings, text_embeddings, logit_scale, positives, hard)
         gradients = tape.gradient(loss, variables)
         start = 0
         for optimizer, group in groups:
@@ -165,12 +203,15 @@ def train_dual_encoder(
     backbone: keras.Model | None = None,
     on_epoch_end: Callable[[int, str], None] | None = None,
     terms: CaptionTerms | None = None,
+    negative_ids: np.ndarray | None = None,
 ) -> dict[str, list | float | int]:
     """Trains both towers in place; returns the loss and phase history and the final temperature.
 
     `backbone` is the pretrained model inside `image_tower`, if any: it is frozen
     for `settings.freeze_epochs` epochs, then fine-tuned (see the module docstring). With `terms`
     (rows aligned with `pixels`), partial captions count every matching in-batch image as a positive.
+    With `negative_ids` [N, P, L] (rows aligned) and settings.hard_negatives > 0, each pair's image also
+    meets that many of its own hard negatives.
     """
     tf.random.set_seed(settings.seed)
     steps_per_epoch = len(pixels) // settings.batch_size
@@ -184,7 +225,7 @@ def train_dual_encoder(
         (make_optimizer(settings.learning_rate, steps_per_epoch * settings.epochs, settings.weight_decay, head), head)
     ]
     step = make_step(image_tower, text_tower, logit_scale, groups)
-    dataset = training_batches(pixels, token_ids, settings, terms)
+    dataset = training_batches(pixels, token_ids, settings, terms, negative_ids)
     history: list[float] = []
     phases: list[str] = []
     unfrozen_layers = 0

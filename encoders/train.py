@@ -26,6 +26,7 @@ import numpy as np
 
 from encoders import backbones, model_config, tokens
 from encoders.backbones import NO_BACKBONE, BackboneError
+from encoders.hard_negatives import POOL_SIZE, HardNegativeError
 from encoders.retrieval_metrics import dual_encoder_report
 from encoders.training_data import (
     CaptionedImages,
@@ -45,7 +46,7 @@ MIN_TFLITE_AGREEMENT = 0.999
 # encoders.contrastive.TrainingSettings fields taken as they are from the flags of the same name.
 SETTINGS_FROM_FLAGS = (
     "epochs", "batch_size", "learning_rate", "seed", "freeze_epochs", "finetune_lr_scale", "unfreeze_layers",
-    "short_caption_share",
+    "short_caption_share", "hard_negatives",
 )  # fmt: skip
 
 
@@ -78,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--partial_positives", action="store_true",
         help="with --short_caption_share: count every in-batch image that matches what a partial caption names "
         "as a positive (needs the manifest's 'objects' and 'short_caption_objects', from make_sample_catalog)")  # fmt: skip
+    add("--hard_negatives", type=int, default=0,
+        help="NegCLIP-style hard negatives per pair (0-8, default 0 = none): captions of an object the image does "
+        "not hold, one attribute (shape, color, size, region) away from one it does; extra image->text negatives "
+        "of their own image only (needs the manifest's 'objects' with color, shape, size and region)")  # fmt: skip
     add("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     backbone = parser.add_argument_group("pretrained image backbone")
     backbone.add_argument(
@@ -126,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--short_caption_share must be in [0, 1), got {args.short_caption_share}")
     if args.partial_positives and args.short_caption_share == 0:
         parser.error("--partial_positives needs --short_caption_share > 0")
+    if not 0 <= args.hard_negatives <= POOL_SIZE:
+        parser.error(f"--hard_negatives must be between 0 and {POOL_SIZE}, got {args.hard_negatives}")
     if args.unfreeze_layers is not None and args.unfreeze_layers < 1:
         parser.error("--unfreeze_layers must be at least 1 (leave it out to unfreeze the whole backbone)")
     if args.image_backbone != NO_BACKBONE:
@@ -169,6 +176,7 @@ class TrainingPairs:
     eval_captions: list[str]
     short_captions: list[list[str]] | None = None  # per training pair, with --short_caption_share
     terms: Any = None  # encoders.caption_matching.CaptionTerms, with --partial_positives
+    objects: list[list[dict[str, str]]] | None = None  # per training pair, with --hard_negatives
 
 
 def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: CaptionedImages | None) -> TrainingPairs:
@@ -188,6 +196,7 @@ def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: C
         from encoders.caption_matching import encode_caption_terms
 
         terms = encode_caption_terms(train_set.objects, train_set.short_caption_objects, len(shorts[0]))
+    objects = checked_objects(args, train_set)
     pixels = load_image_array(train_set.uris, args.image_size, resize=args.resize)
     captions = train_set.captions
     if eval_set is None:
@@ -199,10 +208,47 @@ def load_pairs(args: argparse.Namespace, train_set: CaptionedImages, eval_set: C
         )
         return TrainingPairs(
             pixels[:held], captions[:held], pixels[held:], captions[held:], shorts[:held] if shorts else None,
-            kept_terms,
+            kept_terms, objects[:held] if objects else None,
         )  # fmt: skip
     eval_pixels = load_image_array(eval_set.uris, args.image_size, resize=args.resize)
-    return TrainingPairs(pixels, captions, eval_pixels, eval_set.captions, shorts, terms)
+    return TrainingPairs(pixels, captions, eval_pixels, eval_set.captions, shorts, terms, objects)
+
+
+def checked_objects(args: argparse.Namespace, train_set: CaptionedImages) -> list[list[dict[str, str]]] | None:
+    """Each row's objects when --hard_negatives needs them; refuses rows without phrasable objects."""
+    if args.hard_negatives == 0:
+        return None
+    from encoders.hard_negatives import attribute_values
+
+    if len(train_set.objects) != len(train_set.uris) or not all(train_set.objects):
+        raise TrainingError(
+            f"--hard_negatives needs 'objects' on every row of {args.manifest} (make_sample_catalog writes them)"
+        )
+    try:
+        attribute_values(train_set.objects)
+    except HardNegativeError as error:
+        raise TrainingError(f"--hard_negatives: {args.manifest} {error}") from error
+    return train_set.objects
+
+
+def hard_negative_ids(args: argparse.Namespace, pairs: TrainingPairs, output_dir: Path) -> np.ndarray | None:
+    """[N, POOL_SIZE, max_len] token ids of each pair's hard-negative pool, through the training transform."""
+    if pairs.objects is None:
+        return None
+    import tensorflow_transform as tft
+
+    from encoders.hard_negatives import check_vocabulary, negative_pool
+    from encoders.transform_pipeline import transform_captions
+
+    captions, _ = negative_pool(pairs.objects, args.seed)
+    flat = [text for row in captions for text in row]
+    ids = transform_captions(tft.TFTransformOutput(str(output_dir)), flat).reshape(len(captions), POOL_SIZE, -1)
+    try:
+        check_vocabulary(captions, ids)
+    except HardNegativeError as error:
+        raise TrainingError(str(error)) from error
+    LOG.info("hard negatives: %d per pair from a pool of %d, e.g. %r", args.hard_negatives, POOL_SIZE, captions[0][:3])
+    return ids
 
 
 def build_towers(args: argparse.Namespace, transform: Any, backbone: Any) -> tuple[Any, Any]:
@@ -293,6 +339,7 @@ def training_record(
         "seed": args.seed,
         "short_caption_share": args.short_caption_share,
         "partial_positives": args.partial_positives,
+        "hard_negatives": args.hard_negatives,
         "vocabulary_size": len(transform.vocabulary),
         "pixel_mean": transform.pixel_mean.tolist(),
         "pixel_std": transform.pixel_std.tolist(),
@@ -340,17 +387,25 @@ def train_and_export(args: argparse.Namespace, train_set: CaptionedImages, eval_
     transform = run_transform(
         pairs.captions, *channel_statistics(pairs.pixels), output_dir, args.max_len, short_captions=pairs.short_captions
     )
-    timings["transform_seconds"] = time.perf_counter() - started
     LOG.info(
         "vocabulary %d tokens; pixel mean %s std %s",
         len(transform.vocabulary),
         transform.pixel_mean,
         transform.pixel_std,
     )
+    negative_ids = hard_negative_ids(args, pairs, output_dir)
+    timings["transform_seconds"] = time.perf_counter() - started
     image_tower, text_tower = build_towers(args, transform, backbone)
     settings = TrainingSettings(**{name: getattr(args, name) for name in SETTINGS_FROM_FLAGS})
     training = train_dual_encoder(
-        image_tower, text_tower, pairs.pixels, transform.token_ids, settings, backbone, terms=pairs.terms
+        image_tower,
+        text_tower,
+        pairs.pixels,
+        transform.token_ids,
+        settings,
+        backbone,
+        terms=pairs.terms,
+        negative_ids=negative_ids,
     )
     timings["train_seconds"] = training["train_seconds"]
     eval_ids = transform_captions(tft.TFTransformOutput(str(output_dir)), pairs.eval_captions)
@@ -399,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         train_set, eval_set = read_inputs(args)
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         return train_and_export(args, train_set, eval_set)
-    except (ManifestError, BackboneError, TrainingError) as error:
+    except (ManifestError, BackboneError, TrainingError, HardNegativeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
