@@ -22,8 +22,9 @@ from encoders import tokens
 
 PHRASED = ("size", "color", "shape", "region")  # the attributes a mention can name, in word order
 # Swaps weighted toward shape: the most common binding error is the right color there with another shape.
-DEFAULT_SWAP_WEIGHTS: dict[str, float] = {"shape": 0.4, "color": 0.25, "region": 0.2, "size": 0.15}
-NAME_OPTIONAL = 0.5  # chance an unswapped size or region is named too
+DEFAULT_SWAP_WEIGHTS: dict[str, float] = {"shape": 0.5, "color": 0.2, "region": 0.2, "size": 0.1}
+# Chance an unswapped size or region is named too; region mostly, as typed queries that name it bind worst.
+NAME_CHANCE: dict[str, float] = {"size": 0.5, "region": 0.8}
 POOL_SIZE = 8  # negatives kept per scene; every epoch draws --hard_negatives of them per pair
 _ATTEMPTS = 32
 
@@ -76,7 +77,7 @@ def swapped_mention(
     named = {
         name: obj[name]
         for name in PHRASED
-        if name in ("color", "shape") or name == swapped or rng.random() < NAME_OPTIONAL
+        if name in ("color", "shape") or name == swapped or rng.random() < NAME_CHANCE[name]
     }
     named[swapped] = str(others[int(rng.integers(len(others)))])
     return named
