@@ -21,7 +21,7 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders import model_config
-from index_builder import evaluation, tuning
+from index_builder import tuning
 from index_builder.build.brute_force import brute_force_result, index_mode, uses_brute_force
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.settings import BuildSettings
@@ -59,9 +59,16 @@ class OnDeviceBuild:
 
 @dataclass(frozen=True)
 class ServerHints:
-    """What the server tuning already computed that the on-device calibration can reuse."""
+    """What the server tuning already computed that the on-device calibration reuses: its queries (the
+    tuning queries, or held-out database rows) and their exact neighbours among all rows."""
 
-    tuning_truth: np.ndarray | None  # exact neighbours of the tuning queries (None: held-out rows)
+    queries: np.ndarray  # [Q, D]
+    true_ids: np.ndarray  # [Q, >= 10]
+
+    @classmethod
+    def of(cls, server: tuning.TuningResult, vectors: np.ndarray, tuning_queries: np.ndarray | None) -> ServerHints:
+        queries = tuning_queries if tuning_queries is not None else vectors[server.queries_idx]
+        return cls(queries, server.true_ids)
 
 
 def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> list[bytes]:
@@ -174,16 +181,16 @@ def _build_in_beam(
 ) -> OnDeviceBuild:
     """Encodes every row in Beam workers with what was trained on the row sample."""
     tuned, quantizer = trained.tuned, trained.quantizer
-    sample = _sample(settings, embeddings.num_rows)
+    training_rows = min(settings.training_sample_size, embeddings.num_rows)
     LOG.info(
         "on-device: trained on %d sampled rows (%d leaves, %d B/item codes); encoding all %d rows in Beam",
-        len(sample),
+        training_rows,
         len(quantizer.partition_centroids),
         len(quantizer.codebooks),
         embeddings.num_rows,
     )
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
-    queries, true_ids = _calibration_queries(embeddings, sample, tuned, tuning_queries, hints)
+    queries, true_ids = _calibration_queries(hints)
     leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, queries, true_ids)
     summary = parallel_encode.write_index(
         items,
@@ -196,7 +203,7 @@ def _build_in_beam(
     details = {
         "num_partitions": summary.num_partitions,
         "encoding": "beam",
-        "training_rows": len(sample),
+        "training_rows": training_rows,
         "num_leaves_to_search": leaves,
         "calibration_on_all_rows": calibration,
     }
@@ -282,20 +289,9 @@ def _encode_all_rows(
         return items
 
 
-def _calibration_queries(
-    embeddings: EmbeddingSet,
-    sample: np.ndarray,
-    tuned: tuning.TuningResult,
-    tuning_queries: np.ndarray | None,
-    hints: ServerHints,
-    num_queries: int = 1000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The sample's held-out queries (or the tuning queries) with their exact neighbours among all rows."""
-    if tuning_queries is not None and hints.tuning_truth is not None:
-        return tuning_queries[:num_queries], hints.tuning_truth[:num_queries, :10]
-    queries = embeddings.vectors[sample[tuned.queries_idx]][:num_queries]
-    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
-    return queries, true_ids
+def _calibration_queries(hints: ServerHints, num_queries: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The server tuning's queries with their exact neighbours among all rows (no second exact search)."""
+    return hints.queries[:num_queries], hints.true_ids[:num_queries, :10]
 
 
 def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> list[str]:

@@ -128,8 +128,8 @@ def _train(
         timings["server_seconds"] = time.perf_counter() - started
 
         started = time.perf_counter()
-        # The server tuner already has the exact neighbours of the tuning queries; calibration reuses them.
-        hints = ServerHints(tuning_truth=server.true_ids if tuning_queries is not None else None)
+        # The server tuner already has its queries' exact neighbours among all rows; calibration reuses them.
+        hints = ServerHints.of(server, embeddings.vectors, tuning_queries)
         user_info = _user_info(inputs)
         device = build_ondevice_index(
             settings, inputs, tuning_queries, hints, user_info, work, pipeline_options, training

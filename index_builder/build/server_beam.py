@@ -77,7 +77,10 @@ def build_server_in_beam(
         num_rows=embeddings.num_rows,
         build_seconds=time.perf_counter() - started,
     )
-    true_ids = _truth_on_all_rows(tuned, embeddings, tuning_queries)
+    # The tuning queries (or the sample's held-out rows) with their exact neighbours among all rows, as the
+    # in-process build has them: the calibration below and the on-device one (ServerHints) use them.
+    queries = tuning_queries if tuning_queries is not None else embeddings.vectors[sample[tuned.queries_idx]]
+    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, tuned.true_ids.shape[1])
     assembled = dataclasses.replace(
         tuned,
         index=index,
@@ -87,10 +90,7 @@ def build_server_in_beam(
     )
     if settings.num_leaves_to_search is not None:
         return assembled
-    if tuning_queries is not None:
-        return _calibrated(assembled, embeddings, tuning_queries, true_ids)
-    queries = embeddings.vectors[sample[tuned.queries_idx]]
-    return _calibrated(assembled, embeddings, queries, evaluation.exact_top_k(queries, embeddings.vectors, 10)[0])
+    return _calibrated(assembled, embeddings, queries, true_ids)
 
 
 def _calibrated(
@@ -150,14 +150,3 @@ def _encode_and_assemble(
             encoded - started,
             time.perf_counter() - encoded,
         )
-
-
-def _truth_on_all_rows(
-    tuned: tuning.TuningResult, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
-) -> np.ndarray:
-    """The tuning queries' exact neighbours among all rows (what the on-device calibration reuses);
-    held-out sample rows need none: the calibration draws its own."""
-    if tuning_queries is None:
-        return np.empty((0, tuned.options.k), np.int64)
-    true_ids, _ = evaluation.exact_top_k(tuning_queries, embeddings.vectors, tuned.true_ids.shape[1])
-    return true_ids

@@ -20,7 +20,7 @@ import numpy as np
 
 from index_builder.ondevice.scann_artifacts import ScannOnDeviceArtifacts
 
-MAX_DESCENT_ROUNDS = 10
+MAX_DESCENT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
