@@ -46,7 +46,7 @@ def evaluate_indexes(
     else:
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
-    reference = ReferenceSearcher(index_bytes)
+    reference = ReferenceSearcher(index_bytes, decoded_in_file=settings.spills(num_rows))
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {
