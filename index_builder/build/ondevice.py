@@ -10,9 +10,10 @@ leaves-to-search is re-checked on all rows.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,15 @@ def _calibrate_on_all_rows(
     chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
     code_bytes = len(quantizer.codebooks)  # one byte per AH block
     target = outcome(rule, trials, chosen, lambda _: code_bytes)
+    finer = [d for d in settings.ondevice_tuning().dims_per_block_candidates if d < tuned.chosen.dims_per_block]
+    if not target.target_met and finer:
+        # The code size was settled on the sample, where the coarser code met the target: say what was left out.
+        target = replace(
+            target,
+            untried=f"finer codes were not tried: the training sample met the target with {code_bytes} B/item; "
+            f"--ondevice_dims_per_block {max(finer)} encodes every row with "
+            f"{math.ceil(quantizer.partition_centroids.shape[1] / max(finer))} B/item codes",
+        )
     LOG.info(
         "on-device: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f",
         time.perf_counter() - started,
