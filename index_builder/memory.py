@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import tempfile
+
+import numpy as np
 
 
 def return_freed_memory_to_os() -> None:
@@ -22,3 +25,15 @@ def return_freed_memory_to_os() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+def file_backed_array(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
+    """A zero-filled array whose pages live in an unlinked temporary file.
+
+    Why: for large copies the launcher only streams over (the on-device evaluation's decoded items):
+    their pages are file pages the kernel can drop and re-read under memory pressure, not anonymous
+    memory the process must keep; and the file disappears with the array, even if the process dies.
+    """
+    with tempfile.TemporaryFile(prefix="index_builder_") as handle:
+        handle.truncate(max(1, int(np.prod(shape)) * np.dtype(dtype).itemsize))
+        return np.memmap(handle, dtype=dtype, mode="w+", shape=shape)  # the mapping keeps its own descriptor

@@ -84,12 +84,15 @@ class TargetOutcome:
     target_met: bool
     best_recall: float  # the most accurate configuration measured (the ceiling when the target is missed)
     best_bytes_per_item: int  # its index bytes per item
+    # What was not tried that might reach the target, and how to try it ("" when everything allowed was tried).
+    untried: str = ""
 
     @property
     def message(self) -> str:
         if self.target_met:
             return f"target {self.target_recall} met"
-        return f"target missed: best reachable {self.best_recall:.4f} at {self.best_bytes_per_item} B/item"
+        missed = f"target missed: best reachable {self.best_recall:.4f} at {self.best_bytes_per_item} B/item"
+        return f"{missed} ({self.untried})" if self.untried else missed
 
     def report(self) -> dict[str, Any]:
         report: dict[str, Any] = {"target_recall": self.target_recall, "target_met": self.target_met}

@@ -46,7 +46,7 @@ def evaluate_indexes(
     else:
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
-    reference = ReferenceSearcher(index_bytes)
+    reference = ReferenceSearcher(index_bytes, decoded_in_file=settings.spills(num_rows))
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {
@@ -69,10 +69,14 @@ def streamed_server_evaluation(
 
     Latency needs the loaded searcher (the serving footprint), so it is left to whoever serves the index."""
     assert index.saved_dir is not None
-    max_k = true_ids.shape[1]
-    found, _ = streamed_search(AssembledIndex.open(Path(index.saved_dir)), vectors, vectors[queries_idx], max_k)
+    twin = AssembledIndex.open(Path(index.saved_dir))
+    queries = vectors[queries_idx]
+
+    def search(k: int) -> np.ndarray:
+        return streamed_search(twin, vectors, queries, k)[0]
+
     return {
-        **{f"recall@{k}": evaluation.recall_at_k(found, true_ids, min(k, max_k)) for k in (1, 10, 100)},
+        **evaluation.recalls_as_configured(search, true_ids, (1, 10, 100), twin.reorder, len(vectors)),
         "num_rows": int(vectors.shape[0]),
         "dim": int(vectors.shape[1]),
         "num_queries": len(queries_idx),

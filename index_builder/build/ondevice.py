@@ -1,16 +1,19 @@
 """Step 2: the on-device index (index.ldb) and the Task Library searchers that carry it.
 
 Small catalogs are encoded by ScaNN in this process; above --training_sample_size
-rows the quantizer is trained on a sample and Beam workers assign and AH-encode
-every row (index_builder.ondevice.parallel_encode), then leaves-to-search is
-re-checked on all rows.
+rows the quantizer is tuned and trained on a sample in a child process that starts
+before the server index is built (index_builder.ondevice.sample_training), Beam
+workers assign and AH-encode every row (index_builder.encoded_rows), and
+leaves-to-search is re-checked on all rows.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +22,20 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from encoders import model_config
-from index_builder import evaluation, tuning
+from index_builder import tuning
 from index_builder.build.brute_force import brute_force_result, index_mode, uses_brute_force
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.settings import BuildSettings
 from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
+from index_builder.encoded_rows import encode_pipeline
 from index_builder.item_metadata import metadata_payload
 from index_builder.ondevice import parallel_encode
 from index_builder.ondevice.calibration import calibrate_leaves_to_search
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
-from index_builder.ondevice.scann_artifacts import read_searcher
+from index_builder.ondevice.sample_training import SampleTraining, SampleTrainingProcess, TrainingJob, train_on_sample
 from index_builder.recall_target import TargetOutcome, outcome
 from index_builder.searcher_models import build_searcher_model
 
@@ -46,12 +50,26 @@ class OnDeviceBuild:
     target: TargetOutcome  # of the configuration written (after calibration on all rows, if any)
     details: dict[str, Any] = field(default_factory=dict)  # for index_config.json
 
+    def summary(self) -> str:
+        """One log line: the configuration written (after any re-check on all rows) and the target's verdict."""
+        return (
+            f"{self.details['num_leaves_to_search']} of {self.details['num_partitions']} leaves searched, "
+            f"{self.tuned.chosen.bytes_per_item} B/item: {self.target.message}"
+        )
+
 
 @dataclass(frozen=True)
 class ServerHints:
-    """What the server tuning already computed that the on-device calibration can reuse."""
+    """What the server tuning already computed that the on-device calibration reuses: its queries (the
+    tuning queries, or held-out database rows) and their exact neighbours among all rows."""
 
-    tuning_truth: np.ndarray | None  # exact neighbours of the tuning queries (None: held-out rows)
+    queries: np.ndarray  # [Q, D]
+    true_ids: np.ndarray  # [Q, >= 10]
+
+    @classmethod
+    def of(cls, server: tuning.TuningResult, vectors: np.ndarray, tuning_queries: np.ndarray | None) -> ServerHints:
+        queries = tuning_queries if tuning_queries is not None else vectors[server.queries_idx]
+        return cls(queries, server.true_ids)
 
 
 def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> list[bytes]:
@@ -62,6 +80,17 @@ def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> list[by
     return [metadata_payload(list(columns), values(r)) for r in range(embeddings.num_rows)]
 
 
+def start_sample_training(
+    settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
+) -> AbstractContextManager[SampleTrainingProcess | None]:
+    """The on-device training on the row sample, started in a child process when the on-device index
+    will be encoded in Beam (so it trains while the launcher builds the server index); else nothing."""
+    num_rows = embeddings.num_rows
+    if uses_brute_force(num_rows) or not settings.encodes_ondevice_in_beam(num_rows):
+        return nullcontext()
+    return SampleTrainingProcess(_training_job(settings, embeddings, tuning_queries))
+
+
 def build_ondevice_index(
     settings: BuildSettings,
     inputs: BuildInputs,
@@ -70,12 +99,20 @@ def build_ondevice_index(
     user_info: bytes,
     work: Path,
     pipeline_options: PipelineOptions | None,
+    training: SampleTrainingProcess | None = None,
 ) -> OnDeviceBuild:
-    if uses_brute_force(inputs.embeddings.num_rows):
-        return _build_brute_force(settings, inputs.embeddings, tuning_queries, user_info, work)
-    if settings.encodes_ondevice_in_beam(inputs.embeddings.num_rows):
-        return _build_in_beam(settings, inputs.embeddings, tuning_queries, hints, user_info, work, pipeline_options)
-    return _build_in_process(settings, inputs.embeddings, tuning_queries, user_info, work)
+    """``training``: what ``start_sample_training`` started (None: trained here when needed)."""
+    embeddings = inputs.embeddings
+    if uses_brute_force(embeddings.num_rows):
+        return _build_brute_force(settings, embeddings, tuning_queries, user_info, work)
+    if settings.encodes_ondevice_in_beam(embeddings.num_rows):
+        trained = (
+            training.result()
+            if training is not None
+            else train_on_sample(_training_job(settings, embeddings, tuning_queries))
+        )
+        return _build_in_beam(settings, embeddings, trained, tuning_queries, hints, user_info, work, pipeline_options)
+    return _build_in_process(settings, embeddings, tuning_queries, user_info, work)
 
 
 def _build_in_process(
@@ -136,19 +173,26 @@ def _build_brute_force(
 def _build_in_beam(
     settings: BuildSettings,
     embeddings: EmbeddingSet,
+    trained: SampleTraining,
     tuning_queries: np.ndarray | None,
     hints: ServerHints,
     user_info: bytes,
     work: Path,
     pipeline_options: PipelineOptions | None,
 ) -> OnDeviceBuild:
-    """Tunes and trains on a row sample, then encodes every row in Beam workers."""
-    sample, tuned, quantizer = _tune_on_sample(settings, embeddings, tuning_queries)
+    """Encodes every row in Beam workers with what was trained on the row sample."""
+    tuned, quantizer = trained.tuned, trained.quantizer
+    training_rows = min(settings.training_sample_size, embeddings.num_rows)
+    LOG.info(
+        "on-device: trained on %d sampled rows (%d leaves, %d B/item codes); encoding all %d rows in Beam",
+        training_rows,
+        len(quantizer.partition_centroids),
+        len(quantizer.codebooks),
+        embeddings.num_rows,
+    )
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
-    row_of = {item_id: row for row, item_id in enumerate(embeddings.ids)}
-    rows = np.asarray([row_of[item_id] for item_id in items.ids], dtype=np.int64)
-    queries, true_ids = _calibration_queries(embeddings, sample, tuned, tuning_queries, hints)
-    leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, rows, queries, true_ids)
+    queries, true_ids = _calibration_queries(hints)
+    leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, queries, true_ids)
     summary = parallel_encode.write_index(
         items,
         quantizer,
@@ -160,34 +204,22 @@ def _build_in_beam(
     details = {
         "num_partitions": summary.num_partitions,
         "encoding": "beam",
-        "training_rows": len(sample),
+        "training_rows": training_rows,
         "num_leaves_to_search": leaves,
         "calibration_on_all_rows": calibration,
     }
-    return OnDeviceBuild(tuned, rows, target, details)
+    return OnDeviceBuild(tuned, items.rows, target, details)
 
 
-def _tune_on_sample(
-    settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
-) -> tuple[np.ndarray, tuning.TuningResult, OnDeviceQuantizer]:
-    """The sampled rows, the tuning on them (code size, tree, leaves-to-search) and its quantizer."""
-    params = settings.ondevice_params()
-    sample_size = min(settings.training_sample_size, embeddings.num_rows)
-    sample = sample_rows(embeddings.num_rows, sample_size, params.seed)
-    tuned = tuning.tune_scann_index(
-        embeddings.vectors[sample], params, settings.ondevice_tuning(), queries=tuning_queries
-    )
-    quantizer = OnDeviceQuantizer.from_artifacts(
-        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
-    )
-    LOG.info(
-        "on-device: trained on %d sampled rows (%d leaves, %d B/item codes); encoding all %d rows in Beam",
-        sample_size,
-        len(quantizer.partition_centroids),
-        len(quantizer.codebooks),
-        embeddings.num_rows,
-    )
-    return sample, tuned, quantizer
+def _sample(settings: BuildSettings, num_rows: int) -> np.ndarray:
+    """The embeddings rows the on-device quantizer is trained on."""
+    return sample_rows(num_rows, min(settings.training_sample_size, num_rows), settings.ondevice_params().seed)
+
+
+def _training_job(settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None) -> TrainingJob:
+    """Tuning on the sample: code size, tree, leaves-to-search."""
+    vectors = embeddings.vectors[_sample(settings, embeddings.num_rows)]
+    return TrainingJob(vectors, settings.ondevice_params(), settings.ondevice_tuning(), tuning_queries)
 
 
 def _calibrate_on_all_rows(
@@ -195,7 +227,6 @@ def _calibrate_on_all_rows(
     tuned: tuning.TuningResult,
     quantizer: OnDeviceQuantizer,
     items: parallel_encode.EncodedItems,
-    rows: np.ndarray,
     queries: np.ndarray,
     true_ids: np.ndarray,
 ) -> tuple[int, list[dict[str, Any]], TargetOutcome]:
@@ -213,13 +244,22 @@ def _calibrate_on_all_rows(
         items.codes,
         queries,
         true_ids,
-        rows,
+        items.rows,
         start=tuned.chosen.num_leaves_to_search,
         rule=rule,
     )
     chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
     code_bytes = len(quantizer.codebooks)  # one byte per AH block
     target = outcome(rule, trials, chosen, lambda _: code_bytes)
+    finer = [d for d in settings.ondevice_tuning().dims_per_block_candidates if d < tuned.chosen.dims_per_block]
+    if not target.target_met and finer:
+        # The code size was settled on the sample, where the coarser code met the target: say what was left out.
+        target = replace(
+            target,
+            untried=f"finer codes were not tried: the training sample met the target with {code_bytes} B/item; "
+            f"--ondevice_dims_per_block {max(finer)} encodes every row with "
+            f"{math.ceil(quantizer.partition_centroids.shape[1] / max(finer))} B/item codes",
+        )
     LOG.info(
         "on-device: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f",
         time.perf_counter() - started,
@@ -236,41 +276,32 @@ def _encode_all_rows(
     quantizer: OnDeviceQuantizer,
     pipeline_options: PipelineOptions | None,
 ) -> parallel_encode.EncodedItems:
-    with worker_files_dir(settings.temp_location, "ondevice_partitions_") as directory:
+    with worker_files_dir(settings.temp_location, "ondevice_rows_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
-            parallel_encode.encode_pipeline(
-                pipeline,
-                embeddings.files,
-                quantizer,
-                list(settings.metadata_columns),
-                directory,
-                has_duplicates=embeddings.duplicates_dropped > 0,
+            num_groups = encode_pipeline(
+                pipeline, embeddings.files, quantizer, directory, residual=False, counter_namespace="ondevice"
             )
+        encoded = time.perf_counter()
+        items = parallel_encode.collect_encoded(
+            directory,
+            num_groups,
+            embeddings.ids,
+            item_metadata(embeddings, settings.metadata_columns),
+            len(quantizer.codebooks),
+        )
         LOG.info(
-            "on-device: Beam encoded and grouped %d rows in %.1f s",
+            "on-device: Beam encoded %d rows in %.1f s, collected in index order in %.1f s",
             embeddings.num_rows,
-            time.perf_counter() - started,
+            encoded - started,
+            time.perf_counter() - encoded,
         )
-        return parallel_encode.collect_partitions(
-            directory, len(quantizer.partition_centroids), len(quantizer.codebooks)
-        )
+        return items
 
 
-def _calibration_queries(
-    embeddings: EmbeddingSet,
-    sample: np.ndarray,
-    tuned: tuning.TuningResult,
-    tuning_queries: np.ndarray | None,
-    hints: ServerHints,
-    num_queries: int = 1000,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The sample's held-out queries (or the tuning queries) with their exact neighbours among all rows."""
-    if tuning_queries is not None and hints.tuning_truth is not None:
-        return tuning_queries[:num_queries], hints.tuning_truth[:num_queries, :10]
-    queries = embeddings.vectors[sample[tuned.queries_idx]][:num_queries]
-    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, 10)
-    return queries, true_ids
+def _calibration_queries(hints: ServerHints, num_queries: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """The server tuning's queries with their exact neighbours among all rows (no second exact search)."""
+    return hints.queries[:num_queries], hints.true_ids[:num_queries, :10]
 
 
 def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> list[str]:

@@ -20,7 +20,14 @@ from index_builder import index_outputs, tuning
 from index_builder.build import incremental, incremental_state, records
 from index_builder.build.evaluate import Evaluation, evaluate_indexes
 from index_builder.build.inputs import BuildInputs
-from index_builder.build.ondevice import INDEX_FILE, OnDeviceBuild, ServerHints, build_ondevice_index, write_searchers
+from index_builder.build.ondevice import (
+    INDEX_FILE,
+    OnDeviceBuild,
+    ServerHints,
+    build_ondevice_index,
+    start_sample_training,
+    write_searchers,
+)
 from index_builder.build.server import build_server_index
 from index_builder.build.settings import BuildSettings
 from index_builder.report.page import REPORT_FILE, ReportSettings, write_report_safely
@@ -114,15 +121,20 @@ def _train(
 ) -> BuildResult:
     embeddings = inputs.embeddings
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
-    timings["server_seconds"] = time.perf_counter() - started
+    # On the Beam path the on-device sample training runs in a child while the server index is built.
+    with start_sample_training(settings, embeddings, tuning_queries) as training:
+        started = time.perf_counter()
+        server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
+        timings["server_seconds"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    # The server tuner already has the exact neighbours of the tuning queries; calibration reuses them.
-    hints = ServerHints(tuning_truth=server.true_ids if tuning_queries is not None else None)
-    device = build_ondevice_index(settings, inputs, tuning_queries, hints, _user_info(inputs), work, pipeline_options)
-    LOG.info("on-device index: %s", device.tuned.chosen.summary())
+        started = time.perf_counter()
+        # The server tuner already has its queries' exact neighbours among all rows; calibration reuses them.
+        hints = ServerHints.of(server, embeddings.vectors, tuning_queries)
+        user_info = _user_info(inputs)
+        device = build_ondevice_index(
+            settings, inputs, tuning_queries, hints, user_info, work, pipeline_options, training
+        )
+    LOG.info("on-device index: %s", device.summary())
     timings["ondevice_seconds"] = time.perf_counter() - started
     evaluation = _evaluate(settings, inputs, server, device, timings, work)
     history = {

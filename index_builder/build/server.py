@@ -36,7 +36,7 @@ def build_server_index(
         server = brute_force_result(vectors, settings.server_params(), settings.server_tuning(), tuning_queries)
     elif mode == "beam":
         server = build_server_in_beam(settings, embeddings, tuning_queries, work / "scann", pipeline_options)
-        LOG.info("server index: %s", server.chosen.summary())
+        LOG.info("server index: %s", _written_summary(server))
         return server
     else:
         server = tuning.tune_scann_index(
@@ -52,3 +52,15 @@ def server_build_mode(settings: BuildSettings, num_rows: int) -> str:
     if uses_brute_force(num_rows):
         return "brute_force"
     return "beam" if settings.builds_server_in_beam(num_rows) else "in_process"
+
+
+def _written_summary(server: tuning.TuningResult) -> str:
+    """The configuration written: once leaves-to-search was re-checked on all rows, the sample's trial no longer
+    describes it."""
+    if server.calibrated is None:
+        return server.chosen.summary()
+    p = server.index.params
+    return (
+        f"{p.num_leaves_to_search} of {p.num_leaves} leaves searched, reorder {p.reorder}, "
+        f"{server.chosen.bytes_per_item} B/item: {server.calibrated.message}"
+    )

@@ -3,7 +3,7 @@ AH-encoded in Beam workers, and the ScaNN artifacts assembled from their outputs
 
 Why: ``create_searcher`` trains on a sample anyway but assigns and hashes all N rows in this one
 process, holding them twice (the input and ScaNN's copy). Here the launcher trains on the sample
-(as the on-device path does), workers encode row groups (index_builder/server_beam/encode_stage),
+(as the on-device path does), workers encode row groups (index_builder/encoded_rows),
 and the row arrays are written through memory maps (artifacts_writer): loadable as any saved
 server index, but loaded only by whoever serves it; evaluation streams a numpy twin of the search
 over the saved arrays (server_beam/streamed_search). The in-process path stays for catalogs where
@@ -26,11 +26,12 @@ from index_builder import evaluation, scann_index, tuning
 from index_builder.build.settings import BuildSettings
 from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
+from index_builder.encoded_rows import encode_pipeline
 from index_builder.ondevice.calibration import step_leaves
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
 from index_builder.recall_target import outcome
-from index_builder.server_beam import artifacts_writer, encode_stage
+from index_builder.server_beam import artifacts_writer
 from index_builder.server_beam.streamed_search import AssembledIndex, streamed_search
 
 LOG = logging.getLogger("build_index")
@@ -76,7 +77,10 @@ def build_server_in_beam(
         num_rows=embeddings.num_rows,
         build_seconds=time.perf_counter() - started,
     )
-    true_ids = _truth_on_all_rows(tuned, embeddings, tuning_queries)
+    # The tuning queries (or the sample's held-out rows) with their exact neighbours among all rows, as the
+    # in-process build has them: the calibration below and the on-device one (ServerHints) use them.
+    queries = tuning_queries if tuning_queries is not None else embeddings.vectors[sample[tuned.queries_idx]]
+    true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, tuned.true_ids.shape[1])
     assembled = dataclasses.replace(
         tuned,
         index=index,
@@ -86,10 +90,7 @@ def build_server_in_beam(
     )
     if settings.num_leaves_to_search is not None:
         return assembled
-    if tuning_queries is not None:
-        return _calibrated(assembled, embeddings, tuning_queries, true_ids)
-    queries = embeddings.vectors[sample[tuned.queries_idx]]
-    return _calibrated(assembled, embeddings, queries, evaluation.exact_top_k(queries, embeddings.vectors, 10)[0])
+    return _calibrated(assembled, embeddings, queries, true_ids)
 
 
 def _calibrated(
@@ -138,7 +139,9 @@ def _encode_and_assemble(
     with worker_files_dir(settings.temp_location, "server_rows_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
-            encode_stage.encode_pipeline(pipeline, embeddings.files, quantizer, residual, directory)
+            encode_pipeline(
+                pipeline, embeddings.files, quantizer, directory, residual=residual, counter_namespace="server_index"
+            )
         encoded = time.perf_counter()
         artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, directory, embeddings.dim)
         LOG.info(
@@ -147,14 +150,3 @@ def _encode_and_assemble(
             encoded - started,
             time.perf_counter() - encoded,
         )
-
-
-def _truth_on_all_rows(
-    tuned: tuning.TuningResult, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None
-) -> np.ndarray:
-    """The tuning queries' exact neighbours among all rows (what the on-device calibration reuses);
-    held-out sample rows need none: the calibration draws its own."""
-    if tuning_queries is None:
-        return np.empty((0, tuned.options.k), np.int64)
-    true_ids, _ = evaluation.exact_top_k(tuning_queries, embeddings.vectors, tuned.true_ids.shape[1])
-    return true_ids

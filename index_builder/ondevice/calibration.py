@@ -23,12 +23,12 @@ reached, never a climb along a plateau the codes cap.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 
-from index_builder.evaluation import per_query_recall
+from index_builder.evaluation import per_query_recall, top_k_rows
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import decode_codes
 from index_builder.recall_target import RecallEstimate, TargetRule
@@ -39,6 +39,7 @@ _QUERY_CHUNK = 32
 # Overall best items kept per query: with many leaves searched, the top k of the searched ones are almost
 # always among them (else that query falls back to a masked pass).
 _CANDIDATE_DEPTH = 1000
+_ITEM_BLOCK = 65_536  # items decoded at a time: 32 MB of floats at D=128
 
 
 @dataclass(frozen=True)
@@ -49,13 +50,41 @@ class CalibrationTrial:
     meets_target: bool
 
 
-def reconstruct(quantizer: OnDeviceQuantizer, codes: np.ndarray) -> np.ndarray:
-    """[N, D] float32: each item's AH codes decoded to codebook centers."""
-    return decode_codes(quantizer.codebooks, codes)
+@dataclass(frozen=True)
+class DecodedItems:
+    """The items' AH reconstructions (codebook centers concatenated), decoded a block of rows at a time:
+    the launcher never holds an [N, D] float copy (4 N D bytes: 0.5 GB at 1M, growing with the catalog)."""
+
+    codebooks: tuple[np.ndarray, ...]
+    codes: np.ndarray  # [N, num_blocks] uint8, index order
+    block_rows: int = _ITEM_BLOCK
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first item, [rows, D] float32) for consecutive blocks of items."""
+        for start in range(0, len(self.codes), self.block_rows):
+            yield start, decode_codes(self.codebooks, self.codes[start : start + self.block_rows])
+
+
+def _merge_top(
+    best: tuple[np.ndarray, np.ndarray], scores: np.ndarray, first_item: int, depth: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, items) of the ``depth`` best among the running best and a block's [n, B] scores, best first."""
+    block_items = np.broadcast_to(np.arange(first_item, first_item + scores.shape[1]), scores.shape)
+    items, merged = top_k_rows(
+        np.concatenate([best[1], block_items], axis=1), np.concatenate([best[0], scores], axis=1), depth
+    )
+    return merged, items
+
+
+def _empty_top(rows: int, depth: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((rows, depth), -np.inf, np.float32), np.zeros((rows, depth), np.int64)
 
 
 def searched_top_k(
-    queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray, leaves: int, k: int
+    queries: np.ndarray, items: DecodedItems, assignment: np.ndarray, centroids: np.ndarray, leaves: int, k: int
 ) -> np.ndarray:
     """[Q, k] item indices the runtime would return (float LUT, dot product), best first."""
     found = np.zeros((len(queries), k), np.int64)
@@ -64,10 +93,11 @@ def searched_top_k(
         top_leaves = np.argsort(-(chunk @ centroids.T), axis=1, kind="stable")[:, :leaves]
         searched = np.zeros((len(chunk), len(centroids)), bool)
         np.put_along_axis(searched, top_leaves, True, axis=1)
-        scores = np.where(searched[:, assignment], chunk @ decoded.T, -np.inf)
-        best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1, kind="stable")
-        found[start : start + len(chunk)] = np.take_along_axis(best, order, axis=1)
+        best = _empty_top(len(chunk), k)
+        for first, block in items.blocks():
+            in_leaves = searched[:, assignment[first : first + len(block)]]
+            best = _merge_top(best, np.where(in_leaves, chunk @ block.T, -np.inf), first, k)
+        found[start : start + len(chunk)] = best[1]
     return found
 
 
@@ -86,23 +116,23 @@ class RankedCandidates:
 
 
 def rank_candidates(
-    queries: np.ndarray, decoded: np.ndarray, assignment: np.ndarray, centroids: np.ndarray, depth: int
+    queries: np.ndarray, items: DecodedItems, assignment: np.ndarray, centroids: np.ndarray, depth: int
 ) -> RankedCandidates:
-    depth = min(depth, len(decoded))
-    items = np.zeros((len(queries), depth), np.int64)
-    leaf_rank = np.zeros((len(queries), depth), np.int64)
-    for start in range(0, len(queries), _QUERY_CHUNK):
-        chunk = queries[start : start + _QUERY_CHUNK]
-        scores = chunk @ decoded.T
-        top = np.argpartition(scores, len(decoded) - depth, axis=1)[:, len(decoded) - depth :]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        best = np.take_along_axis(top, order, axis=1)
-        leaf_order = np.argsort(-(chunk @ centroids.T), axis=1, kind="stable")
-        rank_of_leaf = np.empty_like(leaf_order)
-        np.put_along_axis(rank_of_leaf, leaf_order, np.arange(len(centroids))[None, :], axis=1)
-        items[start : start + len(chunk)] = best
-        leaf_rank[start : start + len(chunk)] = np.take_along_axis(rank_of_leaf, assignment[best], axis=1)
-    return RankedCandidates(items, leaf_rank)
+    """Each block of items is decoded once and scored against every query chunk."""
+    depth = min(depth, len(items))
+    best_scores, best_items = _empty_top(len(queries), depth)
+    for first, block in items.blocks():
+        for start in range(0, len(queries), _QUERY_CHUNK):
+            rows = slice(start, start + _QUERY_CHUNK)
+            scores = queries[rows] @ block.T
+            best_scores[rows], best_items[rows] = _merge_top(
+                (best_scores[rows], best_items[rows]), scores, first, depth
+            )
+    ranked = best_items
+    leaf_order = np.argsort(-(queries @ centroids.T), axis=1, kind="stable")
+    rank_of_leaf = np.empty_like(leaf_order)
+    np.put_along_axis(rank_of_leaf, leaf_order, np.arange(len(centroids))[None, :], axis=1)
+    return RankedCandidates(ranked, np.take_along_axis(rank_of_leaf, assignment[ranked], axis=1))
 
 
 def top_k_within_leaves(
@@ -110,7 +140,7 @@ def top_k_within_leaves(
     leaves: int,
     k: int,
     queries: np.ndarray,
-    decoded: np.ndarray,
+    items: DecodedItems,
     assignment: np.ndarray,
     centroids: np.ndarray,
 ) -> np.ndarray:
@@ -121,7 +151,7 @@ def top_k_within_leaves(
     found = np.take_along_axis(ranked.items, first, axis=1)
     short = np.flatnonzero(~enough)
     if len(short):
-        found[short] = searched_top_k(queries[short], decoded, assignment, centroids, leaves, k)
+        found[short] = searched_top_k(queries[short], items, assignment, centroids, leaves, k)
     return found
 
 
@@ -143,12 +173,12 @@ def calibrate_leaves_to_search(
     Items are in index order (``assignment[g]``, ``codes[g]``); ``item_rows[g]`` is item g's database
     row, the space ``true_ids`` (exact neighbours) is in.
     """
-    decoded = reconstruct(quantizer, codes)
+    items = DecodedItems(quantizer.codebooks, codes)
     centroids = quantizer.partition_centroids
-    ranked = rank_candidates(queries, decoded, assignment, centroids, depth=_CANDIDATE_DEPTH)
+    ranked = rank_candidates(queries, items, assignment, centroids, depth=_CANDIDATE_DEPTH)
 
     def recall_at(leaves: int) -> np.ndarray:
-        found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, decoded, assignment, centroids)]
+        found = item_rows[top_k_within_leaves(ranked, leaves, k, queries, items, assignment, centroids)]
         return per_query_recall(found, true_ids, k)
 
     return step_leaves(start, len(centroids), recall_at, rule)

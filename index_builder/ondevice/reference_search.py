@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from index_builder.memory import file_backed_array
 from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched_by_runtime
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
@@ -37,9 +38,16 @@ _WHOLE_PRODUCT_ABOVE = 0.1
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
 
 
-def decode_codes(codebooks: Sequence[np.ndarray], codes: np.ndarray) -> np.ndarray:
-    """[N, D] float32: each item's AH codes decoded to its codebook centers, concatenated."""
-    return np.concatenate([book[codes[:, b]] for b, book in enumerate(codebooks)], axis=1)
+def decode_codes(codebooks: Sequence[np.ndarray], codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """[N, D] float32: each item's AH codes decoded to its codebook centers, concatenated (written in place,
+    into ``out`` if given: concatenating per-block copies held the result twice)."""
+    shape = (len(codes), sum(book.shape[1] for book in codebooks))
+    decoded = np.empty(shape, np.float32) if out is None else out
+    column = 0
+    for block, book in enumerate(codebooks):
+        decoded[:, column : column + book.shape[1]] = book[codes[:, block]]
+        column += book.shape[1]
+    return decoded
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,12 @@ class Neighbor:
 class ReferenceSearcher:
     """Searches an on-device index file the way the Task Library searcher does."""
 
-    def __init__(self, index: OnDeviceIndexFile | str | os.PathLike[str] | bytes | BinaryIO) -> None:
+    def __init__(
+        self, index: OnDeviceIndexFile | str | os.PathLike[str] | bytes | BinaryIO, decoded_in_file: bool = False
+    ) -> None:
+        """``decoded_in_file``: ``search_many``'s decoded copy of every item (4 N D bytes) lives in a temporary
+        file's pages rather than in anonymous memory (index_builder.memory.file_backed_array)."""
+        self._decoded_in_file = decoded_in_file
         self.index = index if isinstance(index, OnDeviceIndexFile) else OnDeviceIndexFile(index)
         scann = self.index.config.scann_config
         self.distance = scann.query_distance
@@ -209,13 +222,15 @@ class ReferenceSearcher:
             stored = [self._items(p) for p in range(num_partitions)]
             offsets = self.offsets or [0]
             all_stored = np.concatenate(stored)
+            shape = (len(all_stored), self.dimension)
+            decoded = file_backed_array(shape) if self._decoded_in_file else np.empty(shape, np.float32)
             if self.uses_hashing:
-                decoded = decode_codes(self.codebooks, all_stored)
+                decode_codes(self.codebooks, all_stored, out=decoded)
             else:
-                decoded = all_stored.astype(np.float32)
+                decoded[:] = all_stored
             squared_norms = np.einsum("nd,nd->n", decoded, decoded)
             self._all = _AllItems(
-                decoded=np.ascontiguousarray(decoded),
+                decoded=decoded,
                 squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
                 starts=np.concatenate([[0], np.cumsum([len(part) for part in stored])]).astype(np.int64),

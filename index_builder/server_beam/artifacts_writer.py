@@ -19,9 +19,8 @@ import numpy as np
 from google.protobuf import text_format
 
 from index_builder.embeddings_io import embedding_matrix
-from index_builder.ondevice.parallel_encode import row_groups
+from index_builder.encoded_rows import CatalogRows, EncodingCoverageError, read_encoded, row_groups
 from index_builder.scann_import import scann_assets_pb2
-from index_builder.server_beam.encode_stage import read_encoded
 from transforms.outputs.parquet_shards import open_parquet
 
 ASSETS_FILE = "scann_assets.pbtxt"
@@ -30,7 +29,7 @@ _ROW_ARRAYS = {"TOKENIZATION_NPY", "AH_DATASET_NPY", "DATASET_NPY"}
 
 
 class AssemblyError(RuntimeError):
-    """The encoded rows do not cover the catalog, or the trained searcher has parts we cannot fill."""
+    """The trained searcher has parts we cannot fill."""
 
 
 def row_array_names(trained_dir: Path) -> dict[str, str]:
@@ -61,26 +60,26 @@ def assemble(
     for name in (*TRAINED_FILES, ASSETS_FILE):
         shutil.copyfile(trained_dir / name, out_dir / name)
     arrays = _RowArrays(out_dir, names, len(ids), dim)
-    row_of = {item_id: row for row, item_id in enumerate(ids)}
+    placement = CatalogRows(ids)
     for group_index, group in enumerate(row_groups(files)):
         group_ids, leaves, codes = read_encoded(encoded_dir, group_index)
-        rows, kept = arrays.new_rows(row_of, group_ids)
+        rows, kept = placement.place(group_ids)
         vectors = None
         if arrays.dataset is not None:
             with open_parquet(group.path) as parquet_file:
                 table = parquet_file.read_row_group(group.row_group, columns=["embedding"])
             vectors = embedding_matrix(group.path, table)[kept]
         arrays.fill(rows, leaves[kept], codes[kept], vectors)
+    placement.check_complete()
     arrays.close()
     return sorted(os.listdir(out_dir))
 
 
 class _RowArrays:
-    """The memory-mapped row arrays and which rows are filled (first occurrence of an id wins)."""
+    """The memory-mapped row arrays."""
 
     def __init__(self, out_dir: Path, names: dict[str, str], num_rows: int, dim: int) -> None:
         self._out_dir, self._names, self._num_rows = out_dir, names, num_rows
-        self.filled = np.zeros(num_rows, bool)
         self.tokens = np.lib.format.open_memmap(out_dir / names["TOKENIZATION_NPY"], "w+", np.int32, (num_rows,))
         self.codes: np.memmap | None = None  # shaped by the first row group's codes
         self.dataset = (
@@ -88,19 +87,6 @@ class _RowArrays:
             if "DATASET_NPY" in names
             else None
         )
-
-    def new_rows(self, row_of: dict[str, int], group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(target rows, positions in the group) of ids not filled yet; unknown ids are an error."""
-        try:
-            rows = np.fromiter((row_of[str(i)] for i in group_ids), np.int64, len(group_ids))
-        except KeyError as error:
-            raise AssemblyError(
-                f"encoded row {error} is not in the loaded catalog: inputs changed mid-build?"
-            ) from None
-        _, first = np.unique(rows, return_index=True)
-        positions = np.sort(first)
-        positions = positions[~self.filled[rows[positions]]]
-        return rows[positions], positions
 
     def fill(self, rows: np.ndarray, leaves: np.ndarray, codes: np.ndarray, vectors: np.ndarray | None) -> None:
         if self.codes is None:
@@ -110,12 +96,10 @@ class _RowArrays:
         self.codes[rows] = codes
         if self.dataset is not None:
             self.dataset[rows] = vectors
-        self.filled[rows] = True
 
     def close(self) -> None:
-        missing = int((~self.filled).sum())
-        if missing or self.codes is None:
-            raise AssemblyError(f"{missing} of {self._num_rows} rows were never encoded")
+        if self.codes is None:
+            raise EncodingCoverageError("no row was encoded")
         for array in (self.tokens, self.codes, self.dataset):
             if array is not None:
                 array.flush()

@@ -9,15 +9,15 @@ import pytest
 
 from index_builder.evaluation import exact_top_k
 from index_builder.ondevice.calibration import (
+    DecodedItems,
     calibrate_leaves_to_search,
     rank_candidates,
-    reconstruct,
     searched_top_k,
     top_k_within_leaves,
 )
 from index_builder.ondevice.index_file import write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
-from index_builder.ondevice.reference_search import ReferenceSearcher
+from index_builder.ondevice.reference_search import ReferenceSearcher, decode_codes
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
 from index_builder.recall_target import TargetRule
 from sample_catalog.vectors import clustered_unit_vectors
@@ -92,7 +92,7 @@ def test_matmul_twin_returns_what_the_runtime_twin_returns(unclustered) -> None:
     queries = vectors[::100]
     fast = searched_top_k(
         queries,
-        reconstruct(quantizer, artifacts.codes[order]),
+        DecodedItems(quantizer.codebooks, artifacts.codes[order], block_rows=700),
         artifacts.partition_assignment[order],
         quantizer.partition_centroids,
         5,
@@ -107,11 +107,18 @@ def test_matmul_twin_returns_what_the_runtime_twin_returns(unclustered) -> None:
 def test_one_ranking_serves_every_leaf_count(unclustered, depth: int) -> None:
     vectors, artifacts, quantizer = unclustered
     assignment, centroids = artifacts.partition_assignment, quantizer.partition_centroids
-    queries, decoded = vectors[::25], reconstruct(quantizer, artifacts.codes)
-    ranked = rank_candidates(queries, decoded, assignment, centroids, depth)
+    queries = vectors[::25]
+    decoded = decode_codes(quantizer.codebooks, artifacts.codes)
+    items = DecodedItems(quantizer.codebooks, artifacts.codes, block_rows=700)  # blocks: merged across them
+    ranked = rank_candidates(queries, items, assignment, centroids, depth)
+    all_scores = queries @ decoded.T
+    # The ranking is the overall top `depth`, best first, whatever the block boundaries.
+    np.testing.assert_allclose(
+        np.take_along_axis(all_scores, ranked.items, axis=1), -np.sort(-all_scores, axis=1)[:, :depth], atol=1e-6
+    )
     for leaves in (1, 2, 7, 20, 40):
-        fast = top_k_within_leaves(ranked, leaves, 10, queries, decoded, assignment, centroids)
-        masked = searched_top_k(queries, decoded, assignment, centroids, leaves, 10)
+        fast = top_k_within_leaves(ranked, leaves, 10, queries, items, assignment, centroids)
+        masked = searched_top_k(queries, items, assignment, centroids, leaves, 10)
         scores = np.einsum("qd,qkd->qk", queries, decoded[fast])
         np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, decoded[masked]), rtol=0, atol=1e-6)
         assert np.isin(assignment[fast], np.argsort(-(queries @ centroids.T), axis=1)[:, :leaves]).all()

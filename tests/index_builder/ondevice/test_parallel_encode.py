@@ -1,4 +1,4 @@
-"""The Beam stage that encodes every row for the on-device index: local run and Dataflow translation."""
+"""On-device items from the Beam encode stage: index order, first occurrence of an id, Dataflow translation."""
 
 from __future__ import annotations
 
@@ -6,10 +6,12 @@ from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
-import pyarrow.parquet as pq
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from beam_jobs import launcher
+from index_builder.embeddings_io import EmbeddingSet, load_embeddings
+from index_builder.encoded_rows import EncodingCoverageError, encode_pipeline, read_encoded
 from index_builder.ondevice import parallel_encode
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
@@ -22,31 +24,54 @@ def quantizer_for(vectors: np.ndarray) -> OnDeviceQuantizer:
     return OnDeviceQuantizer.from_artifacts(read_searcher(searcher), 0.2)
 
 
-def test_every_row_lands_in_its_partition_file_in_id_order(tmp_path: Path) -> None:
-    vectors = clustered_unit_vectors(1_500, 128, rows_per_cluster=30, seed=2)
-    write_embeddings(tmp_path / "embeddings", vectors, "model-x")
-    files = sorted(str(p) for p in (tmp_path / "embeddings").glob("*.parquet"))
-    quantizer = quantizer_for(vectors)
+def encode_and_collect(embeddings: EmbeddingSet, quantizer: OnDeviceQuantizer, encoded: Path):
     with beam.Pipeline(options=launcher.default_to_direct_runner(PipelineOptions([]))) as pipeline:
-        parallel_encode.encode_pipeline(
-            pipeline, files, quantizer, ["uri"], str(tmp_path / "parts"), has_duplicates=False
+        groups = encode_pipeline(
+            pipeline, embeddings.files, quantizer, str(encoded), residual=False, counter_namespace="test"
         )
-    expected_partition = quantizer.assign(vectors)
-    expected_codes = quantizer.encode(vectors)
-    seen = 0
-    for partition in range(20):
-        path = Path(parallel_encode.partition_file(str(tmp_path / "parts"), partition))
-        if not path.exists():
-            assert not np.any(expected_partition == partition)
-            continue
-        table = pq.read_table(path).to_pydict()
-        rows = [int(i.split("-")[1]) for i in table["id"]]
-        assert table["id"] == sorted(table["id"])
-        assert all(expected_partition[r] == partition for r in rows)
-        assert [bytes(c) for c in table["code"]] == [expected_codes[r].tobytes() for r in rows]
-        assert table["metadata"] == [f"gs://catalog/images/{r:09d}.jpg".encode() for r in rows]
-        seen += len(rows)
-    assert seen == len(vectors)
+    metadata = [uri.encode() for uri in embeddings.uris]
+    items = parallel_encode.collect_encoded(str(encoded), groups, embeddings.ids, metadata, len(quantizer.codebooks))
+    return groups, items
+
+
+def test_items_come_partition_by_partition_in_id_order_first_occurrence_kept(tmp_path: Path) -> None:
+    vectors = clustered_unit_vectors(1_500, 128, rows_per_cluster=30, seed=2)
+    ids = [f"item-{i:05d}" for i in np.random.default_rng(4).permutation(len(vectors))]  # shards not in id order
+    write_embeddings(tmp_path / "a", vectors, "model-x", ids=ids)
+    repeated = ids[::7]  # a later shard repeats some ids with other vectors: the first occurrence must win
+    write_embeddings(tmp_path / "b", clustered_unit_vectors(len(repeated), 128, seed=9), "model-x", ids=repeated)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for index, path in enumerate([*sorted((tmp_path / "a").glob("*.parquet")), *(tmp_path / "b").glob("*.parquet")]):
+        (shards / f"{index:03d}.parquet").write_bytes(path.read_bytes())
+    embeddings = load_embeddings(str(shards / "*.parquet"))
+    assert embeddings.duplicates_dropped == len(repeated)
+    quantizer = quantizer_for(embeddings.vectors)
+
+    _, items = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
+
+    assert sorted(items.rows.tolist()) == list(range(len(vectors)))
+    assert items.ids == [embeddings.ids[row] for row in items.rows]
+    np.testing.assert_array_equal(items.assignment, quantizer.assign(embeddings.vectors)[items.rows])
+    np.testing.assert_array_equal(items.codes, quantizer.encode(embeddings.vectors)[items.rows])
+    assert items.metadata == [embeddings.uris[row].encode() for row in items.rows]
+    assert np.all(np.diff(items.assignment) >= 0)
+    for partition in np.unique(items.assignment):
+        members = [items.ids[g] for g in np.flatnonzero(items.assignment == partition)]
+        assert members == sorted(members)
+
+
+def test_a_lost_row_stops_the_collection(tmp_path: Path) -> None:
+    vectors = clustered_unit_vectors(600, 128, rows_per_cluster=30, seed=5)
+    embeddings = load_embeddings(write_embeddings(tmp_path / "embeddings", vectors, "model-x"))
+    quantizer = quantizer_for(vectors)
+    groups, _ = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
+    ids, leaves, codes = read_encoded(str(tmp_path / "encoded"), 0)
+    np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[1:], leaves=leaves[1:], codes=codes[1:])
+    with pytest.raises(EncodingCoverageError, match="1 of 600 rows were never encoded"):
+        parallel_encode.collect_encoded(
+            str(tmp_path / "encoded"), groups, embeddings.ids, [b""] * len(vectors), len(quantizer.codebooks)
+        )
 
 
 def test_dataflow_dry_run_translates_the_encode_stage(tmp_path: Path, gcs_emulator) -> None:
@@ -68,7 +93,8 @@ def test_dataflow_dry_run_translates_the_encode_stage(tmp_path: Path, gcs_emulat
         ]
     )
     pipeline = beam.Pipeline(options=options)
-    parallel_encode.encode_pipeline(pipeline, files, quantizer_for(vectors), ["uri"], "gs://index-bucket/parts")
+    encode_pipeline(
+        pipeline, files, quantizer_for(vectors), "gs://index-bucket/rows", residual=False, counter_namespace="ondevice"
+    )
     steps = launcher.dataflow_step_names(pipeline.run())
-    for name in ("Encode", "DedupeById", "GroupPartitions", "WritePartitions"):
-        assert any(name in step for step in steps), (name, steps)
+    assert any("Encode" in step for step in steps), steps

@@ -10,11 +10,12 @@ import pytest
 
 from index_builder import scann_index
 from index_builder.embeddings_io import load_embeddings
+from index_builder.encoded_rows import EncodingCoverageError, encode_pipeline, read_encoded
 from index_builder.evaluation import exact_top_k, recall_at_k
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_tree_ah_parameters
 from index_builder.scann_import import scann_ops_pybind
-from index_builder.server_beam import artifacts_writer, encode_stage
+from index_builder.server_beam import artifacts_writer
 from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
 
 ROWS, LEAVES, SEARCHED = 12_000, 100, 10
@@ -42,7 +43,9 @@ def assemble_from(trained_dir: Path, embeddings, out_dir: Path, encoded_dir: Pat
         parameters.partition_centroids, tuple(parameters.codebooks), parameters.anisotropic_threshold
     )
     with beam.Pipeline() as pipeline:
-        encode_stage.encode_pipeline(pipeline, embeddings.files, quantizer, parameters.residual, str(encoded_dir))
+        encode_pipeline(
+            pipeline, embeddings.files, quantizer, str(encoded_dir), residual=parameters.residual, counter_namespace="t"
+        )
     artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, str(encoded_dir), embeddings.dim)
 
 
@@ -114,10 +117,10 @@ def test_duplicate_ids_keep_their_first_occurrence(scann_built: dict, tmp_path: 
 def test_missing_encoded_rows_are_an_error_not_a_partial_index(scann_built: dict, tmp_path: Path) -> None:
     embeddings = scann_built["embeddings"]
     assemble_from(scann_built["base"] / "scann", embeddings, tmp_path / "first", tmp_path / "encoded")
-    ids, leaves, codes = encode_stage.read_encoded(str(tmp_path / "encoded"), 0)
+    ids, leaves, codes = read_encoded(str(tmp_path / "encoded"), 0)
     keep = np.arange(len(ids)) % 2 == 0  # half of row group 0 lost
     np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[keep], leaves=leaves[keep], codes=codes[keep])
-    with pytest.raises(artifacts_writer.AssemblyError, match="never encoded"):
+    with pytest.raises(EncodingCoverageError, match="never encoded"):
         artifacts_writer.assemble(
             scann_built["base"] / "scann",
             tmp_path / "second",
