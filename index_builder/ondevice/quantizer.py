@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from index_builder.ondevice.scalar_blocks import SortedScalarBooks, encode_scalar_blocks
 from index_builder.ondevice.scann_artifacts import ScannOnDeviceArtifacts
 
 # Passes of coordinate descent over the blocks. Rows barely move after the first: with ScaNN's own trained
@@ -62,7 +63,9 @@ class OnDeviceQuantizer:
             raise ValueError(
                 f"codebooks cover {sum(b.shape[1] for b in self.codebooks)} dimensions, vectors have {x.shape[1]}"
             )
-        chunk_rows = chunk_rows or min(512, 256 * 256 // max(len(book) for book in self.codebooks))
+        if not chunk_rows:  # the closed form's cost is per call, not per center: large chunks
+            scalar = self._scalar_books is not None
+            chunk_rows = 4096 if scalar else min(512, 256 * 256 // max(len(book) for book in self.codebooks))
         residuals = None if residual_of is None else x - self.partition_centroids[np.asarray(residual_of)]
         return np.concatenate(
             [
@@ -73,6 +76,15 @@ class OnDeviceQuantizer:
         )
 
     def _encode_chunk(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        if self._scalar_books is not None:  # one-dimension blocks: each descent step in closed form
+            return encode_scalar_blocks(self._scalar_books, x, residual, self.anisotropic_threshold, MAX_DESCENT_ROUNDS)
+        return self._encode_chunk_by_search(x, residual)
+
+    @functools.cached_property
+    def _scalar_books(self) -> SortedScalarBooks | None:
+        return SortedScalarBooks.of(self.codebooks) if all(b.shape[1] == 1 for b in self.codebooks) else None
+
+    def _encode_chunk_by_search(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         # [B, n, C]; squared is off by a per-(block, row) constant
         squared, along = self._block_terms(x if residual is None else residual, x)
         codes = np.argmin(squared, axis=2).T  # [n, B]: the isotropic start
