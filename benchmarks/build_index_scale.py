@@ -1,6 +1,7 @@
 """build_index end to end at catalog scale: 1M x 128 embeddings through the Beam on-device encoder.
 
     python -m benchmarks.build_index_scale --num_rows 1000000 [--workers 2] [--server_build beam]
+        [--ondevice_dims_per_block 1]
 
 Writes N deterministic clustered unit vectors as embeddings shards (the embed_images schema, the
 bundled model's model_id, 100K rows per shard), then runs build_index with the on-device index
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--training_sample_size", type=int, default=250_000)
     parser.add_argument("--server_build", default="auto", choices=["auto", "in_process", "beam"])
+    parser.add_argument("--ondevice_dims_per_block", type=int, help="fix the on-device code size (default: tuned)")
     args = parser.parse_args(argv)
     import logging
 
@@ -82,6 +84,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "--direct_running_mode=multi_processing",
                 "--server_build",
                 args.server_build,
+                *(
+                    ["--ondevice_dims_per_block", str(args.ondevice_dims_per_block)]
+                    if args.ondevice_dims_per_block
+                    else []
+                ),
             ]
         )
         wall = time.perf_counter() - started
