@@ -46,7 +46,8 @@ def evaluate_indexes(
     else:
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
-    reference = ReferenceSearcher(index_bytes, decoded_in_file=settings.spills(num_rows))
+    # Embeddings loaded into a memory-mapped file (the build spills): the decoded items go to file pages too.
+    reference = ReferenceSearcher(index_bytes, decoded_in_file=isinstance(vectors, np.memmap))
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {

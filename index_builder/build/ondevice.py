@@ -30,12 +30,12 @@ from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.encoded_rows import encode_pipeline
 from index_builder.item_metadata import metadata_payload
-from index_builder.ondevice import parallel_encode
+from index_builder.ondevice import encoded_items
 from index_builder.ondevice.calibration import calibrate_leaves_to_search
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
-from index_builder.ondevice.sample_training import SampleTraining, SampleTrainingProcess, TrainingJob, train_on_sample
+from index_builder.ondevice.sample_training import SampleTraining, SampleTrainingProcess, TrainingJob
 from index_builder.recall_target import TargetOutcome, outcome
 from index_builder.searcher_models import build_searcher_model
 
@@ -101,17 +101,16 @@ def build_ondevice_index(
     pipeline_options: PipelineOptions | None,
     training: SampleTrainingProcess | None = None,
 ) -> OnDeviceBuild:
-    """``training``: what ``start_sample_training`` started (None: trained here when needed)."""
+    """``training``: what ``start_sample_training`` started (needed on the Beam path, None otherwise)."""
     embeddings = inputs.embeddings
     if uses_brute_force(embeddings.num_rows):
         return _build_brute_force(settings, embeddings, tuning_queries, user_info, work)
     if settings.encodes_ondevice_in_beam(embeddings.num_rows):
-        trained = (
-            training.result()
-            if training is not None
-            else train_on_sample(_training_job(settings, embeddings, tuning_queries))
+        if training is None:
+            raise ValueError("the Beam on-device build needs the training start_sample_training started")
+        return _build_in_beam(
+            settings, embeddings, training.result(), tuning_queries, hints, user_info, work, pipeline_options
         )
-        return _build_in_beam(settings, embeddings, trained, tuning_queries, hints, user_info, work, pipeline_options)
     return _build_in_process(settings, embeddings, tuning_queries, user_info, work)
 
 
@@ -193,7 +192,7 @@ def _build_in_beam(
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
     queries, true_ids = _calibration_queries(hints)
     leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, queries, true_ids)
-    summary = parallel_encode.write_index(
+    summary = encoded_items.write_index(
         items,
         quantizer,
         work / INDEX_FILE,
@@ -211,22 +210,18 @@ def _build_in_beam(
     return OnDeviceBuild(tuned, items.rows, target, details)
 
 
-def _sample(settings: BuildSettings, num_rows: int) -> np.ndarray:
-    """The embeddings rows the on-device quantizer is trained on."""
-    return sample_rows(num_rows, min(settings.training_sample_size, num_rows), settings.ondevice_params().seed)
-
-
 def _training_job(settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None) -> TrainingJob:
-    """Tuning on the sample: code size, tree, leaves-to-search."""
-    vectors = embeddings.vectors[_sample(settings, embeddings.num_rows)]
-    return TrainingJob(vectors, settings.ondevice_params(), settings.ondevice_tuning(), tuning_queries)
+    """Tuning on the row sample: code size, tree, leaves-to-search."""
+    params = settings.ondevice_params()
+    sample = sample_rows(embeddings.num_rows, settings.training_sample_size, params.seed)
+    return TrainingJob(embeddings.vectors[sample], params, settings.ondevice_tuning(), tuning_queries)
 
 
 def _calibrate_on_all_rows(
     settings: BuildSettings,
     tuned: tuning.TuningResult,
     quantizer: OnDeviceQuantizer,
-    items: parallel_encode.EncodedItems,
+    items: encoded_items.EncodedItems,
     queries: np.ndarray,
     true_ids: np.ndarray,
 ) -> tuple[int, list[dict[str, Any]], TargetOutcome]:
@@ -275,7 +270,7 @@ def _encode_all_rows(
     embeddings: EmbeddingSet,
     quantizer: OnDeviceQuantizer,
     pipeline_options: PipelineOptions | None,
-) -> parallel_encode.EncodedItems:
+) -> encoded_items.EncodedItems:
     with worker_files_dir(settings.temp_location, "ondevice_rows_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
@@ -283,7 +278,7 @@ def _encode_all_rows(
                 pipeline, embeddings.files, quantizer, directory, residual=False, counter_namespace="ondevice"
             )
         encoded = time.perf_counter()
-        items = parallel_encode.collect_encoded(
+        items = encoded_items.collect_encoded(
             directory,
             num_groups,
             embeddings.ids,

@@ -99,12 +99,6 @@ class BuildSettings:
             return None
         return SERVER_BEAM_FROM_ROWS if self.server_build == "auto" else 0
 
-    def spills(self, num_rows: int) -> bool:
-        """Whether the launcher's large streamed copies (the embeddings, the on-device evaluation's decoded
-        items) live in memory-mapped files for a catalog of ``num_rows``."""
-        threshold = self.spill_embeddings_from_rows()
-        return threshold is not None and num_rows >= threshold
-
     def extra_columns(self) -> list[str]:
         """Metadata columns read from the shards besides id and uri."""
         return [c for c in self.metadata_columns if c not in ("id", "uri")]

@@ -128,11 +128,10 @@ def rank_candidates(
             best_scores[rows], best_items[rows] = _merge_top(
                 (best_scores[rows], best_items[rows]), scores, first, depth
             )
-    ranked = best_items
     leaf_order = np.argsort(-(queries @ centroids.T), axis=1, kind="stable")
     rank_of_leaf = np.empty_like(leaf_order)
     np.put_along_axis(rank_of_leaf, leaf_order, np.arange(len(centroids))[None, :], axis=1)
-    return RankedCandidates(ranked, np.take_along_axis(rank_of_leaf, assignment[ranked], axis=1))
+    return RankedCandidates(best_items, np.take_along_axis(rank_of_leaf, assignment[best_items], axis=1))
 
 
 def top_k_within_leaves(

@@ -77,8 +77,16 @@ class OnDeviceQuantizer:
 
     def _encode_chunk(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         if self._scalar_books is not None:  # one-dimension blocks: each descent step in closed form
-            return encode_scalar_blocks(self._scalar_books, x, residual, self.anisotropic_threshold, MAX_DESCENT_ROUNDS)
+            weight = self._noise_shaping_weight(x) if self.anisotropic_threshold > 0 else None
+            return encode_scalar_blocks(self._scalar_books, x, residual, weight, MAX_DESCENT_ROUNDS)
         return self._encode_chunk_by_search(x, residual)
+
+    def _noise_shaping_weight(self, x: np.ndarray) -> np.ndarray:
+        """[n] w = (eta - 1) / ||x||^2 of the loss ||r||^2 + w (r . x)^2 (module docstring)."""
+        norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
+        ratio = np.minimum(self.anisotropic_threshold**2 / norms, 0.999999)
+        eta = (x.shape[1] - 1) * ratio / (1 - ratio)
+        return ((eta - 1) / norms).astype(np.float32)
 
     @functools.cached_property
     def _scalar_books(self) -> SortedScalarBooks | None:
@@ -90,10 +98,7 @@ class OnDeviceQuantizer:
         codes = np.argmin(squared, axis=2).T  # [n, B]: the isotropic start
         if self.anisotropic_threshold <= 0:
             return codes.astype(np.uint8)
-        norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
-        ratio = np.minimum(self.anisotropic_threshold**2 / norms, 0.999999)
-        eta = (x.shape[1] - 1) * ratio / (1 - ratio)
-        weight = ((eta - 1) / norms).astype(np.float32)[:, None]
+        weight = self._noise_shaping_weight(x)[:, None]
         # Changing block b's center leaves the other blocks' residual terms fixed, so per row the loss is
         # sq_c + w * (base_dot + al_c)^2 + const = [sq_c + w * al_c^2] + 2 w base_dot * al_c + const:
         # the bracket is computed once, each descent step is one multiply-add over the centers.

@@ -31,10 +31,10 @@ from index_builder.memory import file_backed_array
 from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched_by_runtime
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
-# Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
 _QUERY_CHUNK = 32
 # Above this share of partitions searched, search_many scores every item with one product per query chunk.
 _WHOLE_PRODUCT_ABOVE = 0.1
+# Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
 _MAX_QUANTIZED = {pb.AsymmetricHashingProto.INT8: 255, pb.AsymmetricHashingProto.INT16: (1 << 16) // 32 - 1}
 
 
@@ -222,6 +222,9 @@ class ReferenceSearcher:
             stored = [self._items(p) for p in range(num_partitions)]
             offsets = self.offsets or [0]
             all_stored = np.concatenate(stored)
+            starts = np.concatenate([[0], np.cumsum([len(part) for part in stored])]).astype(np.int64)
+            # The per-partition arrays become views into the one array: the codes are held once, not twice.
+            self._partition_cache = {p: all_stored[starts[p] : starts[p + 1]] for p in range(num_partitions)}
             shape = (len(all_stored), self.dimension)
             decoded = file_backed_array(shape) if self._decoded_in_file else np.empty(shape, np.float32)
             if self.uses_hashing:
@@ -233,7 +236,7 @@ class ReferenceSearcher:
                 decoded=decoded,
                 squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
-                starts=np.concatenate([[0], np.cumsum([len(part) for part in stored])]).astype(np.int64),
+                starts=starts,
                 global_ids=np.concatenate([offsets[p] + np.arange(len(part)) for p, part in enumerate(stored)]),
                 stored=all_stored,
                 num_partitions=num_partitions,

@@ -57,19 +57,17 @@ class SortedScalarBooks:
 
 
 def encode_scalar_blocks(
-    books: SortedScalarBooks, x: np.ndarray, residual: np.ndarray | None, threshold: float, rounds: int
+    books: SortedScalarBooks, x: np.ndarray, residual: np.ndarray | None, weight: np.ndarray | None, rounds: int
 ) -> np.ndarray:
-    """[n, B] uint8 codes of rows ``x`` (or of their ``residual``, weighed along ``x``)."""
+    """[n, B] uint8 codes of rows ``x`` (or of their ``residual``, weighed along ``x``); ``weight`` [n] is the
+    quantizer's noise-shaping w per row (None: no noise shaping, the nearest values)."""
     r = (x if residual is None else residual).astype(np.float64)
     x = x.astype(np.float64)
     every = np.arange(x.shape[1])
     codes = books.nearest(r, every)  # the isotropic start
-    if threshold <= 0:
+    if weight is None:
         return codes.astype(np.uint8)
-    norms = np.maximum(np.einsum("nd,nd->n", x, x), 1e-30)
-    ratio = np.minimum(threshold**2 / norms, 0.999999)
-    weight = (x.shape[1] - 1) * ratio / (1 - ratio) - 1
-    weight /= norms
+    weight = weight.astype(np.float64)
     error = r - books.value(codes, every)  # per block, what the code leaves out
     error_dot = np.einsum("nd,nd->n", error, x)
     for _ in range(rounds):

@@ -72,7 +72,9 @@ def test_assembled_rows_match_scanns_and_search_as_well(scann_built: dict, tmp_p
     np.testing.assert_array_equal(np.load(tmp_path / "assembled" / "dataset.npy"), embeddings.vectors)
 
     assembled = scann_ops_pybind.load_searcher(str(tmp_path / "assembled"))
-    queries = embeddings.vectors[::40]
+    # 600 queries: ScaNN's training varies run to run (recall 0.739-0.756 here) and the gap between its codes and
+    # ours moved by up to 0.006 over 300 queries, once past 0.01; twice the queries cut that noise by about 1.4.
+    queries = embeddings.vectors[::20]
     true_ids, _ = exact_top_k(queries, embeddings.vectors, 10)
     ours = recall_at_k(np.asarray(assembled.search_batched(queries)[0]), true_ids, 10)
     scanns = recall_at_k(scann_built["index"].search_batched(queries, 10), true_ids, 10)
@@ -89,7 +91,9 @@ def test_without_reordering_the_codes_alone_search_as_well_as_scanns(scann_built
     assemble_from(tmp_path / "scann", embeddings, tmp_path / "assembled", tmp_path / "encoded")
     assert not (tmp_path / "assembled" / "dataset.npy").exists()
     assembled = scann_ops_pybind.load_searcher(str(tmp_path / "assembled"))
-    queries = embeddings.vectors[::40]
+    # 600 queries: ScaNN's training varies run to run (recall 0.739-0.756 here) and the gap between its codes and
+    # ours moved by up to 0.006 over 300 queries, once past 0.01; twice the queries cut that noise by about 1.4.
+    queries = embeddings.vectors[::20]
     true_ids, _ = exact_top_k(queries, embeddings.vectors, 10)
     ours = recall_at_k(np.asarray(assembled.search_batched(queries)[0]), true_ids, 10)
     scanns = recall_at_k(index.search_batched(queries, 10), true_ids, 10)

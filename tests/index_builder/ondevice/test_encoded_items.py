@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import launcher
 from index_builder.embeddings_io import EmbeddingSet, load_embeddings
 from index_builder.encoded_rows import EncodingCoverageError, encode_pipeline, read_encoded
-from index_builder.ondevice import parallel_encode
+from index_builder.ondevice import encoded_items
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
 from sample_catalog.vectors import clustered_unit_vectors, write_embeddings
@@ -30,7 +30,7 @@ def encode_and_collect(embeddings: EmbeddingSet, quantizer: OnDeviceQuantizer, e
             pipeline, embeddings.files, quantizer, str(encoded), residual=False, counter_namespace="test"
         )
     metadata = [uri.encode() for uri in embeddings.uris]
-    items = parallel_encode.collect_encoded(str(encoded), groups, embeddings.ids, metadata, len(quantizer.codebooks))
+    items = encoded_items.collect_encoded(str(encoded), groups, embeddings.ids, metadata, len(quantizer.codebooks))
     return groups, items
 
 
@@ -69,7 +69,7 @@ def test_a_lost_row_stops_the_collection(tmp_path: Path) -> None:
     ids, leaves, codes = read_encoded(str(tmp_path / "encoded"), 0)
     np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[1:], leaves=leaves[1:], codes=codes[1:])
     with pytest.raises(EncodingCoverageError, match="1 of 600 rows were never encoded"):
-        parallel_encode.collect_encoded(
+        encoded_items.collect_encoded(
             str(tmp_path / "encoded"), groups, embeddings.ids, [b""] * len(vectors), len(quantizer.codebooks)
         )
 
