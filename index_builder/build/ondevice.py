@@ -32,6 +32,7 @@ from index_builder.encoded_rows import encode_pipeline
 from index_builder.item_metadata import metadata_payload
 from index_builder.ondevice import encoded_items
 from index_builder.ondevice.calibration import calibrate_leaves_to_search
+from index_builder.ondevice.catalog_probe import PROBE_QUERIES, CatalogProbe
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
@@ -206,15 +207,36 @@ def _build_in_beam(
         "training_rows": training_rows,
         "num_leaves_to_search": leaves,
         "calibration_on_all_rows": calibration,
+        "code_size_checked_on_catalog": list(trained.catalog_checks),
     }
     return OnDeviceBuild(tuned, items.rows, target, details)
 
 
 def _training_job(settings: BuildSettings, embeddings: EmbeddingSet, tuning_queries: np.ndarray | None) -> TrainingJob:
     """Tuning on the row sample: code size, tree, leaves-to-search."""
-    params = settings.ondevice_params()
+    params, options = settings.ondevice_params(), settings.ondevice_tuning()
     sample = sample_rows(embeddings.num_rows, settings.training_sample_size, params.seed)
-    return TrainingJob(embeddings.vectors[sample], params, settings.ondevice_tuning(), tuning_queries)
+    probe = None
+    if options.dims_per_block_candidates and len(sample) < embeddings.num_rows:
+        probe = _catalog_probe(embeddings, tuning_queries, params.seed)
+    return TrainingJob(embeddings.vectors[sample], params, options, tuning_queries, probe)
+
+
+def _catalog_probe(embeddings: EmbeddingSet, tuning_queries: np.ndarray | None, seed: int) -> CatalogProbe:
+    """Probe queries like the tuning's: the given tuning queries, else catalog rows (image-to-image)."""
+    started = time.perf_counter()
+    if tuning_queries is not None:
+        queries = tuning_queries[:PROBE_QUERIES]
+    else:
+        queries = embeddings.vectors[np.sort(tuning.sample_query_rows(embeddings.num_rows, PROBE_QUERIES, seed))]
+    probe = CatalogProbe.of_catalog(embeddings.vectors, queries)
+    LOG.info(
+        "on-device: catalog probe (%d queries, exact top %d) in %.1f s",
+        len(queries),
+        probe.neighbours.shape[1],
+        time.perf_counter() - started,
+    )
+    return probe
 
 
 def _calibrate_on_all_rows(

@@ -23,8 +23,10 @@ from types import TracebackType
 import numpy as np
 
 from index_builder import tuning
+from index_builder.ondevice.catalog_probe import CatalogProbe
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
+from index_builder.recall_target import RecallEstimate
 from index_builder.scann_index import IndexParams
 
 LOG = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ class SampleTrainingError(RuntimeError):
 class SampleTraining:
     tuned: tuning.TuningResult  # tuned.index.searcher is None: the searcher stays where it was trained
     quantizer: OnDeviceQuantizer
+    # Each code size the sample accepted, checked against the whole catalog (CatalogProbe), coarsest first.
+    catalog_checks: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,15 +52,59 @@ class TrainingJob:
     params: IndexParams
     options: tuning.TuningOptions
     queries: np.ndarray | None
+    probe: CatalogProbe | None = None  # None: the sample is the catalog, or the code size is fixed
 
 
 def train_on_sample(job: TrainingJob) -> SampleTraining:
-    """Tunes and trains in this process; the searcher is read back as arrays, then let go."""
-    tuned = tuning.tune_scann_index(job.vectors, job.params, job.options, queries=job.queries)
+    """Tunes and trains in this process; the searcher is read back as arrays, then let go. A code size the
+    sample accepts but the catalog probe rejects gives way to the next finer one, at the same leaf count."""
+    tuned, quantizer = _tune(job.vectors, job.params, job.options, job.queries)
+    checks: list[dict] = []
+    while job.probe is not None and tuned.target_met:
+        finer = tuple(d for d in job.options.dims_per_block_candidates if d < tuned.chosen.dims_per_block)
+        if not finer:
+            break
+        ceiling = job.probe.ceiling(quantizer)
+        holds = job.options.rule().meets(ceiling)
+        checks.append(_check_record(tuned.chosen, ceiling, holds, len(job.probe.queries)))
+        if holds:
+            break
+        LOG.info(
+            "on-device: %d B/item codes met the target on the sample, but their ceiling on the whole catalog is "
+            "%.4f +- %.4f (%d probe queries): training finer codes",
+            len(quantizer.codebooks),
+            ceiling.mean,
+            ceiling.standard_error,
+            len(job.probe.queries),
+        )
+        params = dataclasses.replace(job.params, num_leaves=tuned.chosen.num_leaves)
+        options = dataclasses.replace(job.options, dims_per_block_candidates=finer)
+        finer_tuned, quantizer = _tune(job.vectors, params, options, job.queries)
+        tuned = dataclasses.replace(
+            finer_tuned, trials=tuned.trials + finer_tuned.trials, seconds=tuned.seconds + finer_tuned.seconds
+        )
+    return SampleTraining(tuned, quantizer, tuple(checks))
+
+
+def _tune(
+    vectors: np.ndarray, params: IndexParams, options: tuning.TuningOptions, queries: np.ndarray | None
+) -> tuple[tuning.TuningResult, OnDeviceQuantizer]:
+    tuned = tuning.tune_scann_index(vectors, params, options, queries=queries)
     quantizer = OnDeviceQuantizer.from_artifacts(
-        read_searcher(tuned.index.searcher), job.params.anisotropic_quantization_threshold
+        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
     )
-    return SampleTraining(dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None)), quantizer)
+    return dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None)), quantizer
+
+
+def _check_record(chosen: tuning.Trial, ceiling: RecallEstimate, holds: bool, num_queries: int) -> dict:
+    return {
+        "dims_per_block": chosen.dims_per_block,
+        "sample_recall": round(chosen.recall, 4),
+        "catalog_ceiling": round(ceiling.mean, 4),
+        "catalog_ceiling_standard_error": round(ceiling.standard_error, 4),
+        "probe_queries": num_queries,
+        "holds": holds,
+    }
 
 
 class SampleTrainingProcess:
