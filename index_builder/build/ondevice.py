@@ -218,22 +218,25 @@ def _training_job(settings: BuildSettings, embeddings: EmbeddingSet, tuning_quer
     sample = sample_rows(embeddings.num_rows, settings.training_sample_size, params.seed)
     probe = None
     if options.dims_per_block_candidates and len(sample) < embeddings.num_rows:
-        probe = _catalog_probe(embeddings, tuning_queries, params.seed)
+        probe = _catalog_probe(embeddings, sample, tuning_queries, params.seed)
     return TrainingJob(embeddings.vectors[sample], params, options, tuning_queries, probe)
 
 
-def _catalog_probe(embeddings: EmbeddingSet, tuning_queries: np.ndarray | None, seed: int) -> CatalogProbe:
-    """Probe queries like the tuning's: the given tuning queries, else catalog rows (image-to-image)."""
+def _catalog_probe(
+    embeddings: EmbeddingSet, sample: np.ndarray, tuning_queries: np.ndarray | None, seed: int
+) -> CatalogProbe:
+    """Probe queries like the tuning's: the given tuning queries, else sampled rows (image-to-image; rows of
+    the sample, so that each query finds itself among the sample's rows as among the catalog's)."""
     started = time.perf_counter()
     if tuning_queries is not None:
         queries = tuning_queries[:PROBE_QUERIES]
     else:
-        queries = embeddings.vectors[np.sort(tuning.sample_query_rows(embeddings.num_rows, PROBE_QUERIES, seed))]
+        queries = embeddings.vectors[np.sort(sample[tuning.sample_query_rows(len(sample), PROBE_QUERIES, seed)])]
     probe = CatalogProbe.of_catalog(embeddings.vectors, queries)
     LOG.info(
         "on-device: catalog probe (%d queries, exact top %d) in %.1f s",
         len(queries),
-        probe.neighbours.shape[1],
+        probe.depth,
         time.perf_counter() - started,
     )
     return probe

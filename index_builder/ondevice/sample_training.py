@@ -23,7 +23,7 @@ from types import TracebackType
 import numpy as np
 
 from index_builder import tuning
-from index_builder.ondevice.catalog_probe import CatalogProbe
+from index_builder.ondevice.catalog_probe import CatalogPrediction, CatalogProbe, predict_catalog_recall
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
 from index_builder.recall_target import RecallEstimate
@@ -57,25 +57,29 @@ class TrainingJob:
 
 def train_on_sample(job: TrainingJob) -> SampleTraining:
     """Tunes and trains in this process; the searcher is read back as arrays, then let go. A code size the
-    sample accepts but the catalog probe rejects gives way to the next finer one, at the same leaf count."""
+    sample accepts but the catalog probe predicts short of the target gives way to the next finer one, at
+    the same leaf count."""
     tuned, quantizer = _tune(job.vectors, job.params, job.options, job.queries)
     checks: list[dict] = []
+    sample_probe = None
     while job.probe is not None and tuned.target_met:
         finer = tuple(d for d in job.options.dims_per_block_candidates if d < tuned.chosen.dims_per_block)
         if not finer:
             break
-        ceiling = job.probe.ceiling(quantizer)
-        holds = job.options.rule().meets(ceiling)
-        checks.append(_check_record(tuned.chosen, ceiling, holds, len(job.probe.queries)))
+        sample_probe = sample_probe or CatalogProbe.of_catalog(job.vectors, job.probe.queries, job.probe.depth)
+        chosen = RecallEstimate(tuned.chosen.recall, tuned.chosen.recall_standard_error)
+        prediction = predict_catalog_recall(chosen, sample_probe, job.probe, quantizer)
+        holds = job.options.rule().meets(prediction.recall)
+        checks.append(_check_record(tuned.chosen, prediction, holds, len(job.probe.queries)))
         if holds:
             break
         LOG.info(
-            "on-device: %d B/item codes met the target on the sample, but their ceiling on the whole catalog is "
-            "%.4f +- %.4f (%d probe queries): training finer codes",
+            "on-device: %d B/item codes met the target on the sample (%.4f), but the catalog probe predicts "
+            "%.4f +- %.4f on all rows: training finer codes",
             len(quantizer.codebooks),
-            ceiling.mean,
-            ceiling.standard_error,
-            len(job.probe.queries),
+            chosen.mean,
+            prediction.recall.mean,
+            prediction.recall.standard_error,
         )
         params = dataclasses.replace(job.params, num_leaves=tuned.chosen.num_leaves)
         options = dataclasses.replace(job.options, dims_per_block_candidates=finer)
@@ -96,12 +100,14 @@ def _tune(
     return dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None)), quantizer
 
 
-def _check_record(chosen: tuning.Trial, ceiling: RecallEstimate, holds: bool, num_queries: int) -> dict:
+def _check_record(chosen: tuning.Trial, prediction: CatalogPrediction, holds: bool, num_queries: int) -> dict:
     return {
         "dims_per_block": chosen.dims_per_block,
         "sample_recall": round(chosen.recall, 4),
-        "catalog_ceiling": round(ceiling.mean, 4),
-        "catalog_ceiling_standard_error": round(ceiling.standard_error, 4),
+        "sample_ceiling": round(prediction.sample_ceiling.mean, 4),
+        "catalog_ceiling": round(prediction.catalog_ceiling.mean, 4),
+        "predicted_catalog_recall": round(prediction.recall.mean, 4),
+        "predicted_standard_error": round(prediction.recall.standard_error, 4),
         "probe_queries": num_queries,
         "holds": holds,
     }

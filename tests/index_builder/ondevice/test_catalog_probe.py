@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from index_builder.evaluation import per_query_recall
-from index_builder.ondevice.catalog_probe import CatalogProbe
+from index_builder.ondevice.catalog_probe import CatalogProbe, predict_catalog_recall
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.reference_search import decode_codes
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
+from index_builder.recall_target import RecallEstimate
 from sample_catalog.vectors import clustered_unit_vectors
 
 ROWS, DIM = 6_000, 32
@@ -66,3 +67,19 @@ def test_a_catalog_smaller_than_k_is_refused() -> None:
     rows = np.eye(8, dtype=np.float32)
     with pytest.raises(ValueError, match="at least k=10 rows"):
         CatalogProbe.of_catalog(rows, rows[:2])
+
+
+def test_the_prediction_takes_the_codes_ceiling_drop_from_the_sample_to_the_catalog(catalog, quantizers) -> None:
+    queries = catalog[np.random.default_rng(1).choice(1_500, 200, replace=False)]  # rows of the sample
+    on_catalog = CatalogProbe.of_catalog(catalog, queries)
+    on_sample = CatalogProbe.of_catalog(catalog[:1_500], queries)
+    tuned = RecallEstimate(0.93, 0.004)
+    same = predict_catalog_recall(tuned, on_catalog, on_catalog, quantizers[4])
+    assert same.recall.mean == pytest.approx(0.93) and same.recall.standard_error == pytest.approx(0.004)
+    coarse = predict_catalog_recall(tuned, on_sample, on_catalog, quantizers[4])
+    drop = coarse.sample_ceiling.mean - coarse.catalog_ceiling.mean
+    assert drop > 0.05, coarse  # four times the rows: many more near neighbours compete for the coarse codes
+    assert coarse.recall.mean == pytest.approx(0.93 - drop)
+    assert coarse.recall.standard_error > 0.004
+    fine = predict_catalog_recall(tuned, on_sample, on_catalog, quantizers[1])
+    assert fine.recall.mean > coarse.recall.mean + 0.03
