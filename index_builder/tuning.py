@@ -25,7 +25,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,6 +51,12 @@ from index_builder.scann_index import (
 log = logging.getLogger(__name__)
 
 _PRUNE_LATENCY_MARGIN = 1.5
+
+# Asked when a code size first meets the target on a trained index, while finer codes remain to try:
+# does it hold beyond the rows tuned on? (The on-device build checks a sample's choice against the whole
+# catalog: index_builder/ondevice/catalog_probe.py.) False sends tuning to the next finer code at that
+# leaf count, and that code's trials no longer count as meeting the target.
+CodeCheck = Callable[[BuiltIndex, "Trial"], bool]
 
 
 @dataclass(frozen=True)
@@ -210,6 +216,7 @@ def tune_scann_index(
     params: IndexParams = IndexParams(),  # noqa: B008 - frozen dataclass, safe to share
     options: TuningOptions = TuningOptions(),
     queries: np.ndarray | None = None,
+    code_check: CodeCheck | None = None,
 ) -> TuningResult:
     """Builds the cheapest index meeting ``options.target_recall`` recall@k (or the best found).
 
@@ -219,7 +226,7 @@ def tune_scann_index(
     started = time.perf_counter()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     held_out = _tuning_queries(vectors, options, queries)
-    trials, kept = _train_and_sweep(vectors, params, options, held_out)
+    trials, kept = _train_and_sweep(vectors, params, options, held_out, code_check)
     chosen = choose_trial(trials, options.rule())
     notes = [] if chosen.meets_target else [_missed_note(trials, chosen, options, held_out.k)]
     for note in notes:
@@ -265,19 +272,29 @@ def _tuning_queries(vectors: np.ndarray, options: TuningOptions, queries: np.nda
 
 
 def _train_and_sweep(
-    vectors: np.ndarray, params: IndexParams, options: TuningOptions, held_out: _HeldOutQueries
+    vectors: np.ndarray,
+    params: IndexParams,
+    options: TuningOptions,
+    held_out: _HeldOutQueries,
+    code_check: CodeCheck | None = None,
 ) -> tuple[list[Trial], BuiltIndex | None]:
     """Every trial, and the trained index the current choice runs on (None if it was let go)."""
     rule = options.rule()
     reorders = candidate_reorders(params, options)
+    codes = candidate_dims_per_block(params, options)
     trials: list[Trial] = []
     kept: BuiltIndex | None = None
-    for dims in candidate_dims_per_block(params, options):
+    rejected_at: int | None = None  # the leaf count where a code size failed code_check
+    for dims in codes:
         if any(t.meets_target for t in trials):
             break  # a coarser code met the target: a finer one costs more bytes per item
         # Most leaves first: they usually win at scale, and a good incumbent early prunes the other sweeps.
-        grid = candidate_num_leaves(vectors.shape[0], params, options)
-        leaf_counts = sorted(grid, reverse=True) if not trials else [choose_trial(trials, rule).num_leaves]
+        if rejected_at is not None:
+            leaf_counts = [rejected_at]
+        elif trials:
+            leaf_counts = [choose_trial(trials, rule).num_leaves]
+        else:
+            leaf_counts = sorted(candidate_num_leaves(vectors.shape[0], params, options), reverse=True)
         for num_leaves in leaf_counts:
             leaves_to_search = candidate_leaves_to_search(num_leaves, params, options)
             trial_params = dataclasses.replace(
@@ -289,13 +306,25 @@ def _train_and_sweep(
             )
             index = build_scann_index(vectors, trial_params)
             log.debug("tuning: trained %d leaves, dims_per_block %d in %.1fs", num_leaves, dims, index.build_seconds)
-            trials += _pruned_sweep(index, held_out, leaves_to_search, reorders, options, trials)
+            swept = _pruned_sweep(index, held_out, leaves_to_search, reorders, options, trials)
+            rejected = (
+                code_check is not None
+                and dims > codes[-1]
+                and any(t.meets_target for t in swept)
+                and not code_check(index, choose_trial(swept, rule))
+            )
+            if rejected:
+                swept = [dataclasses.replace(t, meets_target=False) for t in swept]
+            trials += swept
             choice = choose_trial(trials, rule)
             if _built_by(choice, index):
                 kept = index
             elif kept is not None and not _built_by(choice, kept):
                 kept = None  # the choice moved to an index let go earlier: _index_for retrains it
             del index  # frees the float copy ScaNN keeps for reordering before the next build
+            if rejected:
+                rejected_at = num_leaves
+                break  # the next finer code, at this leaf count
     return trials, kept
 
 

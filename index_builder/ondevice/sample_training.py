@@ -27,7 +27,7 @@ from index_builder.ondevice.catalog_probe import CatalogPrediction, CatalogProbe
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
 from index_builder.recall_target import RecallEstimate
-from index_builder.scann_index import IndexParams
+from index_builder.scann_index import BuiltIndex, IndexParams
 
 LOG = logging.getLogger(__name__)
 
@@ -56,52 +56,64 @@ class TrainingJob:
 
 
 def train_on_sample(job: TrainingJob) -> SampleTraining:
-    """Tunes and trains in this process; the searcher is read back as arrays, then let go. A code size the
-    sample accepts but the catalog probe predicts short of the target gives way to the next finer one, at
-    the same leaf count."""
-    tuned, quantizer = _tune(job.vectors, job.params, job.options, job.queries)
-    checks: list[dict] = []
-    sample_probe = None
-    while job.probe is not None and tuned.target_met:
-        finer = tuple(d for d in job.options.dims_per_block_candidates if d < tuned.chosen.dims_per_block)
-        if not finer:
-            break
-        sample_probe = sample_probe or CatalogProbe.of_catalog(job.vectors, job.probe.queries, job.probe.depth)
-        chosen = RecallEstimate(tuned.chosen.recall, tuned.chosen.recall_standard_error)
-        prediction = predict_catalog_recall(chosen, sample_probe, job.probe, quantizer)
-        holds = job.options.rule().meets(prediction.recall)
-        checks.append(_check_record(tuned.chosen, prediction, holds, len(job.probe.queries)))
-        if holds:
-            break
+    """Tunes and trains in this process; the searcher is read back as arrays, then let go. With a catalog
+    probe, a code size the sample accepts but the probe predicts short of the target on the whole catalog
+    gives way to the next finer one, at the same leaf count."""
+    check = _CatalogCheck(job) if job.probe is not None else None
+    tuned = tuning.tune_scann_index(job.vectors, job.params, job.options, queries=job.queries, code_check=check)
+    quantizer = check.quantizer_of(tuned.index) if check is not None else None
+    if quantizer is None:
+        quantizer = _quantizer(tuned.index)
+    tuned = dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None))
+    return SampleTraining(tuned, quantizer, tuple(check.records) if check is not None else ())
+
+
+def _quantizer(index: BuiltIndex) -> OnDeviceQuantizer:
+    return OnDeviceQuantizer.from_artifacts(
+        read_searcher(index.searcher), index.params.anisotropic_quantization_threshold
+    )
+
+
+class _CatalogCheck:
+    """tuning.CodeCheck against the job's catalog probe; keeps a record of each check and the last
+    quantizer read back (reading a trained searcher back costs a serialize, so the chosen one is reused)."""
+
+    def __init__(self, job: TrainingJob) -> None:
+        assert job.probe is not None
+        self._catalog = job.probe
+        self._sample = CatalogProbe.of_catalog(job.vectors, job.probe.queries, job.probe.depth)
+        self._rule = job.options.rule()
+        self.records: list[dict] = []
+        self._last: tuple[tuple[int | None, int], OnDeviceQuantizer] | None = None
+
+    def __call__(self, index: BuiltIndex, chosen: tuning.Trial) -> bool:
+        quantizer = _quantizer(index)
+        self._last = ((index.params.num_leaves, index.params.dims_per_block), quantizer)
+        on_sample = RecallEstimate(chosen.recall, chosen.recall_standard_error)
+        prediction = predict_catalog_recall(on_sample, self._sample, self._catalog, quantizer)
+        holds = self._rule.meets(prediction.recall)
+        self.records.append(_check_record(chosen, prediction, holds, len(self._catalog.queries)))
         LOG.info(
-            "on-device: %d B/item codes met the target on the sample (%.4f), but the catalog probe predicts "
-            "%.4f +- %.4f on all rows: training finer codes",
+            "on-device: %d B/item codes met the target on the sample (%.4f); the catalog probe predicts %.4f +- "
+            "%.4f on all rows: %s",
             len(quantizer.codebooks),
-            chosen.mean,
+            on_sample.mean,
             prediction.recall.mean,
             prediction.recall.standard_error,
+            "kept" if holds else "training finer codes",
         )
-        params = dataclasses.replace(job.params, num_leaves=tuned.chosen.num_leaves)
-        options = dataclasses.replace(job.options, dims_per_block_candidates=finer)
-        finer_tuned, quantizer = _tune(job.vectors, params, options, job.queries)
-        tuned = dataclasses.replace(
-            finer_tuned, trials=tuned.trials + finer_tuned.trials, seconds=tuned.seconds + finer_tuned.seconds
-        )
-    return SampleTraining(tuned, quantizer, tuple(checks))
+        return holds
 
-
-def _tune(
-    vectors: np.ndarray, params: IndexParams, options: tuning.TuningOptions, queries: np.ndarray | None
-) -> tuple[tuning.TuningResult, OnDeviceQuantizer]:
-    tuned = tuning.tune_scann_index(vectors, params, options, queries=queries)
-    quantizer = OnDeviceQuantizer.from_artifacts(
-        read_searcher(tuned.index.searcher), params.anisotropic_quantization_threshold
-    )
-    return dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None)), quantizer
+    def quantizer_of(self, index: BuiltIndex) -> OnDeviceQuantizer | None:
+        """The quantizer read for the last check, if it is this index's (same leaves, same code size)."""
+        if self._last is not None and self._last[0] == (index.params.num_leaves, index.params.dims_per_block):
+            return self._last[1]
+        return None
 
 
 def _check_record(chosen: tuning.Trial, prediction: CatalogPrediction, holds: bool, num_queries: int) -> dict:
     return {
+        "num_leaves": chosen.num_leaves,
         "dims_per_block": chosen.dims_per_block,
         "sample_recall": round(chosen.recall, 4),
         "sample_ceiling": round(prediction.sample_ceiling.mean, 4),

@@ -81,3 +81,24 @@ def test_leaf_counts_for_a_sample_of_a_larger_catalog_are_the_catalogs() -> None
     assert candidate_num_leaves(250_000, params, TuningOptions()) == [250, 500, 1000]
     assert candidate_num_leaves(250_000, params, TuningOptions(leaf_rows=1_000_000)) == [500, 1000, 2000]
     assert candidate_num_leaves(20_000, params, TuningOptions(leaf_rows=100_000_000)) == [500]  # 20K / 40
+
+
+def test_a_code_size_the_check_rejects_gives_way_to_finer_codes_at_its_leaf_count(vectors) -> None:
+    """A target the 16-byte codes meet on these rows; a check that refuses them sends tuning to 32-byte codes,
+    trained only at the leaf count the check saw; a check that accepts them changes nothing."""
+    options = TuningOptions(target_recall=0.6, num_queries=300, latency_queries=20, dims_per_block_candidates=(2, 1))
+    seen: list[tuple[int, int]] = []
+
+    def refuse(index, trial) -> bool:
+        seen.append((index.params.dims_per_block, trial.num_leaves))
+        assert trial.meets_target and trial.num_leaves == index.params.num_leaves
+        return False
+
+    refused = tune_scann_index(vectors, PARAMS, options, code_check=refuse)
+    [(dims, leaves)] = seen  # asked once: the finest code is never checked
+    assert dims == 2
+    assert {t.num_leaves for t in refused.trials if t.dims_per_block == 1} == {leaves}
+    assert not any(t.meets_target for t in refused.trials if t.dims_per_block == 2)
+    assert refused.chosen.dims_per_block == 1 and refused.target_met
+    accepted = tune_scann_index(vectors, PARAMS, options, code_check=lambda index, trial: True)
+    assert accepted.chosen.dims_per_block == 2 and {t.dims_per_block for t in accepted.trials} == {2}

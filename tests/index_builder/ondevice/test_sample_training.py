@@ -10,6 +10,7 @@ import signal
 import numpy as np
 import pytest
 
+from index_builder.ondevice.catalog_probe import CatalogProbe
 from index_builder.ondevice.sample_training import (
     SampleTrainingError,
     SampleTrainingProcess,
@@ -58,3 +59,16 @@ def test_a_killed_child_is_an_error_that_names_what_to_change() -> None:
         os.kill(process.pid, signal.SIGKILL)
         with pytest.raises(SampleTrainingError, match=r"died .*--training_sample_size"):
             process.result()
+
+
+def test_a_code_size_the_catalog_probe_confirms_is_kept() -> None:
+    """The catalog is the sample here, so the codes lose nothing to it: the sample's choice stands, checked once."""
+    vectors = job().vectors
+    probe = CatalogProbe.of_catalog(vectors, vectors[:100])
+    options = TuningOptions(target_recall=0.5, num_queries=200, latency_queries=20, dims_per_block_candidates=(2, 1))
+    trained = train_on_sample(job(options=options, probe=probe))
+    assert trained.tuned.chosen.dims_per_block == 2
+    [check] = trained.catalog_checks
+    assert check["holds"] is True and check["sample_ceiling"] == check["catalog_ceiling"]
+    assert check["predicted_catalog_recall"] == check["sample_recall"] >= 0.5
+    assert {t.dims_per_block for t in trained.tuned.trials} == {2}  # no finer code was trained
