@@ -192,7 +192,7 @@ def _build_in_beam(
     )
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
     queries, true_ids = _calibration_queries(hints)
-    leaves, calibration, target = _calibrate_on_all_rows(settings, tuned, quantizer, items, queries, true_ids)
+    leaves, calibration, target = _calibrate_on_all_rows(settings, trained, items, queries, true_ids)
     summary = encoded_items.write_index(
         items,
         quantizer,
@@ -244,8 +244,7 @@ def _catalog_probe(
 
 def _calibrate_on_all_rows(
     settings: BuildSettings,
-    tuned: tuning.TuningResult,
-    quantizer: OnDeviceQuantizer,
+    trained: SampleTraining,
     items: encoded_items.EncodedItems,
     queries: np.ndarray,
     true_ids: np.ndarray,
@@ -254,6 +253,7 @@ def _calibrate_on_all_rows(
 
     The code size stays the sample's: changing it would mean encoding every row again.
     """
+    tuned, quantizer = trained.tuned, trained.quantizer
     if settings.ondevice_num_leaves_to_search is not None:
         return settings.ondevice_num_leaves_to_search, [], tuned.target_outcome()
     started = time.perf_counter()
@@ -276,7 +276,8 @@ def _calibrate_on_all_rows(
         # The code size was settled on the sample, where the coarser code met the target: say what was left out.
         target = replace(
             target,
-            untried=f"finer codes were not tried: the training sample met the target with {code_bytes} B/item; "
+            untried=f"finer codes were not tried: the training sample met the target with {code_bytes} B/item"
+            f"{_predicted(trained.catalog_checks)}; "
             f"--ondevice_dims_per_block {max(finer)} encodes every row with "
             f"{math.ceil(quantizer.partition_centroids.shape[1] / max(finer))} B/item codes",
         )
@@ -288,6 +289,10 @@ def _calibrate_on_all_rows(
         chosen.recall,
     )
     return leaves, [asdict(t) for t in trials], target
+
+
+def _predicted(checks: tuple[dict, ...]) -> str:
+    return f" and the catalog probe predicted {checks[-1]['predicted_catalog_recall']:.4f}" if checks else ""
 
 
 def _encode_all_rows(
