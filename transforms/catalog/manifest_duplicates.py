@@ -12,7 +12,9 @@ each is a stage barrier whose cost grows with the catalog. Rule 1 only needs to 
 (uri, id) pairs lose, and that needs only the pairs: they are grouped by uri (two short strings
 per row), and the losing pairs - only uris listed under several ids produce any, so usually
 none - become a side input. The rows themselves cross one shuffle, by id, where each id's group
-drops rule-1 losers, collapses repeated rows of one uri and applies rule 2.
+drops rule-1 losers, collapses repeated rows of one uri and applies rule 2. The side input is held
+by every worker: one entry per extra id a uri is listed under, so it stays small unless a large share
+of the catalog names one object under several ids.
 
 Rows cross the shuffles as plain tuples: Beam's default coder pickles a NamedTuple such as
 ManifestEntry (224 bytes, about 12 us to encode and 6 us to decode here) but encodes a tuple of
