@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,15 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a live process has used so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def _descendants(pid: int) -> list[int]:
     """Children, grandchildren, ... (the runner starts each worker through a shell)."""
     found, pending = [], [pid]
@@ -211,7 +221,9 @@ def run_job(manifest: Path, out: Path, workers: int, model_dir: Path | None = No
             stderr=stderr,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
         )
+        tree_cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         peaks = watch_rss(process)
+        tree_cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if process.returncode:
         raise RuntimeError(f"{' '.join(command)} exited with {process.returncode}; see {log}")
     summary = json.loads((out / "run_summary.json").read_text())
@@ -224,20 +236,30 @@ def run_job(manifest: Path, out: Path, workers: int, model_dir: Path | None = No
         "shards": len(list((out / "embeddings").glob("part-*.parquet"))),
         "peak_worker_rss_mib": round(peaks["worker"], 1),
         "peak_launcher_rss_mib": round(peaks["launcher"], 1),
+        # The job's whole process tree (launcher, workers, their shells), from the kernel's accounting
+        # of reaped children: unlike wall time it barely moves with other processes' load.
+        "cpu_seconds_job_tree": round(
+            sum(getattr(tree_cpu_after, f) - getattr(tree_cpu_before, f) for f in ("ru_utime", "ru_stime")), 2
+        ),
+        "cpu_seconds_per_worker": sorted(round(seconds, 2) for seconds in peaks["worker_cpu"].values()),
         "worker_startup_s": sorted(seconds for seconds, _ in startups),
         "encoder": sorted({runtime for _, runtime in startups}),
     }
 
 
 def watch_rss(process: subprocess.Popen) -> dict[str, float]:
-    """Waits for the job; the peak RSS of its launcher and of its largest worker meanwhile."""
-    peaks = {"launcher": 0.0, "worker": 0.0}
+    """Waits for the job; the peak RSS of its launcher and of its largest worker meanwhile, and the
+    CPU seconds each worker (a descendant using over a second) had used when last seen (within 0.2 s of its exit)."""
+    peaks: dict = {"launcher": 0.0, "worker": 0.0, "worker_cpu": {}}
 
     def watch() -> None:
         while process.poll() is None:
             peaks["launcher"] = max(peaks["launcher"], _rss_mib(process.pid))
             for child in _descendants(process.pid):
                 peaks["worker"] = max(peaks["worker"], _rss_mib(child))
+                cpu = _cpu_seconds(child)
+                if cpu > 1.0:
+                    peaks["worker_cpu"][child] = max(cpu, peaks["worker_cpu"].get(child, 0.0))
             time.sleep(0.2)
 
     watcher = threading.Thread(target=watch, daemon=True)

@@ -33,13 +33,12 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.catalog import uris
+from transforms.catalog.manifest_duplicates import ResolveDuplicateRows
 from transforms.catalog.reading import (
     NOT_FOUND,
     NOT_REGULAR_FILE,
     READ_ERROR,
-    DedupeByUri,
     NotRegularFile,
-    RejectDuplicateIds,
     backoff_delay,
     is_not_found,
     is_transient,
@@ -304,14 +303,14 @@ class ReadManifest(beam.PTransform):
         parsed = raw | "ParseRows" >> beam.ParDo(ParseRowFn(info.format, base_dir, info.columns)).with_outputs(
             ParseRowFn.REJECTED, main="entries"
         )
-        unique, duplicate_ids = (
-            parsed.entries
-            | "DedupeByUri" >> DedupeByUri()
-            | "RejectDuplicateIds" >> (RejectDuplicateIds(MANIFEST_STAGE))
+        unique, duplicate_ids = parsed.entries | "ResolveDuplicates" >> ResolveDuplicateRows(
+            MANIFEST_STAGE, ManifestEntry
         )
         looked_up = (
             unique
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=_LOOKUP_BATCH)
+            # A fixed size: with a range, BatchElements re-fits its size model every few items and,
+            # timing the fused read and encode downstream, keeps the batches small.
+            | "Batch" >> beam.BatchElements(min_batch_size=_LOOKUP_BATCH, max_batch_size=_LOOKUP_BATCH)
             | "LookupMetadata" >> beam.ParDo(LookupMetadataFn()).with_outputs(LookupMetadataFn.REJECTED, main="items")
         )
         rejected = (
@@ -319,6 +318,6 @@ class ReadManifest(beam.PTransform):
             duplicate_ids,
             looked_up[LookupMetadataFn.REJECTED],
         ) | "Rejections" >> beam.Flatten()
-        # No Reshuffle: the dedupe GroupByKey already spread the items over workers, and the
+        # No Reshuffle: the GroupByKey by id already spread the items over workers, and the
         # metadata lookup is cheap next to reading and encoding, so reads fuse onto it.
         return ManifestOutputs(items=looked_up.items, rejected=rejected)

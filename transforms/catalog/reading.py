@@ -440,12 +440,18 @@ class ReadImageBytes(beam.DoFn):
         yield item, outcome.data
 
 
-def _first_by_id(items: Iterable[Any]) -> Any:
+def first_by_id(items: Iterable[Any]) -> Any:
     """Deterministic pick among duplicates, whatever order the shuffle delivered them in."""
     return min(
         items,
         key=lambda item: (item.id, getattr(item, "fingerprint", ""), repr(sorted(item.extra.items()))),
     )
+
+
+def duplicate_id_rejection(uri: str, item_id: str, keeper_uri: str, stage: str) -> dict[str, str]:
+    """The record of a uri that loses its id to `keeper_uri` (the smallest uri given that id)."""
+    message = f"id {item_id!r} is also given to {keeper_uri}, which keeps it; give this image its own id"
+    return rejection(uri, stage, DUPLICATE_ID, message)
 
 
 class DedupeByUri(beam.PTransform):
@@ -461,7 +467,7 @@ class DedupeByUri(beam.PTransform):
             group = list(uri_and_items[1])
             if len(group) > 1:
                 duplicates.inc(len(group) - 1)
-            return _first_by_id(group)
+            return first_by_id(group)
 
         return (
             items
@@ -494,9 +500,8 @@ class RejectDuplicateIds(beam.PTransform):
             yield group[0]
             for other in group[1:]:
                 duplicates.inc()
-                message = f"id {other.id!r} is also given to {group[0].uri}, which keeps it; give this image its own id"
                 yield beam.pvalue.TaggedOutput(
-                    RejectDuplicateIds.REJECTED, rejection(other.uri, stage, DUPLICATE_ID, message)
+                    RejectDuplicateIds.REJECTED, duplicate_id_rejection(other.uri, other.id, group[0].uri, stage)
                 )
 
         result = (
