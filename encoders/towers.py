@@ -17,6 +17,8 @@ def build_image_tower(
     pixel_mean: np.ndarray,
     pixel_std: np.ndarray,
     widths: tuple[int, ...] = (32, 64, 128, 128),
+    convs_per_stage: int = 1,
+    head_width: int = 256,
 ) -> keras.Model:
     """A compact CNN over raw RGB pixels in [0, 255].
 
@@ -24,6 +26,8 @@ def build_image_tower(
     pipeline, the .keras file and the TFLite file all take the same raw pixels.
     The final feature map is flattened rather than pooled: captions name where
     objects are, and global pooling would throw position away.
+    Each stage is one strided convolution, then `convs_per_stage - 1` residual 3x3
+    convolutions at the same resolution: depth to tell shapes apart at each position.
     """
     pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = layers.Normalization(
@@ -36,8 +40,12 @@ def build_image_tower(
         x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
+        for _ in range(convs_per_stage - 1):
+            y = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            y = layers.BatchNormalization()(y)
+            x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.Flatten()(x)
-    x = layers.Dense(256, activation="relu")(x)
+    x = layers.Dense(head_width, activation="relu")(x)
     x = layers.Dense(embedding_dim, name="projection")(x)
     embedding = layers.UnitNormalization(axis=-1, name="embedding")(x)
     return keras.Model(pixels, embedding, name="image_encoder")

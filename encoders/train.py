@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="NegCLIP-style hard negatives per pair (0-8, default 0 = none): captions of an object the image does "
         "not hold, one attribute (shape, color, size, region) away from one it does; extra image->text negatives "
         "of their own image only (needs the manifest's 'objects' with color, shape, size and region)")  # fmt: skip
+    add(
+        "--image_convs_per_stage",
+        type=int,
+        help="our CNN only: convolutions per resolution stage, the strided one then residual 3x3 ones (1-4; default 1)",
+    )
+    add("--image_head_width", type=int, help="our CNN only: width of the dense layer before the projection (256)")  # fmt: skip
     add("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     backbone = parser.add_argument_group("pretrained image backbone")
     backbone.add_argument(
@@ -122,6 +128,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch_size": (args.batch_size, 2, 65_536),
         "--freeze_epochs": (args.freeze_epochs, 0, args.epochs),
     }
+    if args.image_backbone == NO_BACKBONE:
+        checks["--image_convs_per_stage"] = (args.image_convs_per_stage, 1, 4)
+        checks["--image_head_width"] = (args.image_head_width, 16, 4096)
     for flag, (value, low, high) in checks.items():
         if not low <= value <= high:
             parser.error(f"{flag} must be between {low} and {high}, got {value}")
@@ -154,7 +163,14 @@ def fill_backbone_defaults(args: argparse.Namespace) -> None:
             )
         args.image_size = args.image_size or CNN_IMAGE_SIZE
         args.freeze_epochs, args.finetune_lr_scale = 0, 1.0
+        args.image_convs_per_stage = 1 if args.image_convs_per_stage is None else args.image_convs_per_stage
+        args.image_head_width = 256 if args.image_head_width is None else args.image_head_width
         return
+    cnn_flags = [
+        f"--{name}" for name in ("image_convs_per_stage", "image_head_width") if getattr(args, name) is not None
+    ]
+    if cnn_flags:
+        raise BackboneError(f"{', '.join(cnn_flags)} only apply to our CNN, not with --image_backbone")
     if args.image_backbone not in backbones.BACKBONES:
         choices = ", ".join([NO_BACKBONE, *backbones.BACKBONES])
         raise BackboneError(f"unknown --image_backbone {args.image_backbone!r}; choose one of {choices}")
@@ -255,7 +271,14 @@ def build_towers(args: argparse.Namespace, transform: Any, backbone: Any) -> tup
     from encoders.towers import build_backbone_image_tower, build_image_tower, build_text_tower
 
     if backbone is None:
-        image_tower = build_image_tower(args.image_size, args.embedding_dim, transform.pixel_mean, transform.pixel_std)
+        image_tower = build_image_tower(
+            args.image_size,
+            args.embedding_dim,
+            transform.pixel_mean,
+            transform.pixel_std,
+            convs_per_stage=args.image_convs_per_stage,
+            head_width=args.image_head_width,
+        )
     else:
         image_tower = build_backbone_image_tower(backbone, args.embedding_dim)
     return image_tower, build_text_tower(len(transform.vocabulary), args.max_len, args.embedding_dim)
@@ -349,7 +372,12 @@ def training_record(
         "timings": timings,
         "tensorflow": tf.__version__,
     }
-    if args.image_backbone != NO_BACKBONE:
+    if args.image_backbone == NO_BACKBONE:
+        record["image_tower"] = {
+            "convs_per_stage": args.image_convs_per_stage,
+            "head_width": args.image_head_width,
+        }
+    else:
         record["image_backbone"] = {
             "name": args.image_backbone,
             "weights": args.backbone_weights,
