@@ -314,6 +314,7 @@ def _encode_all_rows(
             embeddings.ids,
             item_metadata(embeddings, settings.metadata_columns),
             len(quantizer.codebooks),
+            codes_in_file=isinstance(embeddings.vectors, np.memmap),  # the build spills: so do the codes
         )
         LOG.info(
             "on-device: Beam encoded %d rows in %.1f s, collected in index order in %.1f s",
