@@ -100,11 +100,13 @@ def encode_pipeline(
     return len(groups)
 
 
-def read_encoded(directory: str, group_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ids, leaves, codes) of one row group as the stage wrote them."""
+def read_encoded(
+    directory: str, group_index: int, keys: tuple[str, ...] = ("ids", "leaves", "codes")
+) -> tuple[np.ndarray, ...]:
+    """The ``keys`` arrays of one row group as the stage wrote them (ids, leaves, codes by default)."""
     with FileSystems.open(encoded_file(directory, group_index)) as handle:
         data = np.load(io.BytesIO(handle.read()))
-        return data["ids"], data["leaves"], data["codes"]
+        return tuple(data[key] for key in keys)
 
 
 class CatalogRows:

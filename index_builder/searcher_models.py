@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from encoders.tflite_metadata import attach_scann_index, read_metadata
+from encoders.tflite_metadata import attach_scann_index, read_metadata, write_searcher
 from encoders.tflite_metadata.model_buffer import model_io
 
 
@@ -26,6 +26,17 @@ def embedding_dim_of(model: bytes, source: str) -> int:
 
 def build_searcher_model(encoder_path: Path, index_bytes: bytes, expected_dim: int) -> bytes:
     """Returns the encoder with the index attached; refuses an encoder of another dimension."""
+    return attach_scann_index(_searcher_encoder(encoder_path, expected_dim), index_bytes)
+
+
+def write_searcher_model(encoder_path: Path, index_file: Path, expected_dim: int, out: Path) -> None:
+    """``build_searcher_model`` written to ``out`` with the index copied from ``index_file`` in chunks
+    (same bytes): the launcher never holds the index, which grows with the catalog."""
+    write_searcher(_searcher_encoder(encoder_path, expected_dim), index_file, out)
+
+
+def _searcher_encoder(encoder_path: Path, expected_dim: int) -> bytes:
+    """The encoder's bytes, if it can carry an index of ``expected_dim``-d vectors."""
     model = encoder_path.read_bytes()
     dim = embedding_dim_of(model, str(encoder_path))
     if dim != expected_dim:
@@ -34,4 +45,4 @@ def build_searcher_model(encoder_path: Path, index_bytes: bytes, expected_dim: i
             "use the model directory that produced the embeddings (--model_dir)"
         )
     read_metadata(model)  # an encoder without Task Library metadata cannot become a searcher
-    return attach_scann_index(model, index_bytes)
+    return model

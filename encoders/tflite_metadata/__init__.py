@@ -16,6 +16,7 @@ from encoders.tflite_metadata.embedders import (
     add_text_embedder_metadata,
     attach_scann_index,
     read_metadata,
+    write_searcher,
 )
 from encoders.tflite_metadata.populate import populate
 from encoders.tflite_metadata.regex_tokenizer import DEFAULT_DELIM_REGEX, tokenize_like_task_library
@@ -34,4 +35,5 @@ __all__ = [
     "read_associated_files",
     "read_metadata",
     "tokenize_like_task_library",
+    "write_searcher",
 ]

@@ -9,13 +9,15 @@ index as a SCANN_INDEX_FILE associated file on the output tensor.
 from __future__ import annotations
 
 import copy
+import os
 import struct
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from encoders.tflite_metadata.associated_files import read_associated_files
 from encoders.tflite_metadata.bert_tokenizer import wordpiece_vocab_file_bytes
 from encoders.tflite_metadata.model_buffer import TensorInfo, model_io, read_metadata_buffer
-from encoders.tflite_metadata.populate import populate, recorded_associated_files
+from encoders.tflite_metadata.populate import populate, populate_to_file, recorded_associated_files
 from encoders.tflite_metadata.reader import parse_metadata
 from encoders.tflite_metadata.regex_tokenizer import (
     DEFAULT_DELIM_REGEX,
@@ -260,6 +262,29 @@ def attach_scann_index(
     """
     if not index_file_bytes.endswith(_LEVELDB_TABLE_MAGIC):
         raise ValueError("index_file_bytes is not a LevelDB table (the on-device ScaNN index format)")
+    metadata, files = _searcher_metadata(model, file_name, description)
+    return populate(model, metadata, {**files, file_name: index_file_bytes})
+
+
+def write_searcher(
+    model: bytes,
+    index_file: Path,
+    out: Path,
+    file_name: str = INDEX_FILE_NAME,
+    description: str = "On-device ScaNN index (LevelDB table).",
+) -> None:
+    """`attach_scann_index` with the index read from `index_file` and the searcher written to `out`, byte
+    for byte the same, without holding the index in memory (it grows with the catalog)."""
+    with open(index_file, "rb") as handle:
+        handle.seek(max(0, os.path.getsize(index_file) - len(_LEVELDB_TABLE_MAGIC)))
+        if handle.read() != _LEVELDB_TABLE_MAGIC:
+            raise ValueError(f"{index_file} is not a LevelDB table (the on-device ScaNN index format)")
+    metadata, files = _searcher_metadata(model, file_name, description)
+    populate_to_file(model, metadata, files, {file_name: index_file}, out)
+
+
+def _searcher_metadata(model: bytes, file_name: str, description: str) -> tuple[ModelMetadata, dict[str, bytes]]:
+    """The model's metadata with an index entry named `file_name`, and its associated files less any index."""
     _single_embedding_output(model_io(model)[1])
     metadata = copy.deepcopy(read_metadata(model))
     files = read_associated_files(model)
@@ -275,8 +300,7 @@ def attach_scann_index(
     output.associated_files.append(
         AssociatedFile(name=file_name, description=description, type=AssociatedFileType.SCANN_INDEX_FILE)
     )
-    files[file_name] = index_file_bytes
-    return populate(model, metadata, files)
+    return metadata, files
 
 
 def image_input_metadata(image: TensorInfo, mean: Sequence[float], std: Sequence[float]) -> TensorMetadata:

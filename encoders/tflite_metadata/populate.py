@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 
-from encoders.tflite_metadata.associated_files import append_associated_files
+from encoders.tflite_metadata.associated_files import append_associated_files, write_with_associated_files
 from encoders.tflite_metadata.model_buffer import model_io, with_metadata_buffer
 from encoders.tflite_metadata.parser_version import min_parser_version
 from encoders.tflite_metadata.schema import AssociatedFile, ModelMetadata, ProcessUnit, tokenizer_files
@@ -54,7 +55,19 @@ def _validate(model: bytes, metadata: ModelMetadata, files: Mapping[str, bytes])
 
 def populate(model: bytes, metadata: ModelMetadata, files: Mapping[str, bytes]) -> bytes:
     """Returns `model` carrying exactly `metadata` and `files` (previous ones are replaced)."""
+    return append_associated_files(_stamped_flatbuffer(model, metadata, files), files)
+
+
+def populate_to_file(
+    model: bytes, metadata: ModelMetadata, files: Mapping[str, bytes], file_paths: Mapping[str, Path], out: Path
+) -> None:
+    """`populate` written to `out`, with more associated files given by path (copied in chunks, never held
+    in memory); `out` holds what `populate` returns for `files` plus those contents, in that order."""
+    flatbuffer = _stamped_flatbuffer(model, metadata, {**files, **dict.fromkeys(file_paths, b"")})
+    write_with_associated_files(flatbuffer, files, file_paths, out)
+
+
+def _stamped_flatbuffer(model: bytes, metadata: ModelMetadata, files: Mapping[str, bytes]) -> bytes:
     _validate(model, metadata, files)
     stamped = dataclasses.replace(metadata, min_parser_version=min_parser_version(metadata))
-    flatbuffer = with_metadata_buffer(model, serialize_metadata(stamped))
-    return append_associated_files(flatbuffer, files)
+    return with_metadata_buffer(model, serialize_metadata(stamped))

@@ -28,7 +28,7 @@ def evaluate_indexes(
     vectors: np.ndarray,
     server: tuning.TuningResult,
     device: OnDeviceBuild,
-    index_bytes: bytes,
+    index_file: Path,
 ) -> Evaluation:
     """Queries are database rows the server tuning did not use; the on-device index is searched by the
     numpy twin of the runtime (exactly its results), over index.ldb as written.
@@ -47,7 +47,7 @@ def evaluate_indexes(
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
     # Embeddings loaded into a memory-mapped file (the build spills): the decoded items go to file pages too.
-    reference = ReferenceSearcher(index_bytes, decoded_in_file=isinstance(vectors, np.memmap))
+    reference = ReferenceSearcher(str(index_file), decoded_in_file=isinstance(vectors, np.memmap))
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {
@@ -55,8 +55,8 @@ def evaluate_indexes(
         "recall@10": evaluation.recall_at_k(device_found, true_ids, min(10, num_rows)),
         "num_queries": len(device_found),
         "bytes_per_item_codes": reference.index.bytes_per_item,
-        "index_file_bytes": len(index_bytes),
-        "bytes_per_item_total": len(index_bytes) / num_rows,
+        "index_file_bytes": index_file.stat().st_size,
+        "bytes_per_item_total": index_file.stat().st_size / num_rows,
         "method": "numpy twin of the on-device search over index.ldb",
         **device.target.report(),
     }

@@ -295,7 +295,7 @@ def fresh_rows_recall(
     diff: RowDiff,
     server: tuning.TuningResult,
     device: OnDeviceBuild,
-    index_bytes: bytes,
+    index_file: Path,
     seed: int,
 ) -> dict[str, Any] | None:
     """recall@10 of both updated indexes with (up to FRESH_QUERIES of) the new and changed rows as queries,
@@ -314,7 +314,7 @@ def fresh_rows_recall(
     vectors = inputs.embeddings.vectors
     truth, _ = evaluation.exact_top_k(vectors[rows], vectors, 10)
     found, _ = server.index.searcher.search_batched(vectors[rows], final_num_neighbors=10)
-    hits = ReferenceSearcher(index_bytes).search_many(vectors[rows], 10)
+    hits = ReferenceSearcher(str(index_file)).search_many(vectors[rows], 10)
     figures: dict[str, Any] = {"num_queries": len(rows)}
     for name, answers in (("server", np.asarray(found)), ("ondevice", np.where(hits >= 0, device.rows[hits], -1))):
         per_query = evaluation.per_query_recall(answers, truth, 10)

@@ -77,7 +77,7 @@ def has_state(index_dir: Path) -> bool:
     return (index_dir / STATE_FILE).is_file() and (index_dir / ITEMS_FILE).is_file()
 
 
-def state_from_index(index_bytes: bytes, item_ids: list[str], anisotropic_threshold: float) -> OnDeviceState | None:
+def state_from_index(index_file: Path, item_ids: list[str], anisotropic_threshold: float) -> OnDeviceState | None:
     """The state of a written partitioned AH index.ldb (None for brute-force or unpartitioned indexes).
 
     Read back from the file itself, so every build path (in process, Beam, incremental) keeps the same
@@ -85,15 +85,23 @@ def state_from_index(index_bytes: bytes, item_ids: list[str], anisotropic_thresh
     """
     from index_builder.ondevice.reference_search import ReferenceSearcher
 
-    reference = ReferenceSearcher(index_bytes)
+    reference = ReferenceSearcher(str(index_file))
     if not reference.uses_hashing or reference.centroids is None:
         return None
     index = reference.index
-    blocks = [index.partition_items(p) for p in range(index.num_partitions)]
-    codes = np.concatenate(blocks) if blocks else np.empty((0, len(reference.codebooks)), np.uint8)
-    if len(codes) != len(item_ids):
-        raise ValueError(f"index.ldb holds {len(codes)} items but {len(item_ids)} ids were given")
-    assignment = np.repeat(np.arange(len(blocks), dtype=np.int64), [len(b) for b in blocks])
+    codes = np.empty((len(item_ids), len(reference.codebooks)), np.uint8)  # filled partition by partition: held once
+    sizes: list[int] = []
+    start = 0
+    for partition in range(index.num_partitions):
+        block = index.partition_items(partition)
+        if start + len(block) > len(codes):
+            raise ValueError(f"index.ldb holds more than the {len(item_ids)} items whose ids were given")
+        codes[start : start + len(block)] = block
+        sizes.append(len(block))
+        start += len(block)
+    if start != len(item_ids):
+        raise ValueError(f"index.ldb holds {start} items but {len(item_ids)} ids were given")
+    assignment = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     books = tuple(np.asarray(book, np.float32) for book in reference.codebooks)
     quantizer = OnDeviceQuantizer(np.asarray(reference.centroids, np.float32), books, anisotropic_threshold)
     return OnDeviceState(quantizer, list(item_ids), assignment, np.asarray(codes, np.uint8))

@@ -38,7 +38,7 @@ from index_builder.ondevice.index_file import write_float_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.sample_training import SampleTraining, SampleTrainingProcess, TrainingJob
 from index_builder.recall_target import TargetOutcome, outcome
-from index_builder.searcher_models import build_searcher_model
+from index_builder.searcher_models import write_searcher_model
 
 LOG = logging.getLogger("build_index")
 INDEX_FILE = "index.ldb"
@@ -314,6 +314,7 @@ def _encode_all_rows(
             embeddings.ids,
             item_metadata(embeddings, settings.metadata_columns),
             len(quantizer.codebooks),
+            codes_in_file=isinstance(embeddings.vectors, np.memmap),  # the build spills: so do the codes
         )
         LOG.info(
             "on-device: Beam encoded %d rows in %.1f s, collected in index order in %.1f s",
@@ -329,7 +330,7 @@ def _calibration_queries(hints: ServerHints, num_queries: int = 1000) -> tuple[n
     return hints.queries[:num_queries], hints.true_ids[:num_queries, :10]
 
 
-def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> list[str]:
+def write_searchers(inputs: BuildInputs, index_file: Path, work: Path) -> list[str]:
     """image_searcher.tflite and (with a text encoder) text_searcher.tflite: each encoder with index.ldb
     attached. Returns the searcher files written."""
     pairs = [(model_config.IMAGE_TFLITE_FILE, "image_searcher.tflite")]
@@ -341,7 +342,5 @@ def write_searchers(inputs: BuildInputs, index_bytes: bytes, work: Path) -> list
             inputs.config.model_id,
         )
     for encoder, searcher in pairs:
-        (work / searcher).write_bytes(
-            build_searcher_model(inputs.model_dir / encoder, index_bytes, inputs.embeddings.dim)
-        )
+        write_searcher_model(inputs.model_dir / encoder, index_file, inputs.embeddings.dim, work / searcher)
     return [searcher for _, searcher in pairs]

@@ -167,7 +167,7 @@ def _update_previous(
     LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
     evaluation = _evaluate(settings, inputs, server, device, timings, work)
     started = time.perf_counter()
-    fresh = incremental.fresh_rows_recall(inputs, diff, server, device, (work / INDEX_FILE).read_bytes(), settings.seed)
+    fresh = incremental.fresh_rows_recall(inputs, diff, server, device, work / INDEX_FILE, settings.seed)
     timings["eval_seconds"] += time.perf_counter() - started  # the drift check's own queries
     skew = device.details["largest_partition_over_mean"]
     drift = incremental.drift_reason(settings, plan, evaluation.server, evaluation.ondevice, skew, fresh)
@@ -205,7 +205,7 @@ def _evaluate(
 ) -> Evaluation:
     """eval.json's figures for the indexes in `work` (index.ldb as written)."""
     started = time.perf_counter()
-    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, (work / INDEX_FILE).read_bytes())
+    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, work / INDEX_FILE)
     timings["eval_seconds"] = time.perf_counter() - started
     return evaluation
 
@@ -224,12 +224,11 @@ def _finish(
 ) -> BuildResult:
     """Searchers, the state the next night reuses, and the records (for an index already evaluated)."""
     started = time.perf_counter()
-    index_bytes = (work / INDEX_FILE).read_bytes()
-    device.details["searchers"] = write_searchers(inputs, index_bytes, work)
+    device.details["searchers"] = write_searchers(inputs, work / INDEX_FILE, work)
     timings["ondevice_seconds"] += time.perf_counter() - started
     item_ids = [inputs.embeddings.ids[row] for row in device.rows]
     threshold = settings.ondevice_params().anisotropic_quantization_threshold
-    state = incremental_state.state_from_index(index_bytes, item_ids, threshold)
+    state = incremental_state.state_from_index(work / INDEX_FILE, item_ids, threshold)
     if state is not None:
         incremental_state.write_state(work, state)
     config = records.index_config(settings, inputs, tuning_queries, server, device, timings)

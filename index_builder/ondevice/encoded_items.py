@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from index_builder.encoded_rows import CatalogRows, read_encoded
+from index_builder.memory import file_backed_array
 from index_builder.ondevice.index_file import OnDeviceIndexSummary, write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 
@@ -32,24 +33,44 @@ class EncodedItems:
 
 
 def collect_encoded(
-    directory: str, num_groups: int, ids: Sequence[str], metadata: Sequence[bytes], num_blocks: int
+    directory: str,
+    num_groups: int,
+    ids: Sequence[str],
+    metadata: Sequence[bytes],
+    num_blocks: int,
+    codes_in_file: bool = False,
 ) -> EncodedItems:
     """Reads the ``num_groups`` row-group files in ``directory``; ``ids`` and ``metadata`` are per
-    embeddings row (row order = id order). Every row must have been encoded."""
+    embeddings row (row order = id order). Every row must have been encoded.
+
+    Two passes over the files: the first places the rows and reads their leaves, which fixes the index
+    order; the second writes each row's codes straight into its slot in that order. So the codes, the
+    largest per-item array (N x num_blocks bytes: 128 MB per million items with 128-byte codes), are held
+    once, not once in row order and again sorted; ``codes_in_file`` puts them in an unlinked temporary
+    file's pages (when the build spills its embeddings), which the kernel can drop and read back.
+    """
     placement = CatalogRows(ids)
     assignment = np.zeros(len(ids), np.int64)
-    codes = np.zeros((len(ids), num_blocks), np.uint8)
+    placed: list[tuple[np.ndarray, np.ndarray]] = []  # per group: (rows, positions in the group), int32
     for group_index in range(num_groups):
-        group_ids, leaves, group_codes = read_encoded(directory, group_index)
+        group_ids, leaves = read_encoded(directory, group_index, ("ids", "leaves"))
         rows, kept = placement.place(group_ids)
         assignment[rows] = leaves[kept]
-        codes[rows] = group_codes[kept]
+        placed.append((rows.astype(np.int32), kept.astype(np.int32)))
     placement.check_complete()
+    del placement  # its id -> row map is about 100 bytes per item
     order = np.argsort(assignment, kind="stable")  # rows are in id order: stable keeps it inside a partition
+    slot = np.empty(len(ids), np.int64)
+    slot[order] = np.arange(len(ids))
+    shape = (len(ids), num_blocks)
+    codes = file_backed_array(shape, np.uint8) if codes_in_file else np.zeros(shape, np.uint8)
+    for group_index, (rows, kept) in enumerate(placed):
+        (group_codes,) = read_encoded(directory, group_index, ("codes",))
+        codes[slot[rows]] = group_codes[kept]
     return EncodedItems(
         ids=[ids[row] for row in order],
         assignment=assignment[order],
-        codes=codes[order],
+        codes=codes,
         metadata=[metadata[row] for row in order],
         rows=order,
     )

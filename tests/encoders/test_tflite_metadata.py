@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from encoders import model_config
-from encoders.tflite_metadata import attach_scann_index, read_associated_files, read_metadata
+from encoders.tflite_metadata import attach_scann_index, read_associated_files, read_metadata, write_searcher
 from encoders.tflite_metadata.bert_tokenizer import (
     bert_inputs_like_task_library,
     parse_wordpiece_vocab,
@@ -71,6 +71,22 @@ def test_attaching_an_index_keeps_the_vocabulary_and_replaces_an_old_index(tmp_p
     assert [f.name for f in output.associated_files] == ["index.ldb"]
     with pytest.raises(ValueError, match="LevelDB"):
         attach_scann_index(text_model, b"not an index")
+
+
+def test_a_searcher_written_from_the_index_file_is_byte_for_byte_the_one_built_in_memory(tmp_path: Path) -> None:
+    """Streamed from disk (the launcher never holds the index) and built in memory: the same file, whether the
+    model carries files (the text encoder's vocabulary, an index attached before) or none (the image encoder)."""
+    index = tmp_path / "index.ldb"
+    with index.open("wb") as handle:  # values big enough to span several copy chunks
+        write_table(handle, [(b"E_%d" % i, bytes([i % 251]) * 700_000) for i in range(4)] + [(b"INDEX_CONFIG", b"c")])
+    for name in (model_config.TEXT_TFLITE_FILE, model_config.IMAGE_TFLITE_FILE):
+        model = (MODEL / name).read_bytes()
+        for source in (model, attach_scann_index(model, index.read_bytes())):
+            write_searcher(source, index, tmp_path / "searcher.tflite")
+            assert (tmp_path / "searcher.tflite").read_bytes() == attach_scann_index(source, index.read_bytes())
+    (tmp_path / "not.ldb").write_bytes(b"not an index")
+    with pytest.raises(ValueError, match="not a LevelDB table"):
+        write_searcher(model, tmp_path / "not.ldb", tmp_path / "searcher.tflite")
 
 
 def test_tokenizer_twin_follows_the_task_library_rules() -> None:

@@ -48,7 +48,14 @@ def test_items_come_partition_by_partition_in_id_order_first_occurrence_kept(tmp
     assert embeddings.duplicates_dropped == len(repeated)
     quantizer = quantizer_for(embeddings.vectors)
 
-    _, items = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
+    groups, items = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
+    metadata = [uri.encode() for uri in embeddings.uris]
+    in_file = encoded_items.collect_encoded(
+        str(tmp_path / "encoded"), groups, embeddings.ids, metadata, len(quantizer.codebooks), codes_in_file=True
+    )
+    assert isinstance(in_file.codes, np.memmap) and not isinstance(items.codes, np.memmap)
+    np.testing.assert_array_equal(in_file.codes, items.codes)
+    np.testing.assert_array_equal(in_file.rows, items.rows)
 
     assert sorted(items.rows.tolist()) == list(range(len(vectors)))
     assert items.ids == [embeddings.ids[row] for row in items.rows]
