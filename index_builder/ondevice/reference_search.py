@@ -32,6 +32,9 @@ from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
 _QUERY_CHUNK = 32
+# search_many's whole products, [queries, N] float32, stay under this many bytes: fewer queries per chunk as
+# the index grows (at 3M items 32 queries took 384 MB), so evaluation memory does not grow with N.
+_PRODUCT_BYTES = 64 << 20
 # Above this share of partitions searched, search_many scores every item with one product per query chunk.
 _WHOLE_PRODUCT_ABOVE = 0.1
 # Largest quantized LUT value per lookup type (processor.h MaxQuantizationValue).
@@ -126,11 +129,12 @@ class ReferenceSearcher:
         step = (high - low) / np.float32(max_quantized)
         return (quantized * step + (low + step / 2)).astype(np.float32)
 
-    def _items(self, partition: int) -> np.ndarray:
+    def _items(self, partition: int, cache: bool = True) -> np.ndarray:
         items = self._partition_cache.get(partition)
         if items is None:
             items = self.index.partition_items(int(partition))
-            self._partition_cache[partition] = items
+            if cache:
+                self._partition_cache[partition] = items
         return items
 
     def _distances(self, query: np.ndarray, lut: np.ndarray | None, items: np.ndarray) -> np.ndarray:
@@ -183,8 +187,9 @@ class ReferenceSearcher:
         items = self._all_items()
         found = np.full((len(queries), k), -1, dtype=np.int64)
         whole_products = leaves / items.num_partitions > _WHOLE_PRODUCT_ABOVE
-        for start in range(0, len(queries), _QUERY_CHUNK):
-            chunk = queries[start : start + _QUERY_CHUNK]
+        chunk_size = max(1, min(_QUERY_CHUNK, _PRODUCT_BYTES // max(1, 4 * len(items.decoded))))
+        for start in range(0, len(queries), chunk_size):
+            chunk = queries[start : start + chunk_size]
             products = chunk @ items.decoded.T if whole_products else None
             for row, query in enumerate(chunk):
                 best = self._rescored_top_k(query, items, leaves, k, None if products is None else products[row])
@@ -219,10 +224,8 @@ class ReferenceSearcher:
     def _all_items(self) -> _AllItems:
         if self._all is None:
             num_partitions = len(self.centroids) if self.centroids is not None else 1
-            stored = [self._items(p) for p in range(num_partitions)]
+            all_stored, starts = self._stored_in_one_array(num_partitions)
             offsets = self.offsets or [0]
-            all_stored = np.concatenate(stored)
-            starts = np.concatenate([[0], np.cumsum([len(part) for part in stored])]).astype(np.int64)
             # The per-partition arrays become views into the one array: the codes are held once, not twice.
             self._partition_cache = {p: all_stored[starts[p] : starts[p + 1]] for p in range(num_partitions)}
             shape = (len(all_stored), self.dimension)
@@ -237,11 +240,29 @@ class ReferenceSearcher:
                 squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
                 starts=starts,
-                global_ids=np.concatenate([offsets[p] + np.arange(len(part)) for p, part in enumerate(stored)]),
+                global_ids=np.concatenate(
+                    [offsets[p] + np.arange(starts[p + 1] - starts[p]) for p in range(num_partitions)]
+                ),
                 stored=all_stored,
                 num_partitions=num_partitions,
             )
         return self._all
+
+    def _stored_in_one_array(self, num_partitions: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every partition's items in one array (in a temporary file's pages with ``decoded_in_file``), filled
+        one partition at a time, so only one partition is ever held twice; and each partition's first row."""
+        last = self._items(num_partitions - 1, cache=False)
+        # Where each partition starts in global order is the runtime's own offsets table.
+        starts = np.asarray([*(self.offsets or [0])[:num_partitions], 0], np.int64)
+        starts[-1] = starts[-2] + len(last)
+        shape = (int(starts[-1]), *last.shape[1:])
+        stored = file_backed_array(shape, last.dtype) if self._decoded_in_file else np.empty(shape, last.dtype)
+        for p in range(num_partitions):
+            items = last if p == num_partitions - 1 else self._items(p, cache=False)
+            if len(items) != starts[p + 1] - starts[p]:
+                raise ValueError(f"partition {p} holds {len(items)} items, its offsets say {starts[p + 1] - starts[p]}")
+            stored[starts[p] : starts[p + 1]] = items
+        return stored, starts
 
 
 @dataclass(frozen=True)

@@ -277,13 +277,16 @@ def test_batched_search_returns_exactly_what_the_runtime_search_returns(lookup_t
 
 
 @pytest.mark.parametrize("whole_product_above", [0.0, 1.0])  # every item scored per query chunk / slices
+@pytest.mark.parametrize("product_bytes", [64 << 20, 1])  # 1: one query per chunk (the budget of a huge index)
+@pytest.mark.parametrize("in_file", [False, True])
 def test_batched_search_on_a_scann_built_index_matches_the_runtime_search(
-    index_bytes, queries, whole_product_above: float, monkeypatch: pytest.MonkeyPatch
+    index_bytes, queries, whole_product_above: float, product_bytes: int, in_file: bool, monkeypatch
 ) -> None:
     from index_builder.ondevice import reference_search
 
     monkeypatch.setattr(reference_search, "_WHOLE_PRODUCT_ABOVE", whole_product_above)
-    reference = ReferenceSearcher(index_bytes[0])
+    monkeypatch.setattr(reference_search, "_PRODUCT_BYTES", product_bytes)
+    reference = ReferenceSearcher(index_bytes[0], decoded_in_file=in_file)
     batched = reference.search_many(queries, 10)
     assert batched.tolist() == [[hit.global_index for hit in reference.search(q, 10)] for q in queries]
 
