@@ -49,14 +49,15 @@ def evaluate_indexes(
     # Embeddings loaded into a memory-mapped file (the build spills): the decoded items go to file pages too.
     reference = ReferenceSearcher(str(index_file), decoded_in_file=isinstance(vectors, np.memmap))
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
+    file_bytes = index_file.stat().st_size
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {
         # Below 10 rows the top 10 is every row: recall@10 is then measured against all of them.
         "recall@10": evaluation.recall_at_k(device_found, true_ids, min(10, num_rows)),
         "num_queries": len(device_found),
         "bytes_per_item_codes": reference.index.bytes_per_item,
-        "index_file_bytes": index_file.stat().st_size,
-        "bytes_per_item_total": index_file.stat().st_size / num_rows,
+        "index_file_bytes": file_bytes,
+        "bytes_per_item_total": file_bytes / num_rows,
         "method": "numpy twin of the on-device search over index.ldb",
         **device.target.report(),
     }

@@ -218,14 +218,13 @@ class ReferenceSearcher:
         kth = np.partition(scores, top - 1)[top - 1]
         candidates = searched[scores <= kth + 2 * margin]
         distances = self._distances(query, lut, items.stored[candidates])
-        ids = items.global_ids[candidates]
+        ids = candidates  # rows of the one items array are in global order: a row is its item's global id
         return ids[np.lexsort((ids, distances))[:k]]
 
     def _all_items(self) -> _AllItems:
         if self._all is None:
             num_partitions = len(self.centroids) if self.centroids is not None else 1
             all_stored, starts = self._stored_in_one_array(num_partitions)
-            offsets = self.offsets or [0]
             # The per-partition arrays become views into the one array: the codes are held once, not twice.
             self._partition_cache = {p: all_stored[starts[p] : starts[p + 1]] for p in range(num_partitions)}
             shape = (len(all_stored), self.dimension)
@@ -240,9 +239,6 @@ class ReferenceSearcher:
                 squared_norms=squared_norms,
                 max_norm=float(np.sqrt(squared_norms.max())) if len(squared_norms) else 0.0,
                 starts=starts,
-                global_ids=np.concatenate(
-                    [offsets[p] + np.arange(starts[p + 1] - starts[p]) for p in range(num_partitions)]
-                ),
                 stored=all_stored,
                 num_partitions=num_partitions,
             )
@@ -272,7 +268,8 @@ class _AllItems:
     decoded: np.ndarray  # [N, D] float32: codes decoded to codebook centers (or the stored floats)
     squared_norms: np.ndarray  # [N]
     max_norm: float
-    starts: np.ndarray  # [P + 1]: partition p's items are rows starts[p] .. starts[p + 1] - 1
-    global_ids: np.ndarray  # [N] on-device item id
+    # [P + 1]: partition p's items are rows starts[p] .. starts[p + 1] - 1 (the runtime's global offsets,
+    # so a row number is the item's global id)
+    starts: np.ndarray
     stored: np.ndarray  # [N, ...] what the runtime scores: codes, or float vectors
     num_partitions: int

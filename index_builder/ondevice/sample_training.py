@@ -26,7 +26,7 @@ from index_builder import tuning
 from index_builder.ondevice.catalog_probe import CatalogPrediction, CatalogProbe, predict_catalog_recall
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import read_searcher
-from index_builder.recall_target import RecallEstimate
+from index_builder.recall_target import RecallEstimate, TargetRule
 from index_builder.scann_index import BuiltIndex, IndexParams
 
 LOG = logging.getLogger(__name__)
@@ -59,13 +59,11 @@ def train_on_sample(job: TrainingJob) -> SampleTraining:
     """Tunes and trains in this process; the searcher is read back as arrays, then let go. With a catalog
     probe, a code size the sample accepts but the probe predicts short of the target on the whole catalog
     gives way to the next finer one, at the same leaf count."""
-    check = _CatalogCheck(job) if job.probe is not None else None
+    check = _CatalogCheck(job.vectors, job.probe, job.options.rule()) if job.probe is not None else None
     tuned = tuning.tune_scann_index(job.vectors, job.params, job.options, queries=job.queries, code_check=check)
-    quantizer = check.quantizer_of(tuned.index) if check is not None else None
-    if quantizer is None:
-        quantizer = _quantizer(tuned.index)
+    quantizer = (check and check.quantizer_of(tuned.index)) or _quantizer(tuned.index)
     tuned = dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None))
-    return SampleTraining(tuned, quantizer, tuple(check.records) if check is not None else ())
+    return SampleTraining(tuned, quantizer, tuple(check.records) if check else ())
 
 
 def _quantizer(index: BuiltIndex) -> OnDeviceQuantizer:
@@ -78,11 +76,10 @@ class _CatalogCheck:
     """tuning.CodeCheck against the job's catalog probe; keeps a record of each check and the last
     quantizer read back (reading a trained searcher back costs a serialize, so the chosen one is reused)."""
 
-    def __init__(self, job: TrainingJob) -> None:
-        assert job.probe is not None
-        self._catalog = job.probe
-        self._sample = CatalogProbe.of_catalog(job.vectors, job.probe.queries, job.probe.depth)
-        self._rule = job.options.rule()
+    def __init__(self, sample_rows: np.ndarray, catalog: CatalogProbe, rule: TargetRule) -> None:
+        self._catalog = catalog
+        self._sample = CatalogProbe.of_catalog(sample_rows, catalog.queries, catalog.depth)
+        self._rule = rule
         self.records: list[dict] = []
         self._last: tuple[tuple[int | None, int], OnDeviceQuantizer] | None = None
 
