@@ -10,7 +10,7 @@ float32 costs 512 MB, not twice that.
 
 Duplicate ids: files are read in sorted path order and rows in file order; the
 first occurrence of an id is kept and later ones are dropped and counted. This
-is deterministic for a given set of files, and cheap to stream.
+is deterministic for a given set of files.
 
 Row order: the result is sorted by id. embed_images writes rows to whichever
 shard their bundle produced, so file order differs between two runs over the
@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from index_builder.arrow_column import ArrowColumn, memory_mapped
 from transforms.outputs.parquet_shards import open_parquet, parquet_row_count
 
 REQUIRED_COLUMNS = ("id", "uri", "embedding", "model_id")
@@ -43,15 +44,21 @@ class EmbeddingsError(ValueError):
 
 @dataclass
 class EmbeddingSet:
-    """Validated embeddings: row i of ``vectors`` belongs to ``ids[i]`` / ``uris[i]``."""
+    """Validated embeddings: row i of ``vectors`` belongs to ``ids[i]`` / ``uris[i]``.
 
-    ids: list[str]
-    uris: list[str]
+    The per-row strings are Arrow columns (index_builder/arrow_column.py), memory-mapped from the
+    temp folder when the set spills, like ``vectors``."""
+
+    ids: ArrowColumn
+    uris: ArrowColumn
     vectors: np.ndarray  # [N, D] float32, C-contiguous, L2-normalized
     model_id: str
     files: list[str]
     duplicates_dropped: int = 0
-    columns: dict[str, list] = field(default_factory=dict)  # extra columns asked for
+    columns: dict[str, ArrowColumn] = field(default_factory=dict)  # extra columns asked for
+    # [rows in all files, in file then row order] -> row of this set, -1 for a dropped duplicate:
+    # where a row read straight from the files (a Beam worker's row group) belongs.
+    row_of_source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def num_rows(self) -> int:
@@ -61,6 +68,11 @@ class EmbeddingSet:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    @property
+    def spilled(self) -> bool:
+        """Whether the set lives in memory-mapped files; a build's other per-row arrays then follow."""
+        return isinstance(self.vectors, np.memmap)
+
 
 def load_embeddings(
     pattern: str, extra_columns: Sequence[str] = (), spill_from_rows: int | None = None
@@ -69,9 +81,10 @@ def load_embeddings(
 
     ``extra_columns`` names carried-through columns (e.g. ``caption``,
     ``fingerprint``) to return in ``EmbeddingSet.columns``.
-    ``spill_from_rows``: from this many rows the matrix lives in a memory-mapped file in the temp
-    folder (deleted with the set) instead of process memory: the OS pages it, so a launcher that
-    only streams over it (a build assembled from Beam outputs) does not need 4 N D bytes of RAM.
+    ``spill_from_rows``: from this many rows the matrix and the per-row columns live in memory-mapped
+    files in the temp folder (deleted with the set) instead of process memory: the OS pages them, so
+    a launcher that only streams over them (a build assembled from Beam outputs) does not need
+    4 N D bytes of RAM, nor a Python object per row.
     Raises EmbeddingsError naming the offending file for any contract violation.
     """
     files = check_committed(match_files(pattern))
@@ -83,11 +96,7 @@ def load_embeddings(
 
     vectors: np.ndarray | None = None
     first: tuple[str, str, int] | None = None  # (path, model_id, dim) every later shard must match
-    ids: list[str] = []
-    uris: list[str] = []
-    extras: dict[str, list] = {name: [] for name in extra_columns}
-    seen: set[str] = set()
-    keep = np.ones(total_rows, dtype=bool)
+    strings: dict[str, list[pa.Array]] = {name: [] for name in ("id", "uri", *extra_columns)}
     offset = 0
     for path, expected_rows in zip(files, row_counts):
         if expected_rows == 0:
@@ -100,30 +109,30 @@ def load_embeddings(
         _check_same_model(shard, *first)
         assert vectors is not None
         vectors[offset : offset + expected_rows] = shard.vectors
-        for row, row_id in enumerate(shard.ids):
-            if row_id in seen:
-                keep[offset + row] = False
-                continue
-            seen.add(row_id)
-            ids.append(row_id)
-            uris.append(shard.uris[row])
-        shard_keep = keep[offset : offset + expected_rows]
-        for name, values in shard.extras.items():
-            extras[name].extend(value for value, kept in zip(values, shard_keep) if kept)
+        for name, values in shard.columns.items():
+            strings[name].append(values)
         offset += expected_rows
 
     assert vectors is not None and first is not None
-    kept_rows = _compact_in_place(vectors, keep)
-    vectors = vectors[:kept_rows]
-    vectors, ids, uris, extras = _in_id_order(vectors, ids, uris, extras, spill)
+    columns = {name: ArrowColumn(pa.chunked_array(chunks)) for name, chunks in strings.items()}
+    del strings
+    source_rows = _first_occurrences_in_id_order(columns["id"])
+    if not _every_row_in_place(source_rows, total_rows):
+        vectors = _rows_in_order(vectors, source_rows, spill)
+        columns = {name: column.take(source_rows) for name, column in columns.items()}
+    if spill:
+        columns = memory_mapped(columns, os.path.join(spill.path, "columns.arrow"))
+    row_of_source = np.full(total_rows, -1, np.int64)
+    row_of_source[source_rows] = np.arange(len(source_rows))
     embedding_set = EmbeddingSet(
-        ids=ids,
-        uris=uris,
+        ids=columns.pop("id"),
+        uris=columns.pop("uri"),
         vectors=vectors,
         model_id=first[1],
         files=files,
-        duplicates_dropped=total_rows - kept_rows,
-        columns=extras,
+        duplicates_dropped=total_rows - len(source_rows),
+        columns=columns,
+        row_of_source=row_of_source,
     )
     if spill:
         weakref.finalize(embedding_set, shutil.rmtree, spill.path, True)
@@ -140,24 +149,36 @@ class _SpillFolder:
         return np.lib.format.open_memmap(os.path.join(self.path, f"{name}.npy"), "w+", np.float32, shape)
 
 
-def _in_id_order(
-    vectors: np.ndarray, ids: list[str], uris: list[str], extras: dict[str, list], spill: _SpillFolder | None = None
-) -> tuple[np.ndarray, list[str], list[str], dict[str, list]]:
-    """Rows sorted by id, so every build sees the same row order whatever the shard layout."""
-    order = np.argsort(np.asarray(ids, dtype=object), kind="stable")
-    if np.all(order == np.arange(len(ids))):
-        return vectors, ids, uris, extras
-    if spill:  # one more file, filled a chunk at a time
-        sorted_vectors = spill.matrix("sorted", vectors.shape)
-        for start in range(0, len(order), _COMPACTION_CHUNK_ROWS):
-            chunk = order[start : start + _COMPACTION_CHUNK_ROWS]
-            sorted_vectors[start : start + len(chunk)] = vectors[chunk]
-        os.remove(vectors.filename)  # disk freed once unmapped; only the sorted copy stays
-        vectors = sorted_vectors
-    else:
-        vectors = vectors[order]  # one copy, only when files were not already in id order
-    ids, uris = [ids[i] for i in order], [uris[i] for i in order]
-    return vectors, ids, uris, {name: [values[i] for i in order] for name, values in extras.items()}
+def _first_occurrences_in_id_order(ids: ArrowColumn) -> np.ndarray:
+    """Source rows (file then row order) of each id's first occurrence, sorted by id.
+
+    One stable sort does both jobs: equal ids end up adjacent with the earliest first, so keeping the
+    first of each run drops later duplicates, and what is kept is already in id order (byte order of
+    UTF-8 is code point order, as Python compares str).
+    """
+    order = pc.sort_indices(ids.arrow)  # stable
+    in_order = ids.arrow.take(order)
+    repeats = pc.equal(in_order.slice(1), in_order.slice(0, len(in_order) - 1)).to_numpy(zero_copy_only=False)
+    keep = np.concatenate([[True], ~repeats])
+    return order.to_numpy()[keep].astype(np.int64)
+
+
+def _every_row_in_place(source_rows: np.ndarray, total_rows: int) -> bool:
+    """No duplicates and the files already in id order: nothing to move."""
+    return len(source_rows) == total_rows and bool(np.all(source_rows == np.arange(total_rows)))
+
+
+def _rows_in_order(vectors: np.ndarray, source_rows: np.ndarray, spill: _SpillFolder | None) -> np.ndarray:
+    """vectors[source_rows], one more copy (a chunk at a time into a second file when spilling; the
+    first file's disk is freed once unmapped)."""
+    if not spill:
+        return vectors[source_rows]
+    ordered = spill.matrix("sorted", (len(source_rows), vectors.shape[1]))
+    for start in range(0, len(source_rows), _COMPACTION_CHUNK_ROWS):
+        chunk = source_rows[start : start + _COMPACTION_CHUNK_ROWS]
+        ordered[start : start + len(chunk)] = vectors[chunk]
+    os.remove(vectors.filename)
+    return ordered
 
 
 @dataclass
@@ -165,11 +186,9 @@ class _Shard:
     """One validated file."""
 
     path: str
-    ids: list[str]
-    uris: list[str]
     vectors: np.ndarray
     model_id: str
-    extras: dict[str, list]
+    columns: dict[str, pa.Array]  # id, uri and the extra columns, as read (strings as large_string)
 
 
 def _read_shard(path: str, expected_rows: int, extra_columns: Sequence[str]) -> _Shard:
@@ -182,14 +201,19 @@ def _read_shard(path: str, expected_rows: int, extra_columns: Sequence[str]) -> 
     vectors = embedding_matrix(path, table)
     _check_metadata(path, table.schema.metadata, vectors.shape[1], model_id)
     _check_vectors(path, ids, vectors)
-    return _Shard(
-        path=path,
-        ids=ids,
-        uris=_non_null_strings(path, table, "uri"),
-        vectors=vectors,
-        model_id=model_id,
-        extras={name: table.column(name).to_pylist() for name in extra_columns},
-    )
+    columns = {"id": ids, "uri": _non_null_strings(path, table, "uri")}
+    for name in extra_columns:
+        columns[name] = _large(table.column(name).combine_chunks())
+    return _Shard(path=path, vectors=vectors, model_id=model_id, columns=columns)
+
+
+def _large(values: pa.Array) -> pa.Array:
+    """Strings with 64-bit offsets: concatenated over a whole catalog they can pass 2 GB."""
+    if pa.types.is_string(values.type):
+        return values.cast(pa.large_string())
+    if pa.types.is_binary(values.type):
+        return values.cast(pa.large_binary())
+    return values
 
 
 def _check_same_model(shard: _Shard, first_path: str, model_id: str, dim: int) -> None:
@@ -280,11 +304,13 @@ def _read_table(path: str, columns: list[str]) -> pa.Table:
         return parquet_file.read(columns=columns)
 
 
-def _non_null_strings(path: str, table: pa.Table, name: str) -> list[str]:
+def _non_null_strings(path: str, table: pa.Table, name: str) -> pa.Array:
     column = table.column(name)
     if column.null_count:
         raise EmbeddingsError(f"{path}: column {name!r} has {column.null_count} null value(s)")
-    return column.to_pylist()
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise EmbeddingsError(f"{path}: column {name!r} is {column.type}, expected strings")
+    return _large(column.combine_chunks())
 
 
 def _single_model_id(path: str, table: pa.Table) -> str:
@@ -333,12 +359,12 @@ def _check_metadata(path: str, metadata: dict[bytes, bytes] | None, dim: int, mo
         raise EmbeddingsError(f"{path}: metadata model_id={recorded_model.decode()!r} but rows say {model_id!r}")
 
 
-def _check_vectors(path: str, ids: list[str], vectors: np.ndarray) -> None:
+def _check_vectors(path: str, ids: pa.Array, vectors: np.ndarray) -> None:
     finite = np.isfinite(vectors).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
         raise EmbeddingsError(
-            f"{path}: id {ids[row]!r} (row {row}) has NaN/inf in its embedding; "
+            f"{path}: id {ids[row].as_py()!r} (row {row}) has NaN/inf in its embedding; "
             f"{int((~finite).sum())} such row(s) in this file"
         )
     norms = np.linalg.norm(vectors, axis=1)
@@ -346,30 +372,15 @@ def _check_vectors(path: str, ids: list[str], vectors: np.ndarray) -> None:
     if zero.any():
         row = int(np.flatnonzero(zero)[0])
         raise EmbeddingsError(
-            f"{path}: id {ids[row]!r} (row {row}) has an all-zero embedding; {int(zero.sum())} such row(s) in this file"
+            f"{path}: id {ids[row].as_py()!r} (row {row}) has an all-zero embedding; {int(zero.sum())} such row(s) in this file"
         )
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
         row = int(np.flatnonzero(off)[0])
         raise EmbeddingsError(
-            f"{path}: id {ids[row]!r} (row {row}) has L2 norm {norms[row]:.6f}, expected 1 +- {NORM_TOLERANCE}; "
+            f"{path}: id {ids[row].as_py()!r} (row {row}) has L2 norm {norms[row]:.6f}, expected 1 +- {NORM_TOLERANCE}; "
             f"{int(off.sum())} such row(s): the embeddings contract requires L2-normalized vectors"
         )
-
-
-def _compact_in_place(vectors: np.ndarray, keep: np.ndarray) -> int:
-    """Moves kept rows to the front without a second full-size copy; returns their count.
-
-    Safe in chunks because kept row j always comes from source row >= j, and
-    each chunk's source rows are copied (fancy indexing) before being written.
-    """
-    if keep.all():
-        return len(keep)
-    kept = np.flatnonzero(keep)
-    for start in range(0, len(kept), _COMPACTION_CHUNK_ROWS):
-        stop = min(start + _COMPACTION_CHUNK_ROWS, len(kept))
-        vectors[start:stop] = vectors[kept[start:stop]]
-    return len(kept)
 
 
 __all__ = ["REQUIRED_COLUMNS", "EmbeddingSet", "EmbeddingsError", "load_embeddings", "match_files"]

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from index_builder.embeddings_io import embedding_matrix
+from index_builder.embeddings_io import EmbeddingSet, embedding_matrix
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from transforms.outputs.parquet_shards import open_parquet
 
@@ -34,6 +36,7 @@ class RowGroup:
     path: str
     row_group: int
     first_row: int  # row offset of this row group inside its file
+    num_rows: int
 
 
 def row_groups(files: Sequence[str]) -> list[RowGroup]:
@@ -43,8 +46,9 @@ def row_groups(files: Sequence[str]) -> list[RowGroup]:
         with open_parquet(path) as parquet_file:
             first = 0
             for group in range(parquet_file.metadata.num_row_groups):
-                groups.append(RowGroup(file_index, path, group, first))
-                first += parquet_file.metadata.row_group(group).num_rows
+                num_rows = parquet_file.metadata.row_group(group).num_rows
+                groups.append(RowGroup(file_index, path, group, first, num_rows))
+                first += num_rows
     return groups
 
 
@@ -112,27 +116,47 @@ def read_encoded(
 class CatalogRows:
     """Where each encoded row goes in the launcher's row order, and which rows are covered.
 
-    Row groups are placed in file then row order, so an id's first occurrence wins, as in
-    ``load_embeddings``; later duplicates are skipped.
+    A row group's rows are consecutive rows of the files' concatenation, so
+    ``EmbeddingSet.row_of_source`` places them (an id's first occurrence in file then row order wins, as
+    in ``load_embeddings``; later duplicates map to -1 and are skipped) with no id -> row map: a Python
+    dict of every id cost about 100 bytes per row. The ids a worker wrote are checked against the rows
+    they land on, so inputs that changed mid-build are refused, not mixed.
     """
 
-    def __init__(self, ids: Sequence[str]) -> None:
-        self._row_of = {item_id: row for row, item_id in enumerate(ids)}
-        self.filled = np.zeros(len(ids), bool)
+    def __init__(self, embeddings: EmbeddingSet) -> None:
+        self.groups = row_groups(embeddings.files)
+        self._ids = embeddings.ids
+        self._row_of_source = embeddings.row_of_source
+        file_rows = np.zeros(len(embeddings.files) + 1, np.int64)
+        for group in self.groups:  # a file's last group ends where the file does
+            file_rows[group.file_index + 1] = group.first_row + group.num_rows
+        self._file_starts = np.cumsum(file_rows)
+        self.filled = np.zeros(embeddings.num_rows, bool)
 
-    def place(self, group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(target rows, positions in the group) of the group's ids not placed yet; marks them placed."""
-        try:
-            rows = np.fromiter((self._row_of[str(i)] for i in group_ids), np.int64, len(group_ids))
-        except KeyError as error:
+    def place(self, group_index: int, group_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(target rows, positions in the group) of row group ``group_index``'s rows; marks them placed."""
+        group = self.groups[group_index]
+        if len(group_ids) != group.num_rows:
             raise EncodingCoverageError(
-                f"encoded row {error} is not in the loaded catalog: inputs changed mid-build?"
-            ) from None
-        _, first = np.unique(rows, return_index=True)
-        positions = np.sort(first)
-        positions = positions[~self.filled[rows[positions]]]
-        self.filled[rows[positions]] = True
-        return rows[positions], positions
+                f"{group.path} row group {group.row_group}: {len(group_ids)} rows were encoded but the file "
+                f"holds {group.num_rows}: inputs changed mid-build?"
+            )
+        start = self._file_starts[group.file_index] + group.first_row
+        targets = self._row_of_source[start : start + len(group_ids)]
+        positions = np.flatnonzero(targets >= 0)
+        rows = targets[positions]
+        expected = self._ids.take(rows).arrow
+        actual = pa.array(np.asarray(group_ids)[positions].tolist(), expected.type)
+        if not expected.equals(actual):
+            bad = int(np.flatnonzero(~pc.equal(expected, actual).to_numpy(zero_copy_only=False))[0])
+            raise EncodingCoverageError(
+                f"encoded row {actual[bad].as_py()!r} of {group.path} is not the loaded catalog's "
+                f"{expected[bad].as_py()!r}: inputs changed mid-build?"
+            )
+        if self.filled[rows].any():
+            raise EncodingCoverageError(f"{group.path} row group {group.row_group} was encoded twice")
+        self.filled[rows] = True
+        return rows, positions
 
     def check_complete(self) -> None:
         missing = int((~self.filled).sum())

@@ -5,26 +5,37 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from index_builder.arrow_column import ArrowColumn
 from transforms.outputs import commit, markers
 from transforms.outputs.markers import SUCCESS_FILE
 
 MANIFEST_FILE = "MANIFEST.json"
 
 
-def write_ids(path: Path, ids: list[str], uris: list[str], embedding_hashes: list[bytes] | None = None) -> None:
-    """Row r of the server index is item ids[r]; embedding_hash (8 bytes) tells the next night what changed."""
-    columns = {"row": pa.array(range(len(ids)), pa.int64()), "id": ids, "uri": uris}
+def write_ids(
+    path: Path, ids: Sequence[str], uris: Sequence[str], embedding_hashes: Sequence[bytes] | None = None
+) -> None:
+    """Row r of the server index is item ids[r]; embedding_hash (8 bytes) tells the next night what changed.
+
+    Arrow columns go in as they are (no Python object per row); row groups stay small because the
+    Parquet writer holds a whole row group's encoded pages until it ends."""
+    columns = {
+        "row": pa.array(np.arange(len(ids), dtype=np.int64)),
+        "id": ArrowColumn.of(ids, pa.large_string()).arrow,
+        "uri": ArrowColumn.of(uris, pa.large_string()).arrow,
+    }
     if embedding_hashes is not None:
-        columns["embedding_hash"] = pa.array(embedding_hashes, pa.binary(8))
-    table = pa.table(columns)
-    pq.write_table(table, path, compression="zstd")
+        columns["embedding_hash"] = ArrowColumn.of(embedding_hashes, pa.binary(8)).arrow
+    pq.write_table(pa.table(columns), path, compression="zstd", row_group_size=65_536)
 
 
 def sha256_of(path: Path) -> str:

@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ class RowDiff:
     upserted: list[str]  # ids new, or whose embedding changed
     unchanged: int
     changed: int  # ids in both lists
-    current_hashes: list[bytes] | None = None  # every current row's embedding hash (ids.parquet reuses them)
+    current_hashes: Sequence[bytes] | None = None  # every current row's embedding hash (ids.parquet reuses them)
 
     @property
     def removed(self) -> int:

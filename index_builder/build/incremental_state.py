@@ -11,6 +11,7 @@ codebooks, and ScaNN updates a loaded searcher in place (upsert / delete).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +19,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from index_builder.arrow_column import ArrowColumn
+from index_builder.memory import file_backed_array
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 
 STATE_FILE = "ondevice_state.npz"
 ITEMS_FILE = "ondevice_items.parquet"
+HASH_BYTES = 8
+_HASH_CHUNK_ROWS = 65_536
+_ROW_GROUP_ROWS = 65_536  # the Parquet writer buffers a whole row group's pages: keep that small
 
 
 @dataclass
@@ -29,15 +35,25 @@ class OnDeviceState:
     """The trained on-device quantizer and every item's partition and codes, keyed by id."""
 
     quantizer: OnDeviceQuantizer
-    ids: list[str]
+    ids: Sequence[str]
     assignment: np.ndarray  # [N] partition
     codes: np.ndarray  # [N, num_blocks] uint8
 
 
-def embedding_hashes(vectors: np.ndarray) -> list[bytes]:
-    """8-byte digest per row: equal vectors, equal hashes (the nightly carries unchanged rows bit for bit)."""
-    contiguous = np.ascontiguousarray(vectors, np.float32)
-    return [hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in contiguous]
+def embedding_hashes(vectors: np.ndarray) -> ArrowColumn:
+    """8-byte digest per row: equal vectors, equal hashes (the nightly carries unchanged rows bit for bit).
+
+    One fixed-size binary buffer (8 bytes per row), not a bytes object per row (about 50)."""
+    digests = bytearray(HASH_BYTES * len(vectors))
+    for start in range(0, len(vectors), _HASH_CHUNK_ROWS):
+        chunk = np.ascontiguousarray(vectors[start : start + _HASH_CHUNK_ROWS], np.float32)
+        for offset, row in enumerate(chunk, start):
+            digests[offset * HASH_BYTES : (offset + 1) * HASH_BYTES] = hashlib.blake2b(
+                row.tobytes(), digest_size=HASH_BYTES
+            ).digest()
+    return ArrowColumn(
+        pa.FixedSizeBinaryArray.from_buffers(pa.binary(HASH_BYTES), len(vectors), [None, pa.py_buffer(digests)])
+    )
 
 
 def write_state(index_dir: Path, state: OnDeviceState) -> None:
@@ -52,7 +68,7 @@ def write_state(index_dir: Path, state: OnDeviceState) -> None:
     codes = np.ascontiguousarray(state.codes, np.uint8)
     table = pa.table(
         {
-            "id": state.ids,
+            "id": ArrowColumn.of(state.ids, pa.large_string()).arrow,
             "partition": pa.array(np.asarray(state.assignment, np.int32)),
             # One buffer, no per-row bytes objects (those cost ~160 bytes per item at 128-byte codes).
             "codes": pa.FixedSizeBinaryArray.from_buffers(
@@ -60,7 +76,7 @@ def write_state(index_dir: Path, state: OnDeviceState) -> None:
             ),
         }
     )
-    pq.write_table(table, index_dir / ITEMS_FILE, compression="zstd")
+    pq.write_table(table, index_dir / ITEMS_FILE, compression="zstd", row_group_size=_ROW_GROUP_ROWS)
 
 
 def read_state(index_dir: Path) -> OnDeviceState:
@@ -80,11 +96,14 @@ def has_state(index_dir: Path) -> bool:
     return (index_dir / STATE_FILE).is_file() and (index_dir / ITEMS_FILE).is_file()
 
 
-def state_from_index(index_file: Path, item_ids: list[str], anisotropic_threshold: float) -> OnDeviceState | None:
+def state_from_index(
+    index_file: Path, item_ids: Sequence[str], anisotropic_threshold: float, codes_in_file: bool = False
+) -> OnDeviceState | None:
     """The state of a written partitioned AH index.ldb (None for brute-force or unpartitioned indexes).
 
     Read back from the file itself, so every build path (in process, Beam, incremental) keeps the same
     state without carrying the quantizer around. item_ids[g] is the id of the file's g-th item.
+    ``codes_in_file``: the codes (N x blocks bytes) in a temporary file's pages, when the build spills.
     """
     from index_builder.ondevice.reference_search import ReferenceSearcher
 
@@ -92,7 +111,8 @@ def state_from_index(index_file: Path, item_ids: list[str], anisotropic_threshol
     if not reference.uses_hashing or reference.centroids is None:
         return None
     index = reference.index
-    codes = np.empty((len(item_ids), len(reference.codebooks)), np.uint8)  # filled partition by partition: held once
+    shape = (len(item_ids), len(reference.codebooks))
+    codes = file_backed_array(shape, np.uint8) if codes_in_file else np.empty(shape, np.uint8)  # filled once
     sizes: list[int] = []
     start = 0
     for partition in range(index.num_partitions):
@@ -107,4 +127,4 @@ def state_from_index(index_file: Path, item_ids: list[str], anisotropic_threshol
     assignment = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     books = tuple(np.asarray(book, np.float32) for book in reference.codebooks)
     quantizer = OnDeviceQuantizer(np.asarray(reference.centroids, np.float32), books, anisotropic_threshold)
-    return OnDeviceState(quantizer, list(item_ids), assignment, np.asarray(codes, np.uint8))
+    return OnDeviceState(quantizer, item_ids, assignment, codes)

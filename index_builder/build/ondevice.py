@@ -29,7 +29,7 @@ from index_builder.build.settings import BuildSettings
 from index_builder.build.worker_files import sample_rows, worker_files_dir
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.encoded_rows import encode_pipeline
-from index_builder.item_metadata import metadata_payload
+from index_builder.item_metadata import RowPayloads
 from index_builder.ondevice import encoded_items
 from index_builder.ondevice.calibration import calibrate_leaves_to_search
 from index_builder.ondevice.catalog_probe import PROBE_QUERIES, CatalogProbe
@@ -73,12 +73,9 @@ class ServerHints:
         return cls(queries, server.true_ids)
 
 
-def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> list[bytes]:
-    def values(row: int) -> dict[str, Any]:
-        known = {"id": embeddings.ids[row], "uri": embeddings.uris[row]}
-        return {c: known[c] if c in known else embeddings.columns[c][row] for c in columns}
-
-    return [metadata_payload(list(columns), values(r)) for r in range(embeddings.num_rows)]
+def item_metadata(embeddings: EmbeddingSet, columns: tuple[str, ...]) -> RowPayloads:
+    """Each row's searcher payload from its ``columns``, built when an index writer asks for it."""
+    return RowPayloads(columns, {**embeddings.columns, "id": embeddings.ids, "uri": embeddings.uris})
 
 
 def start_sample_training(
@@ -304,17 +301,16 @@ def _encode_all_rows(
     with worker_files_dir(settings.temp_location, "ondevice_rows_") as directory:
         started = time.perf_counter()
         with beam.Pipeline(options=pipeline_options) as pipeline:
-            num_groups = encode_pipeline(
+            encode_pipeline(
                 pipeline, embeddings.files, quantizer, directory, residual=False, counter_namespace="ondevice"
             )
         encoded = time.perf_counter()
         items = encoded_items.collect_encoded(
             directory,
-            num_groups,
-            embeddings.ids,
+            embeddings,
             item_metadata(embeddings, settings.metadata_columns),
             len(quantizer.codebooks),
-            codes_in_file=isinstance(embeddings.vectors, np.memmap),  # the build spills: so do the codes
+            codes_in_file=embeddings.spilled,  # the build spills: so do the codes
         )
         LOG.info(
             "on-device: Beam encoded %d rows in %.1f s, collected in index order in %.1f s",

@@ -3,6 +3,7 @@ the upload of a locally built index to its staging folder, and the commit that w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +64,7 @@ def write_records(
     inputs: BuildInputs,
     config: dict[str, Any],
     evaluation: Evaluation,
-    hashes: list[bytes] | None = None,  # each row's embedding hash, when the build already has them
+    hashes: Sequence[bytes] | None = None,  # each row's embedding hash, when the build already has them
 ) -> None:
     if hashes is None:  # what the next night compares to find changes
         hashes = embedding_hashes(inputs.embeddings.vectors)

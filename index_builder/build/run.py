@@ -8,6 +8,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,15 +221,15 @@ def _finish(
     timings: dict[str, float],
     work: Path,
     evaluation: Evaluation,
-    embedding_hashes: list[bytes] | None = None,
+    embedding_hashes: Sequence[bytes] | None = None,
 ) -> BuildResult:
     """Searchers, the state the next night reuses, and the records (for an index already evaluated)."""
     started = time.perf_counter()
     device.details["searchers"] = write_searchers(inputs, work / INDEX_FILE, work)
     timings["ondevice_seconds"] += time.perf_counter() - started
-    item_ids = [inputs.embeddings.ids[row] for row in device.rows]
+    item_ids = inputs.embeddings.ids.take(device.rows)
     threshold = settings.ondevice_params().anisotropic_quantization_threshold
-    state = incremental_state.state_from_index(work / INDEX_FILE, item_ids, threshold)
+    state = incremental_state.state_from_index(work / INDEX_FILE, item_ids, threshold, inputs.embeddings.spilled)
     if state is not None:
         incremental_state.write_state(work, state)
     config = records.index_config(settings, inputs, tuning_queries, server, device, timings)

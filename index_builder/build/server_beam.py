@@ -143,7 +143,7 @@ def _encode_and_assemble(
                 pipeline, embeddings.files, quantizer, directory, residual=residual, counter_namespace="server_index"
             )
         encoded = time.perf_counter()
-        artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, directory, embeddings.dim)
+        artifacts_writer.assemble(trained_dir, out_dir, embeddings, directory)
         LOG.info(
             "server index: Beam encoded %d rows in %.1f s, assembled in %.1f s",
             embeddings.num_rows,

@@ -10,12 +10,13 @@ element ever goes through a Beam shuffle. ``write_index`` then writes index.ldb.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from index_builder.embeddings_io import EmbeddingSet
 from index_builder.encoded_rows import CatalogRows, read_encoded
+from index_builder.item_metadata import RowPayloads
 from index_builder.memory import file_backed_array
 from index_builder.ondevice.index_file import OnDeviceIndexSummary, write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
@@ -25,23 +26,21 @@ from index_builder.ondevice.quantizer import OnDeviceQuantizer
 class EncodedItems:
     """Every item in index order: partition by partition, id order inside each."""
 
-    ids: list[str]
     assignment: np.ndarray  # [N] partition of item g
     codes: np.ndarray  # [N, num_blocks] uint8 AH codes of item g
-    metadata: list[bytes]
+    metadata: RowPayloads  # payload of item g, built when the index writer reads it
     rows: np.ndarray  # [N] embeddings row of item g
 
 
 def collect_encoded(
     directory: str,
-    num_groups: int,
-    ids: Sequence[str],
-    metadata: Sequence[bytes],
+    embeddings: EmbeddingSet,
+    metadata: RowPayloads,
     num_blocks: int,
     codes_in_file: bool = False,
 ) -> EncodedItems:
-    """Reads the ``num_groups`` row-group files in ``directory``; ``ids`` and ``metadata`` are per
-    embeddings row (row order = id order). Every row must have been encoded.
+    """Reads the row-group files in ``directory`` (one per row group of ``embeddings.files``);
+    ``metadata`` is per embeddings row (row order = id order). Every row must have been encoded.
 
     Two passes over the files: the first places the rows and reads their leaves, which fixes the index
     order; the second writes each row's codes straight into its slot in that order. So the codes, the
@@ -49,31 +48,25 @@ def collect_encoded(
     once, not once in row order and again sorted; ``codes_in_file`` puts them in an unlinked temporary
     file's pages (when the build spills its embeddings), which the kernel can drop and read back.
     """
-    placement = CatalogRows(ids)
-    assignment = np.zeros(len(ids), np.int64)
+    num_rows = embeddings.num_rows
+    placement = CatalogRows(embeddings)
+    assignment = np.zeros(num_rows, np.int64)
     placed: list[tuple[np.ndarray, np.ndarray]] = []  # per group: (rows, positions in the group), int32
-    for group_index in range(num_groups):
+    for group_index in range(len(placement.groups)):
         group_ids, leaves = read_encoded(directory, group_index, ("ids", "leaves"))
-        rows, kept = placement.place(group_ids)
+        rows, kept = placement.place(group_index, group_ids)
         assignment[rows] = leaves[kept]
         placed.append((rows.astype(np.int32), kept.astype(np.int32)))
     placement.check_complete()
-    del placement  # its id -> row map is about 100 bytes per item
     order = np.argsort(assignment, kind="stable")  # rows are in id order: stable keeps it inside a partition
-    slot = np.empty(len(ids), np.int64)
-    slot[order] = np.arange(len(ids))
-    shape = (len(ids), num_blocks)
+    slot = np.empty(num_rows, np.int64)
+    slot[order] = np.arange(num_rows)
+    shape = (num_rows, num_blocks)
     codes = file_backed_array(shape, np.uint8) if codes_in_file else np.zeros(shape, np.uint8)
     for group_index, (rows, kept) in enumerate(placed):
         (group_codes,) = read_encoded(directory, group_index, ("codes",))
         codes[slot[rows]] = group_codes[kept]
-    return EncodedItems(
-        ids=[ids[row] for row in order],
-        assignment=assignment[order],
-        codes=codes,
-        metadata=[metadata[row] for row in order],
-        rows=order,
-    )
+    return EncodedItems(assignment=assignment[order], codes=codes, metadata=metadata.reordered(order), rows=order)
 
 
 def write_index(

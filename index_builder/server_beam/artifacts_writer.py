@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import text_format
 
-from index_builder.embeddings_io import embedding_matrix
-from index_builder.encoded_rows import CatalogRows, EncodingCoverageError, read_encoded, row_groups
+from index_builder.embeddings_io import EmbeddingSet, embedding_matrix
+from index_builder.encoded_rows import CatalogRows, EncodingCoverageError, read_encoded
 from index_builder.scann_import import scann_assets_pb2
 from transforms.outputs.parquet_shards import open_parquet
 
@@ -46,24 +45,17 @@ def row_array_names(trained_dir: Path) -> dict[str, str]:
     return names
 
 
-def assemble(
-    trained_dir: Path,
-    out_dir: Path,
-    files: Sequence[str],
-    ids: Sequence[str],
-    encoded_dir: str,
-    dim: int,
-) -> list[str]:
-    """Fills ``out_dir`` (row i = ``ids[i]``); returns the written file names."""
+def assemble(trained_dir: Path, out_dir: Path, embeddings: EmbeddingSet, encoded_dir: str) -> list[str]:
+    """Fills ``out_dir`` (row i = ``embeddings.ids[i]``); returns the written file names."""
     names = row_array_names(trained_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in (*TRAINED_FILES, ASSETS_FILE):
         shutil.copyfile(trained_dir / name, out_dir / name)
-    arrays = _RowArrays(out_dir, names, len(ids), dim)
-    placement = CatalogRows(ids)
-    for group_index, group in enumerate(row_groups(files)):
+    arrays = _RowArrays(out_dir, names, embeddings.num_rows, embeddings.dim)
+    placement = CatalogRows(embeddings)
+    for group_index, group in enumerate(placement.groups):
         group_ids, leaves, codes = read_encoded(encoded_dir, group_index)
-        rows, kept = placement.place(group_ids)
+        rows, kept = placement.place(group_index, group_ids)
         vectors = None
         if arrays.dataset is not None:
             with open_parquet(group.path) as parquet_file:

@@ -252,7 +252,28 @@ def test_spilled_matrix_is_the_same_rows_in_a_file_removed_with_the_set(tmp_path
     assert spilled.ids == in_memory.ids and spilled.duplicates_dropped == 20
     np.testing.assert_array_equal(spilled.vectors, in_memory.vectors)
     folder = os.path.dirname(spilled.vectors.filename)
-    assert os.listdir(folder) == ["sorted.npy"]  # the unsorted copy was removed after sorting
+    # the unsorted copy was removed after sorting; ids and uris are mapped from the Arrow file
+    assert sorted(os.listdir(folder)) == ["columns.arrow", "sorted.npy"]
+    assert spilled.uris == in_memory.uris and spilled.uris.arrow.equals(in_memory.uris.arrow)
+    np.testing.assert_array_equal(spilled.row_of_source, in_memory.row_of_source)
     del spilled
     gc.collect()
     assert not os.path.exists(folder)
+
+
+def test_row_of_source_places_every_file_row_and_drops_later_duplicates(tmp_path: Path) -> None:
+    """Row r of the files' concatenation (file then row order) maps to the row holding its id, or -1 when an
+    earlier row had the same id: what Beam workers reading row groups use to place their rows."""
+    file_ids = [["m", "c", "x", "c"], ["a", "x", "b"]]
+    for index, ids in enumerate(file_ids):
+        write_shard(tmp_path / f"part-{index}.parquet", ids, unit_rows(len(ids), seed=index))
+    loaded = load_embeddings(str(tmp_path / "*.parquet"))
+    source_ids = [i for ids in file_ids for i in ids]
+    assert loaded.ids == ["a", "b", "c", "m", "x"] and loaded.duplicates_dropped == 2
+    expected = [loaded.ids.to_pylist().index(i) for i in source_ids]
+    expected[3] = expected[5] = -1  # the second "c" and the second "x"
+    assert loaded.row_of_source.tolist() == expected
+    all_rows = np.concatenate([unit_rows(4, seed=0), unit_rows(3, seed=1)])
+    for source, row in enumerate(loaded.row_of_source):
+        if row >= 0:
+            np.testing.assert_array_equal(loaded.vectors[row], all_rows[source])

@@ -12,6 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from beam_jobs import launcher
 from index_builder.embeddings_io import EmbeddingSet, load_embeddings
 from index_builder.encoded_rows import EncodingCoverageError, encode_pipeline, read_encoded
+from index_builder.item_metadata import RowPayloads
 from index_builder.ondevice import encoded_items
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 from index_builder.ondevice.scann_artifacts import build_ondevice_searcher, ondevice_builder_config, read_searcher
@@ -26,12 +27,13 @@ def quantizer_for(vectors: np.ndarray) -> OnDeviceQuantizer:
 
 def encode_and_collect(embeddings: EmbeddingSet, quantizer: OnDeviceQuantizer, encoded: Path):
     with beam.Pipeline(options=launcher.default_to_direct_runner(PipelineOptions([]))) as pipeline:
-        groups = encode_pipeline(
-            pipeline, embeddings.files, quantizer, str(encoded), residual=False, counter_namespace="test"
-        )
-    metadata = [uri.encode() for uri in embeddings.uris]
-    items = encoded_items.collect_encoded(str(encoded), groups, embeddings.ids, metadata, len(quantizer.codebooks))
-    return groups, items
+        encode_pipeline(pipeline, embeddings.files, quantizer, str(encoded), residual=False, counter_namespace="test")
+    items = encoded_items.collect_encoded(str(encoded), embeddings, uri_payloads(embeddings), len(quantizer.codebooks))
+    return items
+
+
+def uri_payloads(embeddings: EmbeddingSet) -> RowPayloads:
+    return RowPayloads(["uri"], {"uri": embeddings.uris})
 
 
 def test_items_come_partition_by_partition_in_id_order_first_occurrence_kept(tmp_path: Path) -> None:
@@ -48,23 +50,21 @@ def test_items_come_partition_by_partition_in_id_order_first_occurrence_kept(tmp
     assert embeddings.duplicates_dropped == len(repeated)
     quantizer = quantizer_for(embeddings.vectors)
 
-    groups, items = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
-    metadata = [uri.encode() for uri in embeddings.uris]
+    items = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
     in_file = encoded_items.collect_encoded(
-        str(tmp_path / "encoded"), groups, embeddings.ids, metadata, len(quantizer.codebooks), codes_in_file=True
+        str(tmp_path / "encoded"), embeddings, uri_payloads(embeddings), len(quantizer.codebooks), codes_in_file=True
     )
     assert isinstance(in_file.codes, np.memmap) and not isinstance(items.codes, np.memmap)
     np.testing.assert_array_equal(in_file.codes, items.codes)
     np.testing.assert_array_equal(in_file.rows, items.rows)
 
     assert sorted(items.rows.tolist()) == list(range(len(vectors)))
-    assert items.ids == [embeddings.ids[row] for row in items.rows]
     np.testing.assert_array_equal(items.assignment, quantizer.assign(embeddings.vectors)[items.rows])
     np.testing.assert_array_equal(items.codes, quantizer.encode(embeddings.vectors)[items.rows])
-    assert items.metadata == [embeddings.uris[row].encode() for row in items.rows]
+    assert list(items.metadata) == [embeddings.uris[row].encode() for row in items.rows]
     assert np.all(np.diff(items.assignment) >= 0)
     for partition in np.unique(items.assignment):
-        members = [items.ids[g] for g in np.flatnonzero(items.assignment == partition)]
+        members = [embeddings.ids[items.rows[g]] for g in np.flatnonzero(items.assignment == partition)]
         assert members == sorted(members)
 
 
@@ -72,13 +72,19 @@ def test_a_lost_row_stops_the_collection(tmp_path: Path) -> None:
     vectors = clustered_unit_vectors(600, 128, rows_per_cluster=30, seed=5)
     embeddings = load_embeddings(write_embeddings(tmp_path / "embeddings", vectors, "model-x"))
     quantizer = quantizer_for(vectors)
-    groups, _ = encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
+    encode_and_collect(embeddings, quantizer, tmp_path / "encoded")
     ids, leaves, codes = read_encoded(str(tmp_path / "encoded"), 0)
-    np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[1:], leaves=leaves[1:], codes=codes[1:])
-    with pytest.raises(EncodingCoverageError, match="1 of 600 rows were never encoded"):
-        encoded_items.collect_encoded(
-            str(tmp_path / "encoded"), groups, embeddings.ids, [b""] * len(vectors), len(quantizer.codebooks)
-        )
+    group_file = tmp_path / "encoded" / "rowgroup-0000000.npz"
+    np.savez(group_file, ids=ids[1:], leaves=leaves[1:], codes=codes[1:])
+    with pytest.raises(EncodingCoverageError, match=f"{len(ids) - 1} rows were encoded but the file holds {len(ids)}"):
+        encoded_items.collect_encoded(str(tmp_path / "encoded"), embeddings, uri_payloads(embeddings), len(codes[0]))
+    other = ids.copy()
+    other = other.astype(object)
+    other[3] = "item-from-another-catalog"
+    other = other.astype(str)
+    np.savez(group_file, ids=other, leaves=leaves, codes=codes)
+    with pytest.raises(EncodingCoverageError, match=r"'item-from-another-catalog' of .* is not the loaded catalog's"):
+        encoded_items.collect_encoded(str(tmp_path / "encoded"), embeddings, uri_payloads(embeddings), len(codes[0]))
 
 
 def test_dataflow_dry_run_translates_the_encode_stage(tmp_path: Path, gcs_emulator) -> None:

@@ -46,7 +46,7 @@ def assemble_from(trained_dir: Path, embeddings, out_dir: Path, encoded_dir: Pat
         encode_pipeline(
             pipeline, embeddings.files, quantizer, str(encoded_dir), residual=parameters.residual, counter_namespace="t"
         )
-    artifacts_writer.assemble(trained_dir, out_dir, embeddings.files, embeddings.ids, str(encoded_dir), embeddings.dim)
+    artifacts_writer.assemble(trained_dir, out_dir, embeddings, str(encoded_dir))
 
 
 def test_assembled_rows_match_scanns_and_search_as_well(scann_built: dict, tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_duplicate_ids_keep_their_first_occurrence(scann_built: dict, tmp_path: 
     """A later shard repeating ids (with other vectors) must not overwrite the rows load_embeddings kept."""
     embeddings = scann_built["embeddings"]
     first = Path(embeddings.files[0])
-    table_ids = load_embeddings(str(first)).ids
+    table_ids = load_embeddings(str(first)).ids.to_pylist()
     moved = clustered_unit_vectors(len(table_ids), 64, seed=99)  # same ids, different vectors
     write_embeddings(tmp_path / "extra", moved, "test-model", ids=table_ids)
     repeated = tmp_path / "extra"
@@ -124,14 +124,9 @@ def test_missing_encoded_rows_are_an_error_not_a_partial_index(scann_built: dict
     ids, leaves, codes = read_encoded(str(tmp_path / "encoded"), 0)
     keep = np.arange(len(ids)) % 2 == 0  # half of row group 0 lost
     np.savez(tmp_path / "encoded" / "rowgroup-0000000.npz", ids=ids[keep], leaves=leaves[keep], codes=codes[keep])
-    with pytest.raises(EncodingCoverageError, match="never encoded"):
+    with pytest.raises(EncodingCoverageError, match="rows were encoded but the file holds"):
         artifacts_writer.assemble(
-            scann_built["base"] / "scann",
-            tmp_path / "second",
-            embeddings.files,
-            embeddings.ids,
-            str(tmp_path / "encoded"),
-            embeddings.dim,
+            scann_built["base"] / "scann", tmp_path / "second", embeddings, str(tmp_path / "encoded")
         )
 
 
