@@ -31,7 +31,7 @@ from index_builder.embeddings_io import EmbeddingSet
 from index_builder.encoded_rows import encode_pipeline
 from index_builder.item_metadata import RowPayloads
 from index_builder.ondevice import encoded_items
-from index_builder.ondevice.calibration import calibrate_leaves_to_search
+from index_builder.ondevice.calibration import CalibrationTrial, calibrate_leaves_to_search
 from index_builder.ondevice.catalog_probe import PROBE_QUERIES, CatalogProbe
 from index_builder.ondevice.convert import convert_searcher
 from index_builder.ondevice.index_file import write_float_ondevice_index
@@ -264,6 +264,7 @@ def _calibrate_on_all_rows(
         items.rows,
         start=tuned.chosen.num_leaves_to_search,
         rule=rule,
+        confirmation=trained.confirmation,
     )
     chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
     code_bytes = len(quantizer.codebooks)  # one byte per AH block
@@ -279,13 +280,25 @@ def _calibrate_on_all_rows(
             f"{math.ceil(quantizer.partition_centroids.shape[1] / max(finer))} B/item codes",
         )
     LOG.info(
-        "on-device: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f",
+        "on-device: calibrated leaves-to-search on all rows in %.1f s: %d (the sample chose %d), recall %.4f%s",
         time.perf_counter() - started,
         leaves,
         tuned.chosen.num_leaves_to_search,
         chosen.recall,
+        _confirmations(trials, trained.confirmation),
     )
     return leaves, [asdict(t) for t in trials], target
+
+
+def _confirmations(trials: list[CalibrationTrial], confirmation: tuple[np.ndarray, np.ndarray] | None) -> str:
+    checked = [t for t in trials if t.confirmed is not None]
+    verdicts = ", ".join(
+        f"{t.num_leaves_to_search} leaves {t.confirmation_recall:.4f} ({'kept' if t.confirmed else 'refused'})"
+        for t in checked
+    )
+    if not checked or confirmation is None:
+        return ""
+    return f"; fewer leaves checked on the {len(confirmation[0])} probe queries: {verdicts}"
 
 
 def _predicted(checks: tuple[dict, ...]) -> str:

@@ -42,6 +42,8 @@ class SampleTraining:
     quantizer: OnDeviceQuantizer
     # Each code size the sample accepted, checked against the whole catalog (CatalogProbe), coarsest first.
     catalog_checks: tuple[dict, ...] = ()
+    # The probe's queries and exact top-k catalog rows, for confirming the calibration on all rows (or None).
+    confirmation: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ def train_on_sample(job: TrainingJob) -> SampleTraining:
     tuned = tuning.tune_scann_index(job.vectors, job.params, job.options, queries=job.queries, code_check=check)
     quantizer = (check and check.quantizer_of(tuned.index)) or _quantizer(tuned.index)
     tuned = dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None))
-    return SampleTraining(tuned, quantizer, tuple(check.records) if check else ())
+    confirmation = job.probe.exact_neighbours() if job.probe is not None else None
+    return SampleTraining(tuned, quantizer, tuple(check.records) if check else (), confirmation)
 
 
 def _quantizer(index: BuiltIndex) -> OnDeviceQuantizer:

@@ -13,6 +13,7 @@ from index_builder.ondevice.calibration import (
     calibrate_leaves_to_search,
     rank_candidates,
     searched_top_k,
+    step_leaves,
     top_k_within_leaves,
 )
 from index_builder.ondevice.index_file import write_ondevice_index
@@ -155,3 +156,42 @@ def test_calibration_does_not_climb_a_plateau_the_codes_cap(plateau) -> None:
     assert leaves > 10 and chosen.recall >= best.recall - 0.01
     assert all(t.recall < best.recall - 0.01 for t in trials if t.num_leaves_to_search < leaves)
     assert best.num_leaves_to_search > leaves and trials[-1].num_leaves_to_search >= 2 * leaves
+
+
+def constant_recalls(by_leaves: dict[int, float], calls: list[int] | None = None):
+    """recall_at(leaves): 1,000 queries all at the recall given for the nearest count at or below `leaves`."""
+
+    def recall_at(leaves: int) -> np.ndarray:
+        if calls is not None:
+            calls.append(leaves)
+        return np.full(1000, by_leaves[max(c for c in by_leaves if c <= leaves)])
+
+    return recall_at
+
+
+def test_a_step_down_that_fresh_queries_refuse_goes_back_up() -> None:
+    """150 passes on the calibration queries but not on the confirmation queries: the next passing count up
+    (the start, 200) is kept, and the refusal is on record."""
+    calibration = constant_recalls({1: 0.5, 100: 0.85, 150: 0.905, 200: 0.93})
+    confirmation = constant_recalls({1: 0.5, 150: 0.895, 200: 0.925})
+    leaves, trials = step_leaves(200, 1000, calibration, TargetRule(0.9), confirmation)
+    assert leaves == 200
+    refused = next(t for t in trials if t.num_leaves_to_search == 150)
+    assert refused.meets_target and refused.confirmed is False and refused.confirmation_recall == pytest.approx(0.895)
+    assert next(t for t in trials if t.num_leaves_to_search == 200).confirmed is None  # the start needs none
+    assert step_leaves(200, 1000, calibration, TargetRule(0.9))[0] == 150  # without confirmation: the lucky count
+
+
+def test_a_step_down_that_fresh_queries_confirm_is_kept() -> None:
+    calibration = constant_recalls({1: 0.5, 100: 0.91, 150: 0.93})
+    calls: list[int] = []
+    leaves, trials = step_leaves(200, 1000, calibration, TargetRule(0.9), constant_recalls({1: 0.92}, calls))
+    assert leaves == 100 and calls == [100]
+    assert next(t for t in trials if t.num_leaves_to_search == 100).confirmed is True
+
+
+def test_stepping_up_asks_no_confirmation() -> None:
+    calls: list[int] = []
+    calibration = constant_recalls({1: 0.5, 250: 0.95})
+    leaves, _ = step_leaves(200, 1000, calibration, TargetRule(0.9), constant_recalls({1: 0.5}, calls))
+    assert leaves == 250 and calls == []

@@ -49,6 +49,9 @@ def test_the_probe_holds_each_querys_exact_neighbours_from_a_memory_map(catalog:
     probe = CatalogProbe.of_catalog(mapped, queries, depth=20)
     order = np.argsort(-(queries @ catalog.T), axis=1, kind="stable")[:, :20]
     np.testing.assert_array_equal(probe.neighbours, catalog[order])
+    confirm_queries, top_rows = probe.exact_neighbours()  # what a calibration's step down is confirmed on
+    np.testing.assert_array_equal(confirm_queries, queries)
+    np.testing.assert_array_equal(top_rows, order[:, : probe.k])
 
 
 def test_the_ceiling_bounds_the_catalogs_recall_and_rises_with_finer_codes(catalog, quantizers) -> None:
