@@ -19,6 +19,7 @@ def build_image_tower(
     widths: tuple[int, ...] = (32, 64, 128, 128),
     convs_per_stage: int = 1,
     head_width: int = 256,
+    last_stride: int = 2,
 ) -> keras.Model:
     """A compact CNN over raw RGB pixels in [0, 255].
 
@@ -28,6 +29,8 @@ def build_image_tower(
     objects are, and global pooling would throw position away.
     Each stage is one strided convolution, then `convs_per_stage - 1` residual 3x3
     convolutions at the same resolution: depth to tell shapes apart at each position.
+    `last_stride=1` leaves the last stage unstrided, so the flattened map keeps twice the
+    resolution (8x8 instead of 4x4 at 64 px): finer layout for "which shape is where".
     """
     pixels = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = layers.Normalization(
@@ -35,9 +38,10 @@ def build_image_tower(
         variance=np.square(np.asarray(pixel_std, np.float32)).reshape(3),
         name="pixel_normalization",
     )(pixels)
-    for width in widths:
+    strides = [2] * (len(widths) - 1) + [last_stride]
+    for width, stride in zip(widths, strides, strict=True):
         # Strided convolutions: a quarter of the compute of conv + max-pool at equal width.
-        x = layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False)(x)
+        x = layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
         for _ in range(convs_per_stage - 1):

@@ -54,6 +54,10 @@ class TrainingError(ValueError):
     """Bad input found before training; main prints it and exits with code 2."""
 
 
+# Flags of our own CNN tower, refused with --image_backbone.
+CNN_FLAGS = ("image_convs_per_stage", "image_head_width", "image_last_stride")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m encoders.train",
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="our CNN only: convolutions per resolution stage, the strided one then residual 3x3 ones (1-4; default 1)",
     )
     add("--image_head_width", type=int, help="our CNN only: width of the dense layer before the projection (256)")  # fmt: skip
+    add("--image_last_stride", type=int,
+        help="our CNN only: stride of the last convolution stage, 2 (default: a 4x4 final map at 64 px) or 1 "
+        "(an 8x8 map, flattened: finer layout, 4x the features into the dense layer)")  # fmt: skip
     add("--model_name", default="synthetic-dual-encoder", help="prefix of the model_id")
     backbone = parser.add_argument_group("pretrained image backbone")
     backbone.add_argument(
@@ -131,6 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.image_backbone == NO_BACKBONE:
         checks["--image_convs_per_stage"] = (args.image_convs_per_stage, 1, 4)
         checks["--image_head_width"] = (args.image_head_width, 16, 4096)
+        checks["--image_last_stride"] = (args.image_last_stride, 1, 2)
     for flag, (value, low, high) in checks.items():
         if not low <= value <= high:
             parser.error(f"{flag} must be between {low} and {high}, got {value}")
@@ -165,10 +173,9 @@ def fill_backbone_defaults(args: argparse.Namespace) -> None:
         args.freeze_epochs, args.finetune_lr_scale = 0, 1.0
         args.image_convs_per_stage = 1 if args.image_convs_per_stage is None else args.image_convs_per_stage
         args.image_head_width = 256 if args.image_head_width is None else args.image_head_width
+        args.image_last_stride = 2 if args.image_last_stride is None else args.image_last_stride
         return
-    cnn_flags = [
-        f"--{name}" for name in ("image_convs_per_stage", "image_head_width") if getattr(args, name) is not None
-    ]
+    cnn_flags = [f"--{name}" for name in CNN_FLAGS if getattr(args, name) is not None]
     if cnn_flags:
         raise BackboneError(f"{', '.join(cnn_flags)} only apply to our CNN, not with --image_backbone")
     if args.image_backbone not in backbones.BACKBONES:
@@ -278,6 +285,7 @@ def build_towers(args: argparse.Namespace, transform: Any, backbone: Any) -> tup
             transform.pixel_std,
             convs_per_stage=args.image_convs_per_stage,
             head_width=args.image_head_width,
+            last_stride=args.image_last_stride,
         )
     else:
         image_tower = build_backbone_image_tower(backbone, args.embedding_dim)
@@ -376,6 +384,7 @@ def training_record(
         record["image_tower"] = {
             "convs_per_stage": args.image_convs_per_stage,
             "head_width": args.image_head_width,
+            "last_stride": args.image_last_stride,
         }
     else:
         record["image_backbone"] = {
