@@ -54,8 +54,8 @@ class TrainingError(ValueError):
     """Bad input found before training; main prints it and exits with code 2."""
 
 
-# Flags of our own CNN tower, refused with --image_backbone.
-CNN_FLAGS = ("image_convs_per_stage", "image_head_width", "image_last_stride")
+# Flags of our own CNN tower (refused with --image_backbone) and their defaults.
+CNN_FLAG_DEFAULTS = {"image_convs_per_stage": 1, "image_head_width": 256, "image_last_stride": 2}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,11 +171,11 @@ def fill_backbone_defaults(args: argparse.Namespace) -> None:
             )
         args.image_size = args.image_size or CNN_IMAGE_SIZE
         args.freeze_epochs, args.finetune_lr_scale = 0, 1.0
-        args.image_convs_per_stage = 1 if args.image_convs_per_stage is None else args.image_convs_per_stage
-        args.image_head_width = 256 if args.image_head_width is None else args.image_head_width
-        args.image_last_stride = 2 if args.image_last_stride is None else args.image_last_stride
+        for name, default in CNN_FLAG_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, default)
         return
-    cnn_flags = [f"--{name}" for name in CNN_FLAGS if getattr(args, name) is not None]
+    cnn_flags = [f"--{name}" for name in CNN_FLAG_DEFAULTS if getattr(args, name) is not None]
     if cnn_flags:
         raise BackboneError(f"{', '.join(cnn_flags)} only apply to our CNN, not with --image_backbone")
     if args.image_backbone not in backbones.BACKBONES:

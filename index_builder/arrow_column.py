@@ -1,11 +1,11 @@
 """A read-only per-row sequence backed by one Arrow array instead of a Python object per row.
 
 Why: a build holds every item's id and uri (and any metadata column) for its whole run. As Python
-lists they cost about 70 bytes per short id and 90 per uri, in the launcher's anonymous memory:
-480 MB at 3M rows, and the part of the launcher that grew with the catalog once everything else was
-streamed. In Arrow the same strings are one buffer plus 8-byte offsets (about 25 and 45 bytes), and
-when the build spills they are memory-mapped from a file, so their pages are the kernel's to drop.
-Indexing one row costs about 0.6 us, which no per-row loop of the build notices.
+lists each string is an object of its own (header, hash, pointer) in the launcher's anonymous memory,
+and that was what still grew with the catalog once everything else was streamed
+(docs/BENCHMARKS.md, "Launcher memory flat in N"). In Arrow the strings are one buffer plus 8-byte
+offsets, and when the build spills they are memory-mapped from a file, so their pages are the
+kernel's to drop. Indexing one row builds one Python string, cheap next to any per-row work here.
 """
 
 from __future__ import annotations

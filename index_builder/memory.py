@@ -27,6 +27,11 @@ def return_freed_memory_to_os() -> None:
     trim(0)
 
 
+def zeroed_array(shape: tuple[int, ...], dtype: type = np.float32, in_file: bool = False) -> np.ndarray:
+    """A zero-filled array: ``file_backed_array`` when ``in_file`` (the build spills), else in memory."""
+    return file_backed_array(shape, dtype) if in_file else np.zeros(shape, dtype)
+
+
 def file_backed_array(shape: tuple[int, ...], dtype: type = np.float32) -> np.ndarray:
     """A zero-filled array whose pages live in an unlinked temporary file.
 

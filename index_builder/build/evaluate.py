@@ -11,6 +11,7 @@ import numpy as np
 from index_builder import evaluation, tuning
 from index_builder.build.ondevice import OnDeviceBuild
 from index_builder.build.settings import BuildSettings
+from index_builder.embeddings_io import EmbeddingSet
 from index_builder.ondevice.reference_search import ReferenceSearcher
 from index_builder.scann_index import BuiltIndex
 from index_builder.server_beam.streamed_search import AssembledIndex, streamed_search
@@ -25,7 +26,7 @@ class Evaluation:
 
 def evaluate_indexes(
     settings: BuildSettings,
-    vectors: np.ndarray,
+    embeddings: EmbeddingSet,
     server: tuning.TuningResult,
     device: OnDeviceBuild,
     index_file: Path,
@@ -36,7 +37,7 @@ def evaluate_indexes(
     ``target_met`` is the tuner's verdict (recall on the tuning queries less 1.64 standard errors
     reaches the target), not a comparison with the recall here: a verdict on these fresh queries would
     flip with their sampling noise, and --require_targets must not fail a job on noise."""
-    num_rows = len(vectors)
+    vectors, num_rows = embeddings.vectors, embeddings.num_rows
     queries_idx = tuning.sample_query_rows(
         num_rows, settings.eval_queries, settings.seed + 1, exclude=server.queries_idx
     )
@@ -46,8 +47,8 @@ def evaluate_indexes(
     else:
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
-    # Embeddings loaded into a memory-mapped file (the build spills): the decoded items go to file pages too.
-    reference = ReferenceSearcher(str(index_file), decoded_in_file=isinstance(vectors, np.memmap))
+    # The build spills its embeddings: the decoded items go to file pages too.
+    reference = ReferenceSearcher(str(index_file), decoded_in_file=embeddings.spilled)
     hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
     file_bytes = index_file.stat().st_size
     device_found = np.where(hits >= 0, device.rows[hits], -1)

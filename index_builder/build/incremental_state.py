@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from index_builder.arrow_column import ArrowColumn
-from index_builder.memory import file_backed_array
+from index_builder.memory import zeroed_array
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 
 STATE_FILE = "ondevice_state.npz"
@@ -112,7 +112,7 @@ def state_from_index(
         return None
     index = reference.index
     shape = (len(item_ids), len(reference.codebooks))
-    codes = file_backed_array(shape, np.uint8) if codes_in_file else np.empty(shape, np.uint8)  # filled once
+    codes = zeroed_array(shape, np.uint8, codes_in_file)  # filled partition by partition: held once
     sizes: list[int] = []
     start = 0
     for partition in range(index.num_partitions):

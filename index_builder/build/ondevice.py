@@ -106,9 +106,7 @@ def build_ondevice_index(
     if settings.encodes_ondevice_in_beam(embeddings.num_rows):
         if training is None:
             raise ValueError("the Beam on-device build needs the training start_sample_training started")
-        return _build_in_beam(
-            settings, embeddings, training.result(), tuning_queries, hints, user_info, work, pipeline_options
-        )
+        return _build_in_beam(settings, embeddings, training, tuning_queries, hints, user_info, work, pipeline_options)
     return _build_in_process(settings, embeddings, tuning_queries, user_info, work)
 
 
@@ -170,7 +168,7 @@ def _build_brute_force(
 def _build_in_beam(
     settings: BuildSettings,
     embeddings: EmbeddingSet,
-    trained: SampleTraining,
+    training: SampleTrainingProcess,
     tuning_queries: np.ndarray | None,
     hints: ServerHints,
     user_info: bytes,
@@ -178,6 +176,7 @@ def _build_in_beam(
     pipeline_options: PipelineOptions | None,
 ) -> OnDeviceBuild:
     """Encodes every row in Beam workers with what was trained on the row sample."""
+    trained = training.result()
     tuned, quantizer = trained.tuned, trained.quantizer
     training_rows = min(settings.training_sample_size, embeddings.num_rows)
     LOG.info(
@@ -189,7 +188,9 @@ def _build_in_beam(
     )
     items = _encode_all_rows(settings, embeddings, quantizer, pipeline_options)
     queries, true_ids = _calibration_queries(hints)
-    leaves, calibration, target = _calibrate_on_all_rows(settings, trained, items, queries, true_ids)
+    probe = training.job.probe  # its queries confirm a step down to fewer leaves (None: no probe was needed)
+    confirmation = probe.exact_neighbours() if probe is not None else None
+    leaves, calibration, target = _calibrate_on_all_rows(settings, trained, items, queries, true_ids, confirmation)
     summary = encoded_items.write_index(
         items,
         quantizer,
@@ -245,6 +246,7 @@ def _calibrate_on_all_rows(
     items: encoded_items.EncodedItems,
     queries: np.ndarray,
     true_ids: np.ndarray,
+    confirmation: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[int, list[dict[str, Any]], TargetOutcome]:
     """Leaves-to-search re-checked on every row, by the rule the sample was tuned with.
 
@@ -264,7 +266,7 @@ def _calibrate_on_all_rows(
         items.rows,
         start=tuned.chosen.num_leaves_to_search,
         rule=rule,
-        confirmation=trained.confirmation,
+        confirmation=confirmation,
     )
     chosen = next(t for t in trials if t.num_leaves_to_search == leaves)
     code_bytes = len(quantizer.codebooks)  # one byte per AH block
@@ -285,20 +287,18 @@ def _calibrate_on_all_rows(
         leaves,
         tuned.chosen.num_leaves_to_search,
         chosen.recall,
-        _confirmations(trials, trained.confirmation),
+        _confirmations(trials),
     )
     return leaves, [asdict(t) for t in trials], target
 
 
-def _confirmations(trials: list[CalibrationTrial], confirmation: tuple[np.ndarray, np.ndarray] | None) -> str:
-    checked = [t for t in trials if t.confirmed is not None]
-    verdicts = ", ".join(
+def _confirmations(trials: list[CalibrationTrial]) -> str:
+    verdicts = [
         f"{t.num_leaves_to_search} leaves {t.confirmation_recall:.4f} ({'kept' if t.confirmed else 'refused'})"
-        for t in checked
-    )
-    if not checked or confirmation is None:
-        return ""
-    return f"; fewer leaves checked on the {len(confirmation[0])} probe queries: {verdicts}"
+        for t in trials
+        if t.confirmed is not None
+    ]
+    return f"; fewer leaves checked on the catalog probe's queries: {', '.join(verdicts)}" if verdicts else ""
 
 
 def _predicted(checks: tuple[dict, ...]) -> str:

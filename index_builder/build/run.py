@@ -206,7 +206,7 @@ def _evaluate(
 ) -> Evaluation:
     """eval.json's figures for the indexes in `work` (index.ldb as written)."""
     started = time.perf_counter()
-    evaluation = evaluate_indexes(settings, inputs.embeddings.vectors, server, device, work / INDEX_FILE)
+    evaluation = evaluate_indexes(settings, inputs.embeddings, server, device, work / INDEX_FILE)
     timings["eval_seconds"] = time.perf_counter() - started
     return evaluation
 

@@ -36,8 +36,8 @@ PROBE_DEPTH = 50
 class CatalogProbe:
     queries: np.ndarray  # [Q, D] float32
     neighbours: np.ndarray  # [Q, depth, D] float32: each query's exact top rows among all catalog rows, best first
+    neighbour_rows: np.ndarray  # [Q, depth] their catalog row numbers
     k: int = 10
-    neighbour_rows: np.ndarray | None = None  # [Q, depth] their catalog row numbers (None: not known)
 
     @property
     def depth(self) -> int:
@@ -54,12 +54,10 @@ class CatalogProbe:
         ids, _ = exact_top_k(queries, vectors, depth)
         unique, where = np.unique(ids, return_inverse=True)  # sorted rows: one forward pass over a memory map
         rows = np.asarray(vectors[unique], dtype=np.float32)
-        return cls(np.ascontiguousarray(queries, dtype=np.float32), rows[where.reshape(ids.shape)], k, ids)
+        return cls(np.ascontiguousarray(queries, dtype=np.float32), rows[where.reshape(ids.shape)], ids, k)
 
-    def exact_neighbours(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def exact_neighbours(self) -> tuple[np.ndarray, np.ndarray]:
         """(queries, [Q, k] exact top-k catalog rows): fresh queries for confirming a calibration."""
-        if self.neighbour_rows is None:
-            return None
         return self.queries, self.neighbour_rows[:, : self.k]
 
     def ceiling(self, quantizer: OnDeviceQuantizer) -> RecallEstimate:

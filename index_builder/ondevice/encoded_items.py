@@ -17,7 +17,7 @@ import numpy as np
 from index_builder.embeddings_io import EmbeddingSet
 from index_builder.encoded_rows import CatalogRows, read_encoded
 from index_builder.item_metadata import RowPayloads
-from index_builder.memory import file_backed_array
+from index_builder.memory import zeroed_array
 from index_builder.ondevice.index_file import OnDeviceIndexSummary, write_ondevice_index
 from index_builder.ondevice.quantizer import OnDeviceQuantizer
 
@@ -62,7 +62,7 @@ def collect_encoded(
     slot = np.empty(num_rows, np.int64)
     slot[order] = np.arange(num_rows)
     shape = (num_rows, num_blocks)
-    codes = file_backed_array(shape, np.uint8) if codes_in_file else np.zeros(shape, np.uint8)
+    codes = zeroed_array(shape, np.uint8, codes_in_file)
     for group_index, (rows, kept) in enumerate(placed):
         (group_codes,) = read_encoded(directory, group_index, ("codes",))
         codes[slot[rows]] = group_codes[kept]

@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from index_builder.memory import file_backed_array
+from index_builder.memory import zeroed_array
 from index_builder.ondevice.index_file import OnDeviceIndexFile, leaves_searched_by_runtime
 from index_builder.ondevice.protos import scann_ondevice_config_pb2 as pb
 
@@ -228,7 +228,7 @@ class ReferenceSearcher:
             # The per-partition arrays become views into the one array: the codes are held once, not twice.
             self._partition_cache = {p: all_stored[starts[p] : starts[p + 1]] for p in range(num_partitions)}
             shape = (len(all_stored), self.dimension)
-            decoded = file_backed_array(shape) if self._decoded_in_file else np.empty(shape, np.float32)
+            decoded = zeroed_array(shape, np.float32, self._decoded_in_file)
             if self.uses_hashing:
                 decode_codes(self.codebooks, all_stored, out=decoded)
             else:
@@ -252,7 +252,7 @@ class ReferenceSearcher:
         starts = np.asarray([*(self.offsets or [0])[:num_partitions], 0], np.int64)
         starts[-1] = starts[-2] + len(last)
         shape = (int(starts[-1]), *last.shape[1:])
-        stored = file_backed_array(shape, last.dtype) if self._decoded_in_file else np.empty(shape, last.dtype)
+        stored = zeroed_array(shape, last.dtype, self._decoded_in_file)
         for p in range(num_partitions):
             items = last if p == num_partitions - 1 else self._items(p, cache=False)
             if len(items) != starts[p + 1] - starts[p]:

@@ -42,8 +42,6 @@ class SampleTraining:
     quantizer: OnDeviceQuantizer
     # Each code size the sample accepted, checked against the whole catalog (CatalogProbe), coarsest first.
     catalog_checks: tuple[dict, ...] = ()
-    # The probe's queries and exact top-k catalog rows, for confirming the calibration on all rows (or None).
-    confirmation: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,8 +63,7 @@ def train_on_sample(job: TrainingJob) -> SampleTraining:
     tuned = tuning.tune_scann_index(job.vectors, job.params, job.options, queries=job.queries, code_check=check)
     quantizer = (check and check.quantizer_of(tuned.index)) or _quantizer(tuned.index)
     tuned = dataclasses.replace(tuned, index=dataclasses.replace(tuned.index, searcher=None))
-    confirmation = job.probe.exact_neighbours() if job.probe is not None else None
-    return SampleTraining(tuned, quantizer, tuple(check.records) if check else (), confirmation)
+    return SampleTraining(tuned, quantizer, tuple(check.records) if check else ())
 
 
 def _quantizer(index: BuiltIndex) -> OnDeviceQuantizer:
@@ -134,6 +131,7 @@ class SampleTrainingProcess:
         self._receiver, sender = context.Pipe(duplex=False)
         self._process = context.Process(target=_child_main, args=(job, sender), name="ondevice-training", daemon=True)
         self._process.start()
+        self.job = job  # the launcher's own copy (its catalog probe also serves the calibration on all rows)
         sender.close()  # the child holds the only sending end: its death ends our recv with EOFError
         self._result: SampleTraining | None = None
 

@@ -277,3 +277,20 @@ def test_row_of_source_places_every_file_row_and_drops_later_duplicates(tmp_path
     for source, row in enumerate(loaded.row_of_source):
         if row >= 0:
             np.testing.assert_array_equal(loaded.vectors[row], all_rows[source])
+
+
+def test_spilled_columns_are_not_held_in_arrows_memory(tmp_path: Path) -> None:
+    """Spilled, the ids and uris point into the memory-mapped Arrow file; in memory, Arrow allocated them."""
+    import pyarrow as pa
+
+    ids = [f"item-with-a-fairly-long-id-{i:06d}" for i in reversed(range(3_000))]  # reversed: the load sorts them
+    write_shard(tmp_path / "part-0.parquet", ids, unit_rows(len(ids), seed=3))
+    strings_bytes = sum(len(i) for i in ids)
+    before = pa.total_allocated_bytes()
+    spilled = load_embeddings(str(tmp_path / "*.parquet"), spill_from_rows=1)
+    held_spilled = pa.total_allocated_bytes() - before
+    in_memory = load_embeddings(str(tmp_path / "*.parquet"))
+    held_in_memory = pa.total_allocated_bytes() - before - held_spilled
+    assert spilled.ids == in_memory.ids and spilled.uris == in_memory.uris
+    assert held_in_memory >= 2 * strings_bytes  # ids and uris (each uri holds its id)
+    assert held_spilled < strings_bytes / 10, (held_spilled, strings_bytes)
