@@ -24,15 +24,20 @@ class Evaluation:
     query_rows: np.ndarray
 
 
-def evaluate_indexes(
-    settings: BuildSettings,
-    embeddings: EmbeddingSet,
-    server: tuning.TuningResult,
-    device: OnDeviceBuild,
-    index_file: Path,
-) -> Evaluation:
-    """Queries are database rows the server tuning did not use; the on-device index is searched by the
-    numpy twin of the runtime (exactly its results), over index.ldb as written.
+@dataclass(frozen=True)
+class ServerEvaluation:
+    """The server index's figures, and the queries (with their exact neighbours) both indexes are measured on."""
+
+    server: dict[str, Any]
+    query_rows: np.ndarray
+    true_ids: np.ndarray  # [Q, min(100, N)] exact neighbours among all rows
+
+
+def evaluate_server(settings: BuildSettings, embeddings: EmbeddingSet, server: tuning.TuningResult) -> ServerEvaluation:
+    """Queries are database rows the server tuning did not use.
+
+    Done as soon as the server index exists: on the Beam path the launcher would otherwise wait idle
+    for the on-device sample training (a child process) to finish.
 
     ``target_met`` is the tuner's verdict (recall on the tuning queries less 1.64 standard errors
     reaches the target), not a comparison with the recall here: a verdict on these fresh queries would
@@ -47,14 +52,23 @@ def evaluate_indexes(
     else:
         server_eval = streamed_server_evaluation(server.index, vectors, queries_idx, true_ids)
     server_eval.update(server.target_outcome().report())
+    return ServerEvaluation(server_eval, queries_idx, true_ids)
+
+
+def evaluate_ondevice(
+    embeddings: EmbeddingSet, server: ServerEvaluation, device: OnDeviceBuild, index_file: Path
+) -> Evaluation:
+    """The on-device index on the server evaluation's queries, searched by the numpy twin of the runtime
+    (exactly its results) over index.ldb as written."""
+    vectors, num_rows = embeddings.vectors, embeddings.num_rows
     # The build spills its embeddings: the decoded items go to file pages too.
     reference = ReferenceSearcher(str(index_file), decoded_in_file=embeddings.spilled)
-    hits = reference.search_many(vectors[queries_idx], 10)  # -1 where a query reaches fewer than 10 items
+    hits = reference.search_many(vectors[server.query_rows], 10)  # -1 where a query reaches fewer than 10 items
     file_bytes = index_file.stat().st_size
     device_found = np.where(hits >= 0, device.rows[hits], -1)
     device_eval = {
         # Below 10 rows the top 10 is every row: recall@10 is then measured against all of them.
-        "recall@10": evaluation.recall_at_k(device_found, true_ids, min(10, num_rows)),
+        "recall@10": evaluation.recall_at_k(device_found, server.true_ids, min(10, num_rows)),
         "num_queries": len(device_found),
         "bytes_per_item_codes": reference.index.bytes_per_item,
         "index_file_bytes": file_bytes,
@@ -62,7 +76,7 @@ def evaluate_indexes(
         "method": "numpy twin of the on-device search over index.ldb",
         **device.target.report(),
     }
-    return Evaluation(server_eval, device_eval, queries_idx)
+    return Evaluation(server.server, device_eval, server.query_rows)
 
 
 def streamed_server_evaluation(

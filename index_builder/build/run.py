@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders import model_config
 from index_builder import index_outputs, tuning
 from index_builder.build import incremental, incremental_state, records
-from index_builder.build.evaluate import Evaluation, evaluate_indexes
+from index_builder.build.evaluate import Evaluation, ServerEvaluation, evaluate_ondevice, evaluate_server
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import (
     INDEX_FILE,
@@ -127,6 +127,7 @@ def _train(
         started = time.perf_counter()
         server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
         timings["server_seconds"] = time.perf_counter() - started
+        server_eval = _evaluate_server(settings, inputs, server, timings)
 
         started = time.perf_counter()
         # The server tuner already has its queries' exact neighbours among all rows; calibration reuses them.
@@ -137,7 +138,7 @@ def _train(
         )
     LOG.info("on-device index: %s", device.summary())
     timings["ondevice_seconds"] = time.perf_counter() - started
-    evaluation = _evaluate(settings, inputs, server, device, timings, work)
+    evaluation = _evaluate_ondevice(inputs, server_eval, device, timings, work)
     history = {
         "mode": "trained",
         "reason": plan.reason,
@@ -166,7 +167,8 @@ def _update_previous(
     device = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
     timings["ondevice_seconds"] = time.perf_counter() - started
     LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
-    evaluation = _evaluate(settings, inputs, server, device, timings, work)
+    server_eval = _evaluate_server(settings, inputs, server, timings)
+    evaluation = _evaluate_ondevice(inputs, server_eval, device, timings, work)
     started = time.perf_counter()
     fresh = incremental.fresh_rows_recall(inputs, diff, server, device, work / INDEX_FILE, settings.seed)
     timings["eval_seconds"] += time.perf_counter() - started  # the drift check's own queries
@@ -196,18 +198,22 @@ def _update_previous(
     )
 
 
-def _evaluate(
-    settings: BuildSettings,
-    inputs: BuildInputs,
-    server: tuning.TuningResult,
-    device: OnDeviceBuild,
-    timings: dict[str, float],
-    work: Path,
+def _evaluate_server(
+    settings: BuildSettings, inputs: BuildInputs, server: tuning.TuningResult, timings: dict[str, float]
+) -> ServerEvaluation:
+    started = time.perf_counter()
+    evaluation = evaluate_server(settings, inputs.embeddings, server)
+    timings["eval_seconds"] = timings.get("eval_seconds", 0.0) + time.perf_counter() - started
+    return evaluation
+
+
+def _evaluate_ondevice(
+    inputs: BuildInputs, server: ServerEvaluation, device: OnDeviceBuild, timings: dict[str, float], work: Path
 ) -> Evaluation:
     """eval.json's figures for the indexes in `work` (index.ldb as written)."""
     started = time.perf_counter()
-    evaluation = evaluate_indexes(settings, inputs.embeddings, server, device, work / INDEX_FILE)
-    timings["eval_seconds"] = time.perf_counter() - started
+    evaluation = evaluate_ondevice(inputs.embeddings, server, device, work / INDEX_FILE)
+    timings["eval_seconds"] = timings.get("eval_seconds", 0.0) + time.perf_counter() - started
     return evaluation
 
 
