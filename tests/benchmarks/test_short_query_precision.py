@@ -1,4 +1,5 @@
-"""The typed-query benchmark: query enumeration, scoring against scene ground truth, a real small run."""
+"""The typed-query benchmark: query enumeration (one and two objects), scoring against scene ground truth,
+a real small run."""
 
 from __future__ import annotations
 
@@ -37,10 +38,58 @@ def test_scoring_counts_hits_whose_scene_holds_a_matching_object() -> None:
     rows = [{"objects": [{"color": "red", "shape": "circle", "size": "large", "region": "top"}]}] * 5 + [
         {"objects": [{"color": "blue", "shape": "circle", "size": "large", "region": "top"}]}
     ] * 15
-    queries = [query for query in bench.query_kinds()["color + shape"] if query[0] == "a red circle"]
-    # Only 5 of 20 scenes hold a red circle: 3 of them in the top 10 give 0.3, the ceiling is 0.5.
+    queries = [(text, answers) for text, answers in bench.all_kinds(rows)["color + shape"] if text == "a red circle"]
+    # Only 5 of 20 scenes hold a red circle: 3 of them in the top 10 give 0.3, the ceiling is 0.5; rank 1 holds one.
     hits = np.asarray([[0, 5, 1, 6, 7, 2, 8, 9, 10, 11]])
-    assert bench.score_kind(queries, hits, rows) == {"queries": 1, "precision@10": 0.3, "ceiling": 0.5}
+    expected = {"queries": 1, "precision@10": 0.3, "ceiling": 0.5, "hit@1": 1.0}
+    assert bench.score_kind(queries, hits, rows) == expected
+
+
+def _scene(*objects: str) -> list[dict]:
+    """A row's `objects` list from "red circle"-style names (size and region do not matter to these queries)."""
+    return [{"color": o.split()[0], "shape": o.split()[1], "size": "small", "region": "top"} for o in objects]
+
+
+def test_a_two_object_query_needs_two_distinct_objects() -> None:
+    red_circle = lambda obj: obj["color"] == "red" and obj["shape"] == "circle"  # noqa: E731
+    blue_square = lambda obj: obj["color"] == "blue" and obj["shape"] == "square"  # noqa: E731
+    assert not bench.holds_both(red_circle, red_circle)(_scene("red circle", "blue square"))
+    assert bench.holds_both(red_circle, red_circle)(_scene("red circle", "red circle"))
+    assert bench.holds_both(red_circle, blue_square)(_scene("blue square", "green star", "red circle"))
+    assert bench.holds_both(blue_square, red_circle)(_scene("blue square", "green star", "red circle"))
+    assert not bench.holds_both(red_circle, blue_square)(_scene("red circle", "blue circle", "red square"))
+
+
+def test_two_object_queries_are_the_pairs_some_scene_holds_together() -> None:
+    rows = [
+        {"objects": _scene("blue square", "red circle", "orange star")},
+        {"objects": _scene("green ring")},  # alone: in no pair
+        {"objects": _scene("red circle", "red circle")},  # same value twice: no query
+    ]
+    assert bench.co_occurring_pairs(rows) == [
+        (("red", "circle"), ("blue", "square")),
+        (("red", "circle"), ("orange", "star")),
+        (("blue", "square"), ("orange", "star")),
+    ]
+    texts = [text for text, _ in bench.all_kinds(rows)[bench.TWO_OBJECTS]]
+    assert texts == [
+        "a red circle and a blue square",
+        "a red circle and an orange star",
+        "a blue square and an orange star",
+    ]
+
+
+def test_two_object_scoring_counts_only_scenes_holding_both() -> None:
+    rows = (
+        [{"objects": _scene("red circle", "blue square")}] * 3
+        + [{"objects": _scene("red circle", "green star")}] * 10
+        + [{"objects": _scene("blue square")}] * 10
+    )
+    queries = [query for query in bench.two_object_queries(rows) if query[0] == "a red circle and a blue square"]
+    # Rank 1 holds only a red circle; the 3 scenes holding both sit at ranks 2, 5 and 9.
+    hits = np.asarray([[3, 0, 4, 13, 1, 14, 5, 6, 2, 15]])
+    expected = {"queries": 1, "precision@10": 0.3, "ceiling": 0.3, "hit@1": 0.0}
+    assert bench.score_kind(queries, hits, rows) == expected
 
 
 def test_exact_search_ranks_by_dot_product() -> None:
@@ -55,8 +104,9 @@ def test_a_small_run_scores_the_bundled_model(tmp_path) -> None:
     assert bench.main(["--num_images", "60", "--seed", "9", "--embedder", "reference", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["model_id"] == model_config.validate_model_dir(None).model_id
-    for kind in bench.query_kinds():
+    for kind in [*bench.query_kinds(), bench.TWO_OBJECTS]:
         assert 0.0 <= report["results"][kind]["precision@10"] <= report["results"][kind]["ceiling"] <= 1.0
+        assert 0.0 <= report["results"][kind]["hit@1"] <= 1.0
     assert report["results"]["full caption"]["recall@10"] >= report["results"]["full caption"]["recall@1"] > 0.5
 
 
