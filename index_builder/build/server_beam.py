@@ -77,20 +77,31 @@ def build_server_in_beam(
         num_rows=embeddings.num_rows,
         build_seconds=time.perf_counter() - started,
     )
-    # The tuning queries (or the sample's held-out rows) with their exact neighbours among all rows, as the
-    # in-process build has them: the calibration below and the on-device one (ServerHints) use them.
-    queries = tuning_queries if tuning_queries is not None else embeddings.vectors[sample[tuned.queries_idx]]
+    # The tuning queries (or held-out rows) with their exact neighbours among all rows, as the in-process
+    # build has them: the calibration below and the on-device one (ServerHints) use them.
+    query_rows = _calibration_rows(embeddings.num_rows, sample, sample[tuned.queries_idx], settings.seed)
+    queries = tuning_queries if tuning_queries is not None else embeddings.vectors[query_rows]
     true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, tuned.true_ids.shape[1])
     assembled = dataclasses.replace(
         tuned,
         index=index,
-        queries_idx=sample[tuned.queries_idx],
+        queries_idx=query_rows if tuning_queries is None else tuned.queries_idx,
         true_ids=true_ids,
         notes=[*tuned.notes, f"tuned on {len(sample)} sampled rows; every row encoded in Beam"],
     )
     if settings.num_leaves_to_search is not None:
         return assembled
     return _calibrated(assembled, embeddings, queries, true_ids)
+
+
+def _calibration_rows(num_rows: int, sample: np.ndarray, tuned_rows: np.ndarray, seed: int) -> np.ndarray:
+    """As many rows as the sample tuning used as queries, drawn from outside the sample when there are
+    enough. Both quantizers (server and on-device) were trained on the sample, so its own rows are easier
+    queries than the catalog's: a leaves-to-search count calibrated on them can miss the target on rows
+    the training never saw (docs/BENCHMARKS.md has the measured gap)."""
+    if num_rows - len(sample) < len(tuned_rows):
+        return tuned_rows
+    return tuning.sample_query_rows(num_rows, len(tuned_rows), seed + 2, exclude=sample)
 
 
 def _calibrated(
