@@ -62,7 +62,7 @@ class BuildIndexOptions(PipelineOptions):
         add("--server_build", default="auto", choices=["auto", "in_process", "beam"],
             help="server index: train and encode every row in ScaNN in-process, or tune and train on "
             "--training_sample_size rows and assign + AH-encode all rows in Beam workers, then assemble the "
-            "ScaNN files (auto: beam from 10M rows; pass beam on Dataflow, where workers outnumber the launcher's cores)")
+            "ScaNN files (auto: beam from 1M rows, where the launcher would otherwise hold every row twice)")
         add("--metadata_columns", default="uri",
             help="per-item searcher metadata: one column (stored as is) or a comma list (JSON)")
         add("--previous_index", default=None,

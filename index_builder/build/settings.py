@@ -13,11 +13,11 @@ from index_builder.tuning import TuningOptions
 # searching 100 of 500 leaves; docs/BENCHMARKS.md).
 ONDEVICE_DIMS_PER_BLOCK_CANDIDATES = (2, 1)
 # --server_build auto: from this many rows the server index is trained on the sample and assembled from
-# Beam-encoded rows (index_builder/build/server_beam.py). On one machine ScaNN's C++ encoder beats the numpy
-# one in the same cores (at 1M on 2 cores: 107 s against 146 s, docs/BENCHMARKS.md "Server index from Beam
-# outputs"), so the Beam path pays when workers outnumber the launcher's cores (pass --server_build beam
-# on Dataflow) or when the launcher cannot hold ScaNN's in-process build (about 2.3 GB per 1M rows at D=128).
-SERVER_BEAM_FROM_ROWS = 10_000_000
+# Beam-encoded rows (index_builder/build/server_beam.py), so the launcher's memory stops growing with N:
+# ScaNN's in-process build holds every row twice (about 2.3 GB per 1M rows at D=128). At 1M on this 2-core
+# machine the whole build takes about as long either way (docs/BENCHMARKS.md "Both 1M targets on the Beam
+# path"), with the launcher under 2 GB only on the Beam path; below 1M the in-process build is faster.
+SERVER_BEAM_FROM_ROWS = 1_000_000
 
 
 @dataclass(frozen=True)
