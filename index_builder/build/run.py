@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from encoders import model_config
 from index_builder import index_outputs, tuning
 from index_builder.build import incremental, incremental_state, records
-from index_builder.build.evaluate import Evaluation, ServerEvaluation, evaluate_ondevice, evaluate_server
+from index_builder.build.evaluate import Evaluation, evaluate_ondevice, evaluate_server
 from index_builder.build.inputs import BuildInputs
 from index_builder.build.ondevice import (
     INDEX_FILE,
@@ -124,10 +125,10 @@ def _train(
     timings: dict[str, float] = {}
     # On the Beam path the on-device sample training runs in a child while the server index is built.
     with start_sample_training(settings, embeddings, tuning_queries) as training:
-        started = time.perf_counter()
-        server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
-        timings["server_seconds"] = time.perf_counter() - started
-        server_eval = _evaluate_server(settings, inputs, server, timings)
+        with _timed(timings, "server_seconds"):
+            server = build_server_index(settings, embeddings, tuning_queries, work, pipeline_options)
+        with _timed(timings, "eval_seconds"):
+            server_eval = evaluate_server(settings, embeddings, server)
 
         started = time.perf_counter()
         # The server tuner already has its queries' exact neighbours among all rows; calibration reuses them.
@@ -138,7 +139,8 @@ def _train(
         )
     LOG.info("on-device index: %s", device.summary())
     timings["ondevice_seconds"] = time.perf_counter() - started
-    evaluation = _evaluate_ondevice(inputs, server_eval, device, timings, work)
+    with _timed(timings, "eval_seconds"):
+        evaluation = evaluate_ondevice(embeddings, server_eval, device, work / INDEX_FILE)
     history = {
         "mode": "trained",
         "reason": plan.reason,
@@ -159,19 +161,17 @@ def _update_previous(
     """Last night's indexes with the diff applied, or a retrain when the drift check fails (decided
     before any record is written, so nothing of the rejected update is left in the index directory)."""
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    diff = incremental.diff_rows(inputs, plan.previous_dir)
-    server = incremental.update_server_index(settings, inputs, plan, diff, work)
-    timings["server_seconds"] = time.perf_counter() - started
-    started = time.perf_counter()
-    device = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
-    timings["ondevice_seconds"] = time.perf_counter() - started
+    with _timed(timings, "server_seconds"):
+        diff = incremental.diff_rows(inputs, plan.previous_dir)
+        server = incremental.update_server_index(settings, inputs, plan, diff, work)
+    with _timed(timings, "ondevice_seconds"):
+        device = incremental.update_ondevice_index(settings, inputs, plan, diff, _user_info(inputs), work)
     LOG.info("updating %s: %d rows to encode, %d unchanged", plan.previous_dir, len(diff.upserted), diff.unchanged)
-    server_eval = _evaluate_server(settings, inputs, server, timings)
-    evaluation = _evaluate_ondevice(inputs, server_eval, device, timings, work)
-    started = time.perf_counter()
-    fresh = incremental.fresh_rows_recall(inputs, diff, server, device, work / INDEX_FILE, settings.seed)
-    timings["eval_seconds"] += time.perf_counter() - started  # the drift check's own queries
+    with _timed(timings, "eval_seconds"):  # eval.json's figures, then the drift check's own queries
+        evaluation = evaluate_ondevice(
+            inputs.embeddings, evaluate_server(settings, inputs.embeddings, server), device, work / INDEX_FILE
+        )
+        fresh = incremental.fresh_rows_recall(inputs, diff, server, device, work / INDEX_FILE, settings.seed)
     skew = device.details["largest_partition_over_mean"]
     drift = incremental.drift_reason(settings, plan, evaluation.server, evaluation.ondevice, skew, fresh)
     if drift is not None:
@@ -198,23 +198,14 @@ def _update_previous(
     )
 
 
-def _evaluate_server(
-    settings: BuildSettings, inputs: BuildInputs, server: tuning.TuningResult, timings: dict[str, float]
-) -> ServerEvaluation:
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the seconds the block takes to ``timings[key]`` (a step may be timed in several parts)."""
     started = time.perf_counter()
-    evaluation = evaluate_server(settings, inputs.embeddings, server)
-    timings["eval_seconds"] = timings.get("eval_seconds", 0.0) + time.perf_counter() - started
-    return evaluation
-
-
-def _evaluate_ondevice(
-    inputs: BuildInputs, server: ServerEvaluation, device: OnDeviceBuild, timings: dict[str, float], work: Path
-) -> Evaluation:
-    """eval.json's figures for the indexes in `work` (index.ldb as written)."""
-    started = time.perf_counter()
-    evaluation = evaluate_ondevice(inputs.embeddings, server, device, work / INDEX_FILE)
-    timings["eval_seconds"] = timings.get("eval_seconds", 0.0) + time.perf_counter() - started
-    return evaluation
+    try:
+        yield
+    finally:
+        timings[key] = timings.get(key, 0.0) + time.perf_counter() - started
 
 
 def _finish(
@@ -230,9 +221,8 @@ def _finish(
     embedding_hashes: Sequence[bytes] | None = None,
 ) -> BuildResult:
     """Searchers, the state the next night reuses, and the records (for an index already evaluated)."""
-    started = time.perf_counter()
-    device.details["searchers"] = write_searchers(inputs, work / INDEX_FILE, work)
-    timings["ondevice_seconds"] += time.perf_counter() - started
+    with _timed(timings, "ondevice_seconds"):
+        device.details["searchers"] = write_searchers(inputs, work / INDEX_FILE, work)
     item_ids = inputs.embeddings.ids.take(device.rows)
     threshold = settings.ondevice_params().anisotropic_quantization_threshold
     state = incremental_state.state_from_index(work / INDEX_FILE, item_ids, threshold, inputs.embeddings.spilled)

@@ -79,13 +79,16 @@ def build_server_in_beam(
     )
     # The tuning queries (or held-out rows) with their exact neighbours among all rows, as the in-process
     # build has them: the calibration below and the on-device one (ServerHints) use them.
-    query_rows = _calibration_rows(embeddings.num_rows, sample, sample[tuned.queries_idx], settings.seed)
-    queries = tuning_queries if tuning_queries is not None else embeddings.vectors[query_rows]
+    if tuning_queries is not None:
+        query_rows, queries = tuned.queries_idx, tuning_queries  # no rows: the queries are given
+    else:
+        query_rows = _calibration_rows(embeddings.num_rows, sample, sample[tuned.queries_idx], settings.seed)
+        queries = embeddings.vectors[query_rows]
     true_ids, _ = evaluation.exact_top_k(queries, embeddings.vectors, tuned.true_ids.shape[1])
     assembled = dataclasses.replace(
         tuned,
         index=index,
-        queries_idx=query_rows if tuning_queries is None else tuned.queries_idx,
+        queries_idx=query_rows,
         true_ids=true_ids,
         notes=[*tuned.notes, f"tuned on {len(sample)} sampled rows; every row encoded in Beam"],
     )
